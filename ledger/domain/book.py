@@ -1,0 +1,253 @@
+"""One L3 order book: resting orders by (side, id) and a sorted map of price levels per side.
+
+The book is pure: no I/O, no clocks. It applies :mod:`ledger.domain.events` and keeps, per
+side, a :class:`sortedcontainers.SortedDict` of price -> :class:`Level` (total size, and the
+level's orders in queue order), so the best bid/ask and the top N levels are cheap after
+every event.
+
+Operations the book cannot carry out (an unknown order, a trade larger than the order, an
+add of an id already resting) do not raise: they are counted in :attr:`Book.anomalies` and
+applied as sensibly as possible, so that a projector can report them and decide, with an
+error threshold, when a stream has gone too wrong to go on.
+
+    >>> book = Book()
+    >>> book.apply(Add(seq=1, order_id="a", side=BUY, price=228, size=50))
+    >>> book.apply(Add(seq=2, order_id="b", side=SELL, price=Decimal("230.2"), size=300))
+    >>> book.top()
+    Top(bid_price=228, bid_size=50, ask_price=Decimal('230.2'), ask_size=300)
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from sortedcontainers import SortedDict
+
+from ledger.domain.events import BUY, Add, Delete, Event, Number, Side, Trade, Update
+
+__all__ = [
+    "ANOMALY_KINDS",
+    "Book",
+    "Level",
+    "LevelView",
+    "Order",
+    "Top",
+]
+
+#: Every anomaly kind a book can count, in a stable order for reports.
+ANOMALY_KINDS = (
+    "add_existing_order",
+    "update_unknown_order",
+    "delete_unknown_order",
+    "trade_unknown_order",
+    "trade_exceeds_order",
+    "crossed_book",
+)
+
+
+class Order:
+    """A resting order. Mutable on purpose: the book owns it and updates it in place."""
+
+    __slots__ = ("order_id", "side", "price", "size")
+
+    def __init__(self, order_id: str, side: Side, price: Number, size: Number) -> None:
+        self.order_id = order_id
+        self.side = side
+        self.price = price
+        self.size = size
+
+    def __repr__(self) -> str:
+        return f"Order({self.order_id!r}, {self.side!r}, {self.price!r}, {self.size!r})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Order):
+            return NotImplemented
+        return (self.order_id, self.side, self.price, self.size) == (
+            other.order_id,
+            other.side,
+            other.price,
+            other.size,
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+@dataclass(slots=True)
+class Level:
+    """One price level: its total size and its orders in queue (time priority) order."""
+
+    total: Number = 0
+    orders: dict[str, Order] = field(default_factory=dict)
+
+
+class Top(NamedTuple):
+    """Best bid and ask with the total size resting at each."""
+
+    bid_price: Number
+    bid_size: Number
+    ask_price: Number
+    ask_size: Number
+
+
+class LevelView(NamedTuple):
+    """A price level as shown to users: price, total size and number of orders."""
+
+    price: Number
+    size: Number
+    count: int
+
+
+class Book:
+    """An L3 book. See the module docstring."""
+
+    __slots__ = ("orders", "bids", "asks", "anomalies", "_crossed")
+
+    def __init__(self) -> None:
+        self.orders: dict[tuple[Side, str], Order] = {}
+        self.bids: SortedDict = SortedDict()
+        self.asks: SortedDict = SortedDict()
+        self.anomalies: Counter[str] = Counter()
+        self._crossed = False
+
+    # -- applying events -------------------------------------------------------------
+
+    def apply(self, event: Event) -> None:
+        """Apply one event. Impossible operations are counted, never raised."""
+        match event:
+            case Add(order_id=oid, side=side, price=price, size=size):
+                self.add(side, oid, price, size)
+            case Update(order_id=oid, side=side, price=price, size=size):
+                self.update(side, oid, price, size)
+            case Delete(order_id=oid, side=side):
+                self.delete(side, oid)
+            case Trade(order_id=oid, side=side, size=size):
+                self.trade(side, oid, size)
+            case _:
+                raise TypeError(f"not a book event: {event!r}")
+
+    def add(self, side: Side, order_id: str, price: Number, size: Number) -> None:
+        key = (side, order_id)
+        if key in self.orders:
+            # The venue reused an id that is still resting: the new order replaces it.
+            self.anomalies["add_existing_order"] += 1
+            self._unlink(self.orders[key])
+        order = Order(order_id, side, price, size)
+        self.orders[key] = order
+        self._link(order)
+
+    def update(self, side: Side, order_id: str, price: Number, size: Number) -> None:
+        order = self.orders.get((side, order_id))
+        if order is None:
+            self.anomalies["update_unknown_order"] += 1
+            return
+        if price == order.price and size <= order.size:
+            # A size cut keeps the order's place in the queue.
+            self._levels(side)[price].total += size - order.size
+            order.size = size
+            if size <= 0:
+                self._drop(order)
+            return
+        self._unlink(order)
+        order.price = price
+        order.size = size
+        if size <= 0:
+            del self.orders[(side, order_id)]
+        else:
+            self._link(order)
+
+    def delete(self, side: Side, order_id: str) -> None:
+        order = self.orders.get((side, order_id))
+        if order is None:
+            self.anomalies["delete_unknown_order"] += 1
+            return
+        self._drop(order)
+
+    def trade(self, side: Side, order_id: str, size: Number) -> None:
+        order = self.orders.get((side, order_id))
+        if order is None:
+            self.anomalies["trade_unknown_order"] += 1
+            return
+        if size > order.size:
+            self.anomalies["trade_exceeds_order"] += 1
+            size = order.size
+        self._levels(side)[order.price].total -= size
+        order.size -= size
+        if order.size <= 0:
+            self._drop(order)
+
+    def check_crossed(self) -> bool:
+        """Count a ``crossed_book`` anomaly when the book becomes crossed; return the state.
+
+        Locked (bid == ask) is not crossed. Only the transition into a crossed state
+        counts, so a book that stays crossed for many events counts once.
+        """
+        crossed = bool(self.bids and self.asks) and self.bids.peekitem(-1)[0] > self.asks.peekitem(0)[0]
+        if crossed and not self._crossed:
+            self.anomalies["crossed_book"] += 1
+        self._crossed = crossed
+        return crossed
+
+    # -- reading -------------------------------------------------------------------------
+
+    def top(self) -> Top | None:
+        """Best bid and ask with their sizes, or None while either side is empty."""
+        bids = self.bids
+        asks = self.asks
+        if not bids or not asks:
+            return None
+        bid_price, bid_level = bids.peekitem(-1)
+        ask_price, ask_level = asks.peekitem(0)
+        return Top(bid_price, bid_level.total, ask_price, ask_level.total)
+
+    def levels(self, side: Side, depth: int | None = None) -> list[LevelView]:
+        """The best ``depth`` levels of one side (all when None), best first."""
+        book_side = self._levels(side)
+        prices = reversed(book_side.keys()) if side == BUY else iter(book_side.keys())
+        out: list[LevelView] = []
+        for price in prices:
+            if depth is not None and len(out) >= depth:
+                break
+            level = book_side[price]
+            out.append(LevelView(price, level.total, len(level.orders)))
+        return out
+
+    def iter_orders(self) -> Iterator[Order]:
+        """Every resting order: bids best first, then asks best first, each level in queue order."""
+        for side in (BUY, SELL):
+            book_side = self._levels(side)
+            prices = reversed(book_side.keys()) if side == BUY else iter(book_side.keys())
+            for price in prices:
+                yield from book_side[price].orders.values()
+
+    def __len__(self) -> int:
+        return len(self.orders)
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _levels(self, side: Side) -> SortedDict:
+        return self.bids if side == BUY else self.asks
+
+    def _link(self, order: Order) -> None:
+        book_side = self.bids if order.side == BUY else self.asks
+        level = book_side.get(order.price)
+        if level is None:
+            level = book_side[order.price] = Level()
+        level.total += order.size
+        level.orders[order.order_id] = order
+
+    def _unlink(self, order: Order) -> None:
+        book_side = self.bids if order.side == BUY else self.asks
+        level = book_side[order.price]
+        del level.orders[order.order_id]
+        if level.orders:
+            level.total -= order.size
+        else:
+            del book_side[order.price]
+
+    def _drop(self, order: Order) -> None:
+        self._unlink(order)
+        del self.orders[(order.side, order.order_id)]
+

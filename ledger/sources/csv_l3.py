@@ -1,0 +1,178 @@
+"""Parse the L3 CSV format into validated rows, one line at a time.
+
+The format (see DESIGN.md): a header line, then one event per line with exactly one of the
+add, update, delete or trade groups filled::
+
+    seq_num,add_order_id,add_side,add_price,add_qty,update_order_id,update_side,update_price,update_qty,delete_order_id,delete_side,trade_order_id,trade_side,trade_price,trade_qty,time
+    1627942268920653172,7456389231055194163,BUY,218,300,,,,,,,,,,,2021-08-02 22:11:21.94404 UTC
+
+:func:`parse_line` turns that second line into
+``CsvRow(seq=1627942268920653172, kind='add', order_id='7456389231055194163', side='B',
+price='218', size='300', time='2021-08-02 22:11:21.94404+00')`` or raises
+:class:`RowError` with the reason. Numbers stay as validated text so the ingest path can
+hand them to PostgreSQL unchanged (exact, no float); :func:`to_number` makes them exact
+Python numbers. seq_num and order ids must be plain integers: a spreadsheet-damaged
+``1.62794E+18`` is refused, never rounded.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from datetime import datetime
+from decimal import Decimal
+from functools import lru_cache
+from typing import NamedTuple
+
+from ledger.domain.events import Number
+
+__all__ = [
+    "HEADER",
+    "CsvRow",
+    "RowError",
+    "check_header",
+    "parse_line",
+    "to_number",
+]
+
+HEADER = (
+    "seq_num,add_order_id,add_side,add_price,add_qty,update_order_id,update_side,"
+    "update_price,update_qty,delete_order_id,delete_side,trade_order_id,trade_side,"
+    "trade_price,trade_qty,time"
+)
+_COLUMNS = 16
+_MAX_INT8 = 2**63 - 1
+_SIDES = {"BUY": "B", "SELL": "S"}
+_DECIMAL = re.compile(r"-?[0-9]+(?:\.[0-9]+)?")
+# Timestamps in UTC: "2021-08-02 22:11:21.94404 UTC" (also ...Z, +00:00, or no zone).
+_TIME = re.compile(
+    r"([0-9]{4}-[0-9]{2}-[0-9]{2}[ T][0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{1,6})?)"
+    r"(?: ?UTC|Z|\+00:00|\+00)?"
+)
+# The whole of a well-formed line in one pattern: the fast path of parse_line. A line it
+# does not match goes through the cell-by-cell checks, which say what is wrong.
+_ID = r"([0-9]{1,19})"
+_SIDE = r"(BUY|SELL)"
+_PRICE = r"(-?[0-9]+(?:\.[0-9]+)?)"
+_QTY = r"([0-9]+(?:\.[0-9]+)?)"
+_FAST = re.compile(
+    _ID
+    + ",(?:"
+    + "|".join(
+        "," * before + ",".join(fields) + "," * after
+        for before, fields, after in (
+            (0, (_ID, _SIDE, _PRICE, _QTY), 10),
+            (4, (_ID, _SIDE, _PRICE, _QTY), 6),
+            (8, (_ID, _SIDE), 4),
+            (10, (_ID, _SIDE, _PRICE, _QTY), 0),
+        )
+    )
+    + "),"
+    + _TIME.pattern
+)
+_FAST_GROUPS = (("add", 1), ("update", 5), ("delete", 9), ("trade", 11))
+# (group name, first column, number of columns) in file order.
+_GROUPS = (("add", 1, 4), ("update", 5, 4), ("delete", 9, 2), ("trade", 11, 4))
+
+
+class RowError(ValueError):
+    """A line that cannot be an event; ``str(err)`` is the reason, for the rejects table."""
+
+
+class CsvRow(NamedTuple):
+    """One validated event line. price and size are None where the kind has none."""
+
+    seq: int
+    kind: str
+    order_id: str
+    side: str
+    price: str | None
+    size: str | None
+    time: str
+
+
+def check_header(line: str) -> None:
+    """Raise RowError unless ``line`` is the L3 header (a BOM and spaces are allowed)."""
+    got = ",".join(cell.strip() for cell in line.lstrip("\ufeff").rstrip("\r\n").split(","))
+    if got != HEADER:
+        raise RowError(f"expected the header {HEADER!r}, found {line.strip()[:200]!r}")
+
+
+def _integer(text: str, column: str) -> int:
+    if not text.isascii() or not text.isdigit():
+        raise RowError(f"{column} is not a plain integer: {text!r}")
+    value = int(text)
+    if value > _MAX_INT8:
+        raise RowError(f"{column} is larger than a 64-bit integer: {text!r}")
+    return value
+
+
+def _decimal(text: str, column: str, *, signed: bool) -> str:
+    if _DECIMAL.fullmatch(text) is None:
+        raise RowError(f"{column} is not a plain decimal number: {text!r}")
+    if not signed and text.startswith("-"):
+        raise RowError(f"{column} is negative: {text!r}")
+    return text
+
+
+def parse_line(line: str) -> CsvRow:
+    """Validate one data line (without its newline) and return its event."""
+    match = _FAST.fullmatch(line)
+    if match is not None:
+        g = match.groups()
+        seq = int(g[0])
+        stamp = g[15]
+        if seq <= _MAX_INT8 and _valid_time(stamp):
+            for kind, i in _FAST_GROUPS:
+                order_id = g[i]
+                if order_id is not None and int(order_id) <= _MAX_INT8:
+                    side = _SIDES[g[i + 1]]
+                    if kind == "delete":
+                        return CsvRow(seq, kind, order_id, side, None, None, stamp + "+00")
+                    return CsvRow(seq, kind, order_id, side, g[i + 2], g[i + 3], stamp + "+00")
+    return _parse_slowly(line)
+
+
+@lru_cache(maxsize=4096)
+def _valid_time(stamp: str) -> bool:
+    try:
+        datetime.fromisoformat(stamp)
+    except ValueError:
+        return False
+    return True
+
+
+def _parse_slowly(line: str) -> CsvRow:
+    cells = next(csv.reader([line])) if '"' in line else line.split(",")
+    if len(cells) != _COLUMNS:
+        raise RowError(f"expected {_COLUMNS} columns, found {len(cells)}")
+    seq = _integer(cells[0], "seq_num")
+    filled = [group for group in _GROUPS if any(cells[group[1] : group[1] + group[2]])]
+    if len(filled) != 1:
+        names = ", ".join(g[0] for g in filled) or "none"
+        raise RowError(f"expected exactly one of add/update/delete/trade filled, found {names}")
+    kind, first, width = filled[0]
+    group = cells[first : first + width]
+    if not all(group):
+        raise RowError(f"the {kind} group has an empty cell")
+    order_id = group[0]
+    _integer(order_id, f"{kind}_order_id")
+    side = _SIDES.get(group[1])
+    if side is None:
+        raise RowError(f"{kind}_side is not BUY or SELL: {group[1]!r}")
+    price = size = None
+    if width == 4:
+        price = _decimal(group[2], f"{kind}_price", signed=True)
+        size = _decimal(group[3], f"{kind}_qty", signed=False)
+    match = _TIME.fullmatch(cells[15])
+    if match is None:
+        raise RowError(f"time is not a UTC timestamp like '2021-08-03 01:00:01.107502 UTC': {cells[15]!r}")
+    stamp = match.group(1)
+    if not _valid_time(stamp):
+        raise RowError(f"time is not a valid date and time: {cells[15]!r}")
+    return CsvRow(seq, kind, order_id, side, price, size, stamp + "+00")
+
+
+def to_number(text: str) -> Number:
+    """Exact number from validated text: int when integral in form, else Decimal."""
+    return Decimal(text) if "." in text else int(text)

@@ -1,0 +1,271 @@
+"""The event log and what ingest writes beside it: streams, rejects, gaps, checkpoints.
+
+Small interfaces over one SQLAlchemy connection; the caller owns the transaction, so an
+ingest batch (its events, rejects, gap changes and checkpoint) commits or vanishes whole.
+Events go in with COPY (psycopg 3); everything else is parameterised Core SQL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.engine import Connection
+
+from ledger.errors import StreamError
+from ledger.storage.schema import events, gaps, ingest_checkpoints, rejects, streams
+
+__all__ = [
+    "EVENT_COPY_COLUMNS",
+    "Checkpoint",
+    "Checkpoints",
+    "EventLog",
+    "GapStore",
+    "Reject",
+    "Rejects",
+    "Streams",
+    "copy_escape",
+]
+
+#: Column order of the COPY text rows built by ingest.
+EVENT_COPY_COLUMNS = ("stream_id", "seq", "kind", "order_id", "side", "price", "size", "ts", "raw")
+_COPY_EVENTS = f"COPY events ({', '.join(EVENT_COPY_COLUMNS)}) FROM STDIN"
+_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def copy_escape(text: str) -> str:
+    """Escape a value for PostgreSQL's COPY text format."""
+    if "\\" in text or "\t" in text or "\n" in text or "\r" in text:
+        return text.translate(_ESCAPES)
+    return text
+
+
+class Streams:
+    """Stream names to ids."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+
+    def ensure(self, name: str, source: str) -> int:
+        """The id of stream ``name``, created if new. A stream keeps its first source."""
+        stmt = (
+            pg_insert(streams)
+            .values(name=name, source=source)
+            .on_conflict_do_nothing(index_elements=["name"])
+        )
+        self._conn.execute(stmt)
+        row = self._conn.execute(sa.select(streams.c.id, streams.c.source).where(streams.c.name == name)).one()
+        if row.source != source:
+            raise StreamError(f"stream {name!r} holds {row.source} events; choose another --stream name")
+        return int(row.id)
+
+    def get(self, name: str) -> int:
+        """The id of an existing stream, or a StreamError listing the known ones."""
+        found = self._conn.execute(sa.select(streams.c.id).where(streams.c.name == name)).scalar()
+        if found is None:
+            known = self.names()
+            listing = ", ".join(known[:20]) if known else "none yet: run `ledger ingest` first"
+            raise StreamError(f"no stream named {name!r} (known streams: {listing})")
+        return int(found)
+
+    def names(self) -> list[str]:
+        return list(self._conn.execute(sa.select(streams.c.name).order_by(streams.c.name)).scalars())
+
+    def all(self) -> list[tuple[int, str, str]]:
+        rows = self._conn.execute(
+            sa.select(streams.c.id, streams.c.name, streams.c.source).order_by(streams.c.name)
+        )
+        return [(int(r.id), r.name, r.source) for r in rows]
+
+
+class EventLog:
+    """Appends to and reads from the event log of one connection."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+
+    def copy_text(self, payload: bytes) -> None:
+        """Append rows already in COPY text format (columns: EVENT_COPY_COLUMNS)."""
+        driver = self._conn.connection.driver_connection
+        assert driver is not None
+        with driver.cursor() as cur, cur.copy(_COPY_EVENTS) as copy:
+            copy.write(payload)
+
+    def seq_range(self, stream_id: int) -> tuple[int | None, int | None]:
+        row = self._conn.execute(
+            sa.select(sa.func.min(events.c.seq), sa.func.max(events.c.seq)).where(
+                events.c.stream_id == stream_id
+            )
+        ).one()
+        return row[0], row[1]
+
+    def raw_of(self, stream_id: int, seqs: Sequence[int]) -> dict[int, str]:
+        rows = self._conn.execute(
+            sa.select(events.c.seq, events.c.raw).where(
+                events.c.stream_id == stream_id, events.c.seq.in_(list(seqs))
+            )
+        )
+        return {int(r.seq): r.raw for r in rows}
+
+    def read(
+        self, stream_id: int, *, after: int | None = None, upto: int | None = None, chunk: int = 20_000
+    ) -> Iterator[Sequence[Any]]:
+        """Rows (seq, kind, order_id, side, price, size, ts) in seq order, read in chunks
+        by key range so a long replay holds no long-running cursor."""
+        driver = self._conn.connection.driver_connection
+        assert driver is not None
+        lower = -(2**63) if after is None else after
+        upper = 2**63 - 1 if upto is None else upto
+        with driver.cursor(binary=True) as cur:
+            while True:
+                cur.execute(
+                    "SELECT seq, kind, order_id, side, price, size, ts FROM events"
+                    " WHERE stream_id = %s AND seq > %s AND seq <= %s ORDER BY seq LIMIT %s",
+                    (stream_id, lower, upper, chunk),
+                )
+                rows = cur.fetchall()
+                if not rows:
+                    return
+                yield from rows
+                if len(rows) < chunk:
+                    return
+                lower = rows[-1][0]
+
+
+@dataclass(frozen=True)
+class Reject:
+    line_no: int
+    raw: str
+    reason: str
+
+
+class Rejects:
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+
+    def add(self, stream_id: int, source: str, items: Iterable[Reject]) -> None:
+        """Store rejects; one already stored (same stream, source, line and text) is kept once."""
+        values = [
+            {"stream_id": stream_id, "source": source, "line_no": r.line_no, "raw": r.raw, "reason": r.reason}
+            for r in items
+        ]
+        if values:
+            self._conn.execute(pg_insert(rejects).on_conflict_do_nothing(), values)
+
+    def count(self, stream_id: int) -> int:
+        return int(
+            self._conn.execute(
+                sa.select(sa.func.count()).select_from(rejects).where(rejects.c.stream_id == stream_id)
+            ).scalar_one()
+        )
+
+
+class GapStore:
+    """Open gaps as rows. :meth:`reconcile` makes the rows match a tracker's open gaps."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+
+    def open_gaps(self, stream_id: int) -> dict[tuple[int, int], int]:
+        rows = self._conn.execute(
+            sa.select(gaps.c.id, gaps.c.first_seq, gaps.c.last_seq)
+            .where(gaps.c.stream_id == stream_id, gaps.c.status == "open")
+            .order_by(gaps.c.first_seq)
+        )
+        return {(int(r.first_seq), int(r.last_seq)): int(r.id) for r in rows}
+
+    def reconcile(
+        self, stream_id: int, stored: dict[tuple[int, int], int], current: Sequence[tuple[int, int]]
+    ) -> dict[tuple[int, int], int]:
+        """Write the difference between the stored open gaps and ``current``; return the new
+        stored map. A stored gap that late events emptied is marked filled; one they split or
+        shrank keeps its row (and detection time) for its first remaining piece."""
+        now_open = set(current)
+        result = {g: i for g, i in stored.items() if g in now_open}
+        claimed: set[tuple[int, int]] = set(result)
+        for (first, last), gap_id in stored.items():
+            if (first, last) in now_open:
+                continue
+            pieces = sorted(g for g in now_open - claimed if first <= g[0] and g[1] <= last)
+            if not pieces:
+                self._conn.execute(
+                    gaps.update()
+                    .where(gaps.c.id == gap_id)
+                    .values(status="filled", resolved_at=sa.func.now())
+                )
+                continue
+            head, *rest = pieces
+            self._conn.execute(
+                gaps.update().where(gaps.c.id == gap_id).values(first_seq=head[0], last_seq=head[1])
+            )
+            result[head] = gap_id
+            claimed.add(head)
+            detected = sa.select(gaps.c.detected_at).where(gaps.c.id == gap_id).scalar_subquery()
+            for piece in rest:
+                result[piece] = self._insert(stream_id, piece, detected)
+                claimed.add(piece)
+        for piece in sorted(now_open - claimed):
+            result[piece] = self._insert(stream_id, piece, None)
+        return result
+
+    def _insert(self, stream_id: int, piece: tuple[int, int], detected: Any) -> int:
+        values: dict[str, Any] = {"stream_id": stream_id, "first_seq": piece[0], "last_seq": piece[1]}
+        if detected is not None:
+            values["detected_at"] = detected
+        return int(self._conn.execute(gaps.insert().values(**values).returning(gaps.c.id)).scalar_one())
+
+    def mark_skipped(self, stream_id: int, first: int, last: int) -> None:
+        self._conn.execute(
+            gaps.update()
+            .where(
+                gaps.c.stream_id == stream_id,
+                gaps.c.status == "open",
+                gaps.c.first_seq <= last,
+                gaps.c.last_seq >= first,
+            )
+            .values(projector_skipped_at=sa.func.coalesce(gaps.c.projector_skipped_at, sa.func.now()))
+        )
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    lines_done: int
+    bytes_done: int
+    fingerprint: str
+    complete: bool
+
+
+class Checkpoints:
+    """How far the ingest of one source into one stream got."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+
+    def get(self, stream_id: int, source: str) -> Checkpoint | None:
+        row = self._conn.execute(
+            sa.select(
+                ingest_checkpoints.c.lines_done,
+                ingest_checkpoints.c.bytes_done,
+                ingest_checkpoints.c.fingerprint,
+                ingest_checkpoints.c.complete,
+            ).where(ingest_checkpoints.c.stream_id == stream_id, ingest_checkpoints.c.source == source)
+        ).one_or_none()
+        if row is None:
+            return None
+        return Checkpoint(int(row.lines_done), int(row.bytes_done), row.fingerprint, bool(row.complete))
+
+    def put(self, stream_id: int, source: str, checkpoint: Checkpoint) -> None:
+        values = {
+            "lines_done": checkpoint.lines_done,
+            "bytes_done": checkpoint.bytes_done,
+            "fingerprint": checkpoint.fingerprint,
+            "complete": checkpoint.complete,
+            "updated_at": sa.func.now(),
+        }
+        stmt = pg_insert(ingest_checkpoints).values(stream_id=stream_id, source=source, **values)
+        self._conn.execute(
+            stmt.on_conflict_do_update(index_elements=["stream_id", "source"], set_=values)
+        )

@@ -1,0 +1,130 @@
+"""What the projector writes: L1 rows and its position per stream, in one transaction.
+
+    positions = Positions(conn)
+    pos = positions.get(stream_id)          # None before the first run
+    L1Rows(conn).copy(rows)                 # COPY, same transaction as ...
+    positions.put(stream_id, new_position)  # ... the position that covers them
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import IO
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.engine import Connection
+
+from ledger.domain.events import Number
+from ledger.storage.schema import l1, projector_positions
+
+__all__ = ["L1_HEADER", "L1Row", "L1Rows", "Position", "Positions"]
+
+L1_HEADER = "time,bid_price,ask_price,bid_size,ask_size,seq_num"
+
+L1Row = tuple[int, datetime | None, Number, Number, Number, Number]  # seq, ts, bid, bid_size, ask, ask_size
+
+# The export format of DESIGN.md, produced by PostgreSQL itself: time with six fractional
+# digits and " UTC", numbers in their shortest exact decimal form (trim_scale).
+_EXPORT = (
+    "COPY (SELECT to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || ' UTC',"
+    " trim_scale(bid_price), trim_scale(ask_price), trim_scale(bid_size), trim_scale(ask_size), seq"
+    " FROM l1 WHERE stream_id = %s ORDER BY seq) TO STDOUT"
+)
+
+
+@dataclass
+class Position:
+    """Where the projector stands on a stream."""
+
+    first_seq: int
+    last_seq: int
+    events_applied: int = 0
+    l1_rows: int = 0
+    anomalies: dict[str, int] = field(default_factory=dict)
+    gaps_skipped: int = 0
+    status: str = "ok"
+    message: str | None = None
+
+
+class Positions:
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+
+    def get(self, stream_id: int) -> Position | None:
+        row = self._conn.execute(
+            sa.select(projector_positions).where(projector_positions.c.stream_id == stream_id)
+        ).one_or_none()
+        if row is None:
+            return None
+        return Position(
+            first_seq=int(row.first_seq),
+            last_seq=int(row.last_seq),
+            events_applied=int(row.events_applied),
+            l1_rows=int(row.l1_rows),
+            anomalies=dict(row.anomalies),
+            gaps_skipped=int(row.gaps_skipped),
+            status=row.status,
+            message=row.message,
+        )
+
+    def put(self, stream_id: int, pos: Position) -> None:
+        values = {
+            "first_seq": pos.first_seq,
+            "last_seq": pos.last_seq,
+            "events_applied": pos.events_applied,
+            "l1_rows": pos.l1_rows,
+            "anomalies": json.loads(json.dumps(pos.anomalies)),
+            "gaps_skipped": pos.gaps_skipped,
+            "status": pos.status,
+            "message": pos.message,
+            "updated_at": sa.func.now(),
+        }
+        stmt = pg_insert(projector_positions).values(stream_id=stream_id, **values)
+        self._conn.execute(stmt.on_conflict_do_update(index_elements=["stream_id"], set_=values))
+
+    def delete(self, stream_id: int) -> None:
+        self._conn.execute(projector_positions.delete().where(projector_positions.c.stream_id == stream_id))
+
+
+class L1Rows:
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+
+    def copy(self, stream_id: int, rows: Sequence[L1Row]) -> None:
+        """Append L1 rows with binary COPY."""
+        if not rows:
+            return
+        driver = self._conn.connection.driver_connection
+        assert driver is not None
+        with driver.cursor() as cur, cur.copy(
+            "COPY l1 (stream_id, seq, ts, bid_price, bid_size, ask_price, ask_size) FROM STDIN"
+        ) as copy:
+            for seq, ts, bid, bid_size, ask, ask_size in rows:
+                copy.write_row((stream_id, seq, ts, bid, bid_size, ask, ask_size))
+
+    def delete(self, stream_id: int) -> None:
+        self._conn.execute(l1.delete().where(l1.c.stream_id == stream_id))
+
+    def export_csv(self, stream_id: int, out: IO[bytes]) -> int:
+        """Write the stream's L1 rows as CSV (BOM, header, LF) to ``out``; return the row count."""
+        driver = self._conn.connection.driver_connection
+        assert driver is not None
+        out.write(("\ufeff" + L1_HEADER + "\n").encode("utf-8"))
+        count = 0
+        with driver.cursor() as cur, cur.copy(_EXPORT, (stream_id,)) as copy:
+            for data in copy:
+                chunk = bytes(data).replace(b"\t", b",")
+                count += chunk.count(b"\n")
+                out.write(chunk)
+        return count
+
+    def count(self, stream_id: int) -> int:
+        return int(
+            self._conn.execute(sa.select(sa.func.count()).select_from(l1).where(l1.c.stream_id == stream_id)).scalar_one()
+        )
+
+
