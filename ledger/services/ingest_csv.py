@@ -55,6 +55,7 @@ class IngestSummary:
     lines: int = 0
     events_stored: int = 0
     duplicates: int = 0
+    conflicting_duplicates: int = 0  # duplicates whose line differs from the stored one (also rejects)
     rejects: int = 0
     open_gaps: int = 0
     missing_seqs: int = 0
@@ -117,6 +118,7 @@ def ingest_csv(
             if resumed is not None:
                 line_no, offset = resumed
                 summary.resumed_from_line = line_no + 1
+                run.carry_counts()
         batch = _Batch()
         deadline = None if flush_interval is None else time.monotonic() + flush_interval
         for lines in _line_chunks(fp, flush_interval):
@@ -197,6 +199,7 @@ class _Run:
         self.stored_gaps = GapStore(conn).open_gaps(self.stream_id)
         self.tracker = GapTracker(low, high, self.stored_gaps)
         self.checkpoint = Checkpoints(conn).get(self.stream_id, source)
+        self.base = (0, 0, 0)
         conn.commit()
 
     def resume_point(self, fp: BinaryIO) -> tuple[int, int] | None:
@@ -214,6 +217,12 @@ class _Run:
         fp.seek(cp.bytes_done)
         return cp.lines_done, cp.bytes_done
 
+    def carry_counts(self) -> None:
+        """A resumed run goes on counting from where the killed run's last batch left off."""
+        cp = self.checkpoint
+        assert cp is not None
+        self.base = (cp.events_stored, cp.duplicates, cp.rejects)
+
     def _fingerprint(self, fp: BinaryIO, offset: int) -> str:
         digest = hashlib.sha256(self.header)
         if fp.seekable():
@@ -227,6 +236,7 @@ class _Run:
     def commit(self, batch: _Batch, line_no: int, offset: int, fp: BinaryIO, *, complete: bool) -> None:
         conn = self.conn
         fingerprint = self._fingerprint(fp, offset)
+        summary = self.summary
         try:
             with conn.begin():
                 if batch.copy_lines:
@@ -235,9 +245,17 @@ class _Run:
                 all_rejects = batch.rejects + conflicting
                 Rejects(conn).add(self.stream_id, self.source, all_rejects)
                 self.stored_gaps = GapStore(conn).reconcile(self.stream_id, self.stored_gaps, self.tracker.gaps)
-                Checkpoints(conn).put(
-                    self.stream_id, self.source, Checkpoint(line_no, offset, fingerprint, complete)
+                stored, dups, rejected = self.base
+                checkpoint = Checkpoint(
+                    line_no,
+                    offset,
+                    fingerprint,
+                    complete,
+                    events_stored=stored + summary.events_stored + len(batch.copy_lines),
+                    duplicates=dups + summary.duplicates + len(batch.duplicates),
+                    rejects=rejected + summary.rejects + len(all_rejects),
                 )
+                Checkpoints(conn).put(self.stream_id, self.source, checkpoint)
         except sa.exc.IntegrityError as e:
             raise DatabaseError(
                 f"stream {self.summary.stream!r}: the log already holds events that its gaps table "
@@ -250,13 +268,14 @@ class _Run:
                 f"{str(e.orig).strip().splitlines()[0] if e.orig else e}. Run the same command "
                 "again: it resumes after the last stored batch"
             ) from e
-        self.summary.lines += batch.lines
-        self.summary.events_stored += len(batch.copy_lines)
-        self.summary.duplicates += len(batch.duplicates) - len(conflicting)
-        self.summary.rejects += len(all_rejects)
+        summary.lines += batch.lines
+        summary.events_stored += len(batch.copy_lines)
+        summary.duplicates += len(batch.duplicates)
+        summary.conflicting_duplicates += len(conflicting)
+        summary.rejects += len(all_rejects)
         for reject in all_rejects:
-            if len(self.summary.reject_samples) < 20:
-                self.summary.reject_samples.append({"line": reject.line_no, "reason": reject.reason})
+            if len(summary.reject_samples) < 20:
+                summary.reject_samples.append({"line": reject.line_no, "reason": reject.reason})
 
     def _conflicting_duplicates(self, batch: _Batch) -> list[Reject]:
         if not batch.duplicates:

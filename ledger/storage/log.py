@@ -232,10 +232,15 @@ class GapStore:
 
 @dataclass(frozen=True)
 class Checkpoint:
+    """How far one run over a source got, and what it counted on the way."""
+
     lines_done: int
     bytes_done: int
     fingerprint: str
     complete: bool
+    events_stored: int = 0
+    duplicates: int = 0
+    rejects: int = 0
 
 
 class Checkpoints:
@@ -251,11 +256,22 @@ class Checkpoints:
                 ingest_checkpoints.c.bytes_done,
                 ingest_checkpoints.c.fingerprint,
                 ingest_checkpoints.c.complete,
+                ingest_checkpoints.c.events_stored,
+                ingest_checkpoints.c.duplicates,
+                ingest_checkpoints.c.rejects,
             ).where(ingest_checkpoints.c.stream_id == stream_id, ingest_checkpoints.c.source == source)
         ).one_or_none()
         if row is None:
             return None
-        return Checkpoint(int(row.lines_done), int(row.bytes_done), row.fingerprint, bool(row.complete))
+        return Checkpoint(
+            int(row.lines_done),
+            int(row.bytes_done),
+            row.fingerprint,
+            bool(row.complete),
+            int(row.events_stored),
+            int(row.duplicates),
+            int(row.rejects),
+        )
 
     def put(self, stream_id: int, source: str, checkpoint: Checkpoint) -> None:
         values = {
@@ -263,6 +279,9 @@ class Checkpoints:
             "bytes_done": checkpoint.bytes_done,
             "fingerprint": checkpoint.fingerprint,
             "complete": checkpoint.complete,
+            "events_stored": checkpoint.events_stored,
+            "duplicates": checkpoint.duplicates,
+            "rejects": checkpoint.rejects,
             "updated_at": sa.func.now(),
         }
         stmt = pg_insert(ingest_checkpoints).values(stream_id=stream_id, source=source, **values)

@@ -156,6 +156,9 @@ ingest_checkpoints = Table(
     Column("bytes_done", BigInteger, nullable=False),
     Column("fingerprint", Text, nullable=False),
     Column("complete", Boolean, nullable=False, server_default=text("false")),
+    Column("events_stored", BigInteger, nullable=False, server_default="0"),
+    Column("duplicates", BigInteger, nullable=False, server_default="0"),
+    Column("rejects", BigInteger, nullable=False, server_default="0"),
     Column("updated_at", _TS, nullable=False, server_default=func.now()),
-    comment="How far an ingest of one source got, so a killed run resumes where it stopped.",
+    comment="How far the latest ingest of one source got (and what it counted), so a killed run resumes.",
 )

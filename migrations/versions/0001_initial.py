@@ -123,8 +123,11 @@ def upgrade() -> None:
         sa.Column("bytes_done", sa.BigInteger, nullable=False),
         sa.Column("fingerprint", sa.Text, nullable=False),
         sa.Column("complete", sa.Boolean, nullable=False, server_default=sa.text("false")),
+        sa.Column("events_stored", sa.BigInteger, nullable=False, server_default="0"),
+        sa.Column("duplicates", sa.BigInteger, nullable=False, server_default="0"),
+        sa.Column("rejects", sa.BigInteger, nullable=False, server_default="0"),
         sa.Column("updated_at", _TS, nullable=False, server_default=sa.func.now()),
-        comment="How far an ingest of one source got, so a killed run resumes where it stopped.",
+        comment="How far the latest ingest of one source got (and what it counted), so a killed run resumes.",
     )
 
 

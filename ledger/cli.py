@@ -1,0 +1,438 @@
+"""The ``ledger`` command line: a thin click layer over the services.
+
+Each command parses its options, opens the database, calls one service function and turns
+a :class:`~ledger.errors.LedgerError` into a one-line error and a non-zero exit code.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, BinaryIO, TypeVar
+
+import click
+
+from ledger.db import Database, open_database
+from ledger.errors import LedgerError
+
+__all__ = ["main"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+log = logging.getLogger("ledger")
+
+
+def _json_option(func: F) -> F:
+    return click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")(func)
+
+
+@contextmanager
+def _database() -> Iterator[Database]:
+    try:
+        with open_database() as db:
+            yield db
+    except LedgerError as e:
+        raise click.ClickException(str(e)) from e
+
+
+def _print_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+def _fail_on_ledger_error(func: F) -> F:
+    import functools
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except LedgerError as e:
+            raise click.ClickException(str(e)) from e
+
+    return wrapper  # type: ignore[return-value]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("-v", "--verbose", is_flag=True, help="Log more (SQL-level details stay off).")
+@click.version_option(package_name="ledger")
+def cli(verbose: bool) -> None:
+    """Rebuild limit order books from Level-3 market data kept in PostgreSQL.
+
+    Uses LEDGER_DATABASE_URL when set; otherwise an embedded PostgreSQL under LEDGER_HOME.
+
+    \b
+    Example:
+      ledger ingest csv l3_data_v3.1.csv
+      ledger project
+      ledger export l1 csv:l3_data_v3.1 -o l1.csv
+    """
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="ledger: %(message)s",
+        stream=sys.stderr,
+    )
+    for noisy in ("alembic", "sqlalchemy", "psycopg"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+# -- db ------------------------------------------------------------------------------------
+
+
+@cli.group()
+def db() -> None:
+    """Database housekeeping.
+
+    \b
+    Example:
+      ledger db upgrade
+      ledger db url
+    """
+
+
+@db.command("upgrade")
+@_fail_on_ledger_error
+def db_upgrade() -> None:
+    """Apply the schema migrations (other commands do it on first use too).
+
+    \b
+    Example:
+      LEDGER_DATABASE_URL=postgresql+psycopg://me@localhost/ledger ledger db upgrade
+    """
+    from ledger.db import current_revision, head_revision
+
+    with _database() as database, database.engine.connect() as conn:
+        click.echo(f"schema at revision {current_revision(conn)} (head {head_revision()})")
+
+
+@db.command("url")
+@_fail_on_ledger_error
+def db_url() -> None:
+    """Print the database URL in use, password hidden.
+
+    \b
+    Example:
+      ledger db url
+    """
+    with _database() as database:
+        click.echo(database.display_url)
+        if database.embedded:
+            click.echo(
+                "(embedded PostgreSQL: it runs while a ledger command uses it; "
+                "set LEDGER_DATABASE_URL to use your own server)",
+                err=True,
+            )
+
+
+# -- ingest --------------------------------------------------------------------------------
+
+
+@cli.group()
+def ingest() -> None:
+    """Append raw L3 events to the event log.
+
+    \b
+    Example:
+      ledger ingest csv l3_data_v3.1.csv --stream csv:demo
+    """
+
+
+def _default_stream(path: str) -> str:
+    return "csv:stdin" if path == "-" else "csv:" + Path(path).stem
+
+
+@ingest.command("csv")
+@click.argument("file", metavar="FILE|-")
+@click.option("--stream", help="Stream to append to. Default: csv:<file name without extension>.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=10_000, show_default=True,
+              help="Lines per transaction.")
+@click.option("--flush-interval", type=click.FloatRange(min=0.01), default=None,
+              help="Seconds after which a partial batch is committed anyway (for '-' fed live).")
+@click.option("--no-resume", is_flag=True, help="Read from the first line even if a killed run left a checkpoint.")
+@_json_option
+@_fail_on_ledger_error
+def ingest_csv_command(
+    file: str, stream: str | None, batch_size: int, flush_interval: float | None, no_resume: bool, as_json: bool
+) -> None:
+    """Append an L3 CSV file (or '-' for stdin) to the event log.
+
+    Idempotent and resumable: rows already stored are counted as duplicates, a run that was
+    killed goes on after its last committed batch. Bad rows go to the rejects table with
+    their line number and the reason; gaps in seq_num are recorded and closed when the
+    missing rows arrive.
+
+    \b
+    Example:
+      ledger ingest csv tests/data/l3-l1/v3.1/l3_data_v3.1.csv
+      tail -f live.csv | ledger ingest csv - --stream csv:live --flush-interval 1
+    """
+    from ledger.errors import InputError
+    from ledger.services.ingest_csv import ingest_csv
+
+    stream = stream or _default_stream(file)
+    if file == "-":
+        fp: BinaryIO = sys.stdin.buffer
+        source, size = "stdin", None
+    else:
+        path = Path(file)
+        try:
+            fp = path.open("rb")
+            size = path.stat().st_size
+        except OSError as e:
+            raise InputError(f"cannot read {file}: {e.strerror or e}") from None
+        source = str(path.resolve())
+    with _database() as database, fp, _progress(size, "ingesting") as progress:
+        summary = ingest_csv(
+            database.engine,
+            fp,
+            stream=stream,
+            source=source,
+            batch_size=batch_size,
+            flush_interval=flush_interval,
+            resumable=file != "-" and not no_resume,
+            progress=progress,
+        )
+    if as_json:
+        _print_json(summary.as_dict())
+        return
+    lines = [
+        f"stream {summary.stream}: {summary.lines} lines read from {file}"
+        + (f" (resumed at line {summary.resumed_from_line})" if summary.resumed_from_line else ""),
+        f"  events stored   {summary.events_stored}",
+        f"  duplicates      {summary.duplicates}"
+        + (f" ({summary.conflicting_duplicates} with different content, kept in rejects)"
+           if summary.conflicting_duplicates else ""),
+        f"  rejects         {summary.rejects}",
+        f"  open gaps       {summary.open_gaps} ({summary.missing_seqs} seqs missing)",
+        f"  speed           {summary.events_per_second:,.0f} lines/s in {summary.seconds:.2f}s",
+    ]
+    for sample in summary.reject_samples[:10]:
+        lines.append(f"  rejected line {sample['line']}: {sample['reason']}")
+    if summary.rejects > 10:
+        lines.append(f"  (see all with: ledger rejects {summary.stream})")
+    click.echo("\n".join(lines))
+
+
+@contextmanager
+def _progress(total: int | None, label: str) -> Iterator[Callable[[int], None] | None]:
+    """A progress bar on a terminal (stderr); nothing when output is piped."""
+    if total is None or not sys.stderr.isatty():
+        yield None
+        return
+    with click.progressbar(length=total, label=label, file=sys.stderr) as bar:
+        done = 0
+
+        def update(position: int) -> None:
+            nonlocal done
+            bar.update(position - done)
+            done = position
+
+        yield update
+
+
+# -- project -------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--stream", "streams", multiple=True, help="Stream to project (repeatable). Default: all.")
+@click.option("--skip-gaps", is_flag=True, help="Go on across missing seqs, and record that it did.")
+@click.option("--error-threshold", type=click.IntRange(min=0), default=None,
+              help="Stop a stream once it has more book anomalies (unknown orders, overfills, crossed "
+                   "books) than this. Default: never stop, only report.")
+@_json_option
+@_fail_on_ledger_error
+def project(streams: tuple[str, ...], skip_gaps: bool, error_threshold: int | None, as_json: bool) -> None:
+    """Replay the event log into books and record every best bid/offer change (L1).
+
+    Goes on from where the last run stopped; nothing is written twice. A stream stops at a
+    gap in its seqs (exit code 3) unless --skip-gaps is given.
+
+    \b
+    Example:
+      ledger project
+      ledger project --stream csv:l3_data_v3 --skip-gaps
+    """
+    from ledger.services.project import project as run_project
+
+    with _database() as database:
+        summaries = run_project(
+            database.engine, streams=list(streams) or None, skip_gaps=skip_gaps, error_threshold=error_threshold
+        )
+    if as_json:
+        _print_json([s.as_dict() for s in summaries])
+    else:
+        if not summaries:
+            click.echo("no streams yet: run `ledger ingest csv FILE` first")
+        for s in summaries:
+            skipped = f", {len(s.gaps_skipped)} gaps skipped" if s.gaps_skipped else ""
+            anomalies = ", ".join(f"{k} {v}" for k, v in sorted(s.anomalies.items()) if v)
+            click.echo(
+                f"stream {s.stream}: {s.status}, {s.events_applied} events applied, {s.l1_rows} L1 rows "
+                f"({s.events_per_second:,.0f} events/s){skipped}, position {s.last_seq}"
+                + (f"; anomalies: {anomalies}" if anomalies else "")
+            )
+            if s.message:
+                click.echo(f"  {s.message}", err=True)
+    if any(s.status in ("stopped_at_gap", "error_threshold", "busy") for s in summaries):
+        sys.exit(3)
+
+
+# -- export --------------------------------------------------------------------------------
+
+
+@cli.group()
+def export() -> None:
+    """Write projected data out.
+
+    \b
+    Example:
+      ledger export l1 csv:l3_data_v3.1 -o l1.csv
+    """
+
+
+def _safe_name(stream: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", stream).strip("_") or "stream"
+
+
+@export.command("l1")
+@click.argument("stream")
+@click.option("-o", "--output", default=None,
+              help="File to write, or '-' for stdout. Default: l1_<stream>.csv in this folder.")
+@_fail_on_ledger_error
+def export_l1(stream: str, output: str | None) -> None:
+    """Write a stream's L1 rows as CSV: time,bid_price,ask_price,bid_size,ask_size,seq_num.
+
+    UTF-8 with BOM, LF line ends; time with six fractional digits; prices and sizes in their
+    shortest exact decimal form. The file is written whole or not at all.
+
+    \b
+    Example:
+      ledger export l1 csv:l3_data_v3.1 -o l1_data_v3.1.csv
+      ledger export l1 csv:l3_data_v3.1 -o - | head
+    """
+    from ledger.storage.log import Streams
+    from ledger.storage.projection import L1Rows
+
+    with _database() as database, database.engine.connect() as conn:
+        stream_id = Streams(conn).get(stream)
+        if output == "-":
+            count = L1Rows(conn).export_csv(stream_id, sys.stdout.buffer)
+            sys.stdout.flush()
+            return
+        target = Path(output or f"l1_{_safe_name(stream)}.csv")
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        try:
+            with tmp.open("wb") as out:
+                count = L1Rows(conn).export_csv(stream_id, out)
+            tmp.replace(target)
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            raise click.ClickException(f"cannot write {target}: {e.strerror or e}") from None
+        finally:
+            tmp.unlink(missing_ok=True)
+    click.echo(f"wrote {count} L1 rows of {stream} to {target.resolve()}")
+
+
+# -- reports -------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("stream", required=False)
+@_json_option
+@_fail_on_ledger_error
+def status(stream: str | None, as_json: bool) -> None:
+    """Per stream: events, seq range, open gaps, duplicates, rejects, projector position.
+
+    \b
+    Example:
+      ledger status
+      ledger status csv:l3_data_v3.1 --json
+    """
+    from ledger.services.status import stream_status
+
+    with _database() as database, database.engine.connect() as conn:
+        rows = stream_status(conn, stream)
+    if as_json:
+        _print_json([r.as_dict() for r in rows])
+        return
+    if not rows:
+        click.echo(f"no streams yet in {database.display_url}: run `ledger ingest csv FILE` first")
+    for r in rows:
+        click.echo(
+            f"{r.stream}  ({r.source})\n"
+            f"  events {r.events}, seqs {r.first_seq}..{r.last_seq}\n"
+            f"  open gaps {r.open_gaps} ({r.missing_seqs} seqs missing), duplicates {r.duplicates}, "
+            f"rejects {r.rejects}\n"
+            f"  projector: "
+            + (
+                "not run yet"
+                if r.projected_seq is None
+                else f"{r.projector_status} at seq {r.projected_seq}, {r.lag_events} events behind, "
+                f"{r.l1_rows} L1 rows"
+            )
+            + (f"\n  {r.projector_message}" if r.projector_message else "")
+        )
+
+
+@cli.command()
+@click.argument("stream")
+@click.option("--all", "include_closed", is_flag=True, help="Also list gaps that were filled later.")
+@_json_option
+@_fail_on_ledger_error
+def gaps(stream: str, include_closed: bool, as_json: bool) -> None:
+    """List the runs of seqs missing from a stream's log.
+
+    \b
+    Example:
+      ledger gaps csv:l3_data_v3
+      ledger gaps csv:l3_data_v3 --all --json
+    """
+    from ledger.services.status import gap_rows
+
+    with _database() as database, database.engine.connect() as conn:
+        rows = gap_rows(conn, stream, include_closed=include_closed)
+    if as_json:
+        _print_json(rows)
+        return
+    if not rows:
+        click.echo(f"{stream}: no {'' if include_closed else 'open '}gaps")
+    for g in rows:
+        skipped = " (skipped by the projector)" if g["projector_skipped_at"] else ""
+        click.echo(f"{g['first_seq']}..{g['last_seq']}  {g['missing']} missing  {g['status']}{skipped}")
+
+
+@cli.command()
+@click.argument("stream")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Show at most this many.")
+@_json_option
+@_fail_on_ledger_error
+def rejects(stream: str, limit: int | None, as_json: bool) -> None:
+    """List the input rows of a stream that could not be stored, with file, line and reason.
+
+    \b
+    Example:
+      ledger rejects csv:l3_data_v3.1 --limit 20
+    """
+    from ledger.services.status import reject_rows
+
+    with _database() as database, database.engine.connect() as conn:
+        rows = reject_rows(conn, stream, limit=limit)
+    if as_json:
+        _print_json(rows)
+        return
+    if not rows:
+        click.echo(f"{stream}: no rejects")
+    for r in rows:
+        click.echo(f"{r['source']}:{r['line_no']}: {r['reason']}\n    {r['raw']}")
+
+
+def main() -> None:
+    cli(prog_name="ledger")
+
+
+if __name__ == "__main__":
+    main()
