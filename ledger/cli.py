@@ -148,15 +148,31 @@ def _default_stream(path: str) -> str:
 @ingest.command("csv")
 @click.argument("file", metavar="FILE|-")
 @click.option("--stream", help="Stream to append to. Default: csv:<file name without extension>.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=10_000, show_default=True,
-              help="Lines per transaction.")
-@click.option("--flush-interval", type=click.FloatRange(min=0.01), default=None,
-              help="Seconds after which a partial batch is committed anyway (for '-' fed live).")
-@click.option("--no-resume", is_flag=True, help="Read from the first line even if a killed run left a checkpoint.")
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=10_000,
+    show_default=True,
+    help="Lines per transaction.",
+)
+@click.option(
+    "--flush-interval",
+    type=click.FloatRange(min=0.01),
+    default=None,
+    help="Seconds after which a partial batch is committed anyway (for '-' fed live).",
+)
+@click.option(
+    "--no-resume", is_flag=True, help="Read from the first line even if a killed run left a checkpoint."
+)
 @_json_option
 @_fail_on_ledger_error
 def ingest_csv_command(
-    file: str, stream: str | None, batch_size: int, flush_interval: float | None, no_resume: bool, as_json: bool
+    file: str,
+    stream: str | None,
+    batch_size: int,
+    flush_interval: float | None,
+    no_resume: bool,
+    as_json: bool,
 ) -> None:
     """Append an L3 CSV file (or '-' for stdin) to the event log.
 
@@ -204,8 +220,11 @@ def ingest_csv_command(
         + (f" (resumed at line {summary.resumed_from_line})" if summary.resumed_from_line else ""),
         f"  events stored   {summary.events_stored}",
         f"  duplicates      {summary.duplicates}"
-        + (f" ({summary.conflicting_duplicates} with different content, kept in rejects)"
-           if summary.conflicting_duplicates else ""),
+        + (
+            f" ({summary.conflicting_duplicates} with different content, kept in rejects)"
+            if summary.conflicting_duplicates
+            else ""
+        ),
         f"  rejects         {summary.rejects}",
         f"  open gaps       {summary.open_gaps} ({summary.missing_seqs} seqs missing)",
         f"  speed           {summary.events_per_second:,.0f} lines/s in {summary.seconds:.2f}s",
@@ -240,9 +259,13 @@ def _progress(total: int | None, label: str) -> Iterator[Callable[[int], None] |
 @cli.command()
 @click.option("--stream", "streams", multiple=True, help="Stream to project (repeatable). Default: all.")
 @click.option("--skip-gaps", is_flag=True, help="Go on across missing seqs, and record that it did.")
-@click.option("--error-threshold", type=click.IntRange(min=0), default=None,
-              help="Stop a stream once it has more book anomalies (unknown orders, overfills, crossed "
-                   "books) than this. Default: never stop, only report.")
+@click.option(
+    "--error-threshold",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Stop a stream once it has more book anomalies (unknown orders, overfills, crossed "
+    "books) than this. Default: never stop, only report.",
+)
 @_json_option
 @_fail_on_ledger_error
 def project(streams: tuple[str, ...], skip_gaps: bool, error_threshold: int | None, as_json: bool) -> None:
@@ -260,7 +283,10 @@ def project(streams: tuple[str, ...], skip_gaps: bool, error_threshold: int | No
 
     with _database() as database:
         summaries = run_project(
-            database.engine, streams=list(streams) or None, skip_gaps=skip_gaps, error_threshold=error_threshold
+            database.engine,
+            streams=list(streams) or None,
+            skip_gaps=skip_gaps,
+            error_threshold=error_threshold,
         )
     if as_json:
         _print_json([s.as_dict() for s in summaries])
@@ -300,8 +326,12 @@ def _safe_name(stream: str) -> str:
 
 @export.command("l1")
 @click.argument("stream")
-@click.option("-o", "--output", default=None,
-              help="File to write, or '-' for stdout. Default: l1_<stream>.csv in this folder.")
+@click.option(
+    "-o",
+    "--output",
+    default=None,
+    help="File to write, or '-' for stdout. Default: l1_<stream>.csv in this folder.",
+)
 @_fail_on_ledger_error
 def export_l1(stream: str, output: str | None) -> None:
     """Write a stream's L1 rows as CSV: time,bid_price,ask_price,bid_size,ask_size,seq_num.

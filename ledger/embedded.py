@@ -281,19 +281,21 @@ def _read_postmaster(data_dir: Path) -> _Postmaster | None:
     )
 
 
-def _is_postgres_process(pid: int) -> bool:
-    """Whether ``pid`` is alive and (where /proc tells) a postgres process, not a reused pid."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+def _is_postmaster_of(pid: int, data_dir: Path) -> bool:
+    """Whether ``pid`` is alive and is the postmaster of ``data_dir``, not a pid reused by
+    another program after a reboot or container restart. A postmaster's working folder is
+    its data folder; where /proc does not tell, the process is trusted to be it."""
+    if not _is_pid_alive(pid):
         return False
-    except PermissionError:
-        pass
+    proc = Path(f"/proc/{pid}")
+    if not proc.is_dir():
+        return True  # no /proc (macOS): trust kill()
+    with contextlib.suppress(OSError):
+        return os.path.samefile(os.readlink(proc / "cwd"), data_dir)
     try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        return b"postgres" in (proc / "cmdline").read_bytes()  # empty for zombies
     except OSError:
-        return True  # no /proc (macOS) or not readable: trust kill()
-    return b"postgres" in cmdline
+        return True
 
 
 def _tail(text: str, lines: int = 20) -> str:
@@ -448,6 +450,11 @@ class EmbeddedPostgres:
     def _make_home(self, user: _ServerUser) -> None:
         """Create ``home`` and ``home/pg``; as root, first make sure the server user can reach
         them (nothing outside ``home`` is ever chmod'ed)."""
+        if _SHELL_UNSAFE.search(str(self.pg_dir)):
+            raise self._error(
+                f'the path {self.pg_dir} contains a character (" $ ` \\ or newline) that pg_ctl '
+                "cannot handle; choose another LEDGER_HOME"
+            )
         existing = self.pg_dir
         while not existing.exists() and existing != existing.parent:
             existing = existing.parent
@@ -467,11 +474,6 @@ class EmbeddedPostgres:
             self._check_reachable(self.pg_dir, user)
         elif not os.access(self.pg_dir, os.W_OK | os.X_OK):
             raise self._error(f"{self.pg_dir} is not writable by user {user.name!r}")
-        if _SHELL_UNSAFE.search(str(self.pg_dir)):
-            raise self._error(
-                f'the path {self.pg_dir} contains a character (" $ ` \\ or newline) that pg_ctl '
-                "cannot handle; choose another LEDGER_HOME"
-            )
 
     def _run(
         self, args: list[str], user: _ServerUser, install: _Install | None, timeout: float
@@ -706,12 +708,12 @@ class EmbeddedPostgres:
                 pending = False
                 if info is None:
                     return None
-                if not _is_postgres_process(info.pid):
+                if not _is_postmaster_of(info.pid, self.data_dir):
                     pid_file = self.data_dir / "postmaster.pid"
                     if _is_pid_alive(info.pid):
                         # the pid now belongs to another program (after a reboot or container
                         # restart); postgres would refuse to start while the stale file names it
-                        log.warning("removing the stale %s (pid %d is not postgres)", pid_file, info.pid)
+                        log.warning("removing the stale %s (pid %d is not its server)", pid_file, info.pid)
                         with contextlib.suppress(FileNotFoundError):
                             pid_file.unlink()
                     return None
@@ -763,7 +765,9 @@ class EmbeddedPostgres:
         info = self._running_server()
         if info is None:
             raise self._error("pg_ctl reported success but no server is running", server_log=True)
-        self._owner_file.write_text(f"{info.identity}\n")
+        staged = self._owner_file.with_name(f".{self._owner_file.name}.{os.getpid()}")
+        staged.write_text(f"{info.identity}\n")
+        os.replace(staged, self._owner_file)
         log.info("started PostgreSQL (pid %d) on %s", info.pid, self.data_dir)
         return info
 
@@ -876,7 +880,7 @@ class EmbeddedPostgres:
             info = _read_postmaster(self.data_dir)
         except ValueError:
             return
-        if info is None or not _is_postgres_process(info.pid):
+        if info is None or not _is_postmaster_of(info.pid, self.data_dir):
             return
         try:
             owner = self._owner_file.read_text().strip()
@@ -886,9 +890,9 @@ class EmbeddedPostgres:
             log.info("embedded PostgreSQL left running: it was not started by ledger")
             return
         code, out = self._pg_ctl_stop(install, user, "fast")
-        if code != 0 and _is_postgres_process(info.pid):
+        if code != 0 and _is_postmaster_of(info.pid, self.data_dir):
             code, out = self._pg_ctl_stop(install, user, "immediate")
-            if code != 0 and _is_postgres_process(info.pid):
+            if code != 0 and _is_postmaster_of(info.pid, self.data_dir):
                 raise self._error(f"pg_ctl stop failed:\n{_tail(out)}", action="stopped", server_log=True)
         self._owner_file.unlink(missing_ok=True)
         log.info("stopped the embedded PostgreSQL (pid %d)", info.pid)

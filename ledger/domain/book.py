@@ -26,7 +26,7 @@ from typing import NamedTuple
 
 from sortedcontainers import SortedDict
 
-from ledger.domain.events import BUY, Add, Delete, Event, Number, Side, Trade, Update
+from ledger.domain.events import BUY, SELL, Add, Delete, Event, Number, Side, Trade, Update
 
 __all__ = [
     "ANOMALY_KINDS",
@@ -51,7 +51,7 @@ ANOMALY_KINDS = (
 class Order:
     """A resting order. Mutable on purpose: the book owns it and updates it in place."""
 
-    __slots__ = ("order_id", "side", "price", "size")
+    __slots__ = ("order_id", "price", "side", "size")
 
     def __init__(self, order_id: str, side: Side, price: Number, size: Number) -> None:
         self.order_id = order_id
@@ -97,13 +97,13 @@ class LevelView(NamedTuple):
 
     price: Number
     size: Number
-    count: int
+    orders: int
 
 
 class Book:
     """An L3 book. See the module docstring."""
 
-    __slots__ = ("orders", "bids", "asks", "anomalies", "_crossed")
+    __slots__ = ("_crossed", "anomalies", "asks", "bids", "orders")
 
     def __init__(self) -> None:
         self.orders: dict[tuple[Side, str], Order] = {}
@@ -250,4 +250,3 @@ class Book:
     def _drop(self, order: Order) -> None:
         self._unlink(order)
         del self.orders[(order.side, order.order_id)]
-

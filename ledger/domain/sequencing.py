@@ -6,8 +6,8 @@ seen and the open gaps (runs of missing seqs) between them. Nothing here touches
 database; the ingest service persists what the tracker says.
 
     >>> t = GapTracker()
-    >>> [t.observe(s) for s in (10, 11, 14, 12, 11)]
-    [<Arrival.FIRST: 'first'>, <Arrival.NEXT: 'next'>, <Arrival.JUMP: 'jump'>, <Arrival.LATE: 'late'>, <Arrival.DUPLICATE: 'duplicate'>]
+    >>> [t.observe(s).value for s in (10, 11, 14, 12, 11)]
+    ['first', 'next', 'jump', 'late', 'duplicate']
     >>> t.gaps
     [(13, 13)]
 """

@@ -99,8 +99,13 @@ def project(
     for stream_id, name, _source in wanted:
         summaries.append(
             _project_stream(
-                engine, stream_id, name, skip_gaps=skip_gaps, error_threshold=error_threshold,
-                chunk=chunk, progress=progress,
+                engine,
+                stream_id,
+                name,
+                skip_gaps=skip_gaps,
+                error_threshold=error_threshold,
+                chunk=chunk,
+                progress=progress,
             )
         )
     return summaries
@@ -198,7 +203,9 @@ def _run(
     pos = positions.get(stream_id)
     if pos is not None:
         # Rebuild the book up to the position; gaps before it were handled by earlier runs.
-        for rows in _chunks(log.read(stream_id, after=pos.first_seq - 1, upto=pos.last_seq, chunk=chunk), chunk):
+        for rows in _chunks(
+            log.read(stream_id, after=pos.first_seq - 1, upto=pos.last_seq, chunk=chunk), chunk
+        ):
             proj.apply(rows, None)
         summary.last_seq = pos.last_seq
     conn.commit()
@@ -257,7 +264,9 @@ def _run(
     summary.anomalies = dict(pos.anomalies)
 
 
-def _contiguous(rows: list[Sequence[Any]], expected: int | None) -> tuple[list[Sequence[Any]], tuple[int, int] | None]:
+def _contiguous(
+    rows: list[Sequence[Any]], expected: int | None
+) -> tuple[list[Sequence[Any]], tuple[int, int] | None]:
     """The leading rows that follow on from ``expected`` without a hole, and the first hole."""
     if expected is None:
         return rows, None

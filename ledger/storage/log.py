@@ -51,13 +51,12 @@ class Streams:
 
     def ensure(self, name: str, source: str) -> int:
         """The id of stream ``name``, created if new. A stream keeps its first source."""
-        stmt = (
-            pg_insert(streams)
-            .values(name=name, source=source)
-            .on_conflict_do_nothing(index_elements=["name"])
-        )
-        self._conn.execute(stmt)
-        row = self._conn.execute(sa.select(streams.c.id, streams.c.source).where(streams.c.name == name)).one()
+        query = sa.select(streams.c.id, streams.c.source).where(streams.c.name == name)
+        row = self._conn.execute(query).one_or_none()
+        if row is None:
+            insert = pg_insert(streams).values(name=name, source=source)
+            self._conn.execute(insert.on_conflict_do_nothing(index_elements=["name"]))
+            row = self._conn.execute(query).one()
         if row.source != source:
             raise StreamError(f"stream {name!r} holds {row.source} events; choose another --stream name")
         return int(row.id)
@@ -285,6 +284,4 @@ class Checkpoints:
             "updated_at": sa.func.now(),
         }
         stmt = pg_insert(ingest_checkpoints).values(stream_id=stream_id, source=source, **values)
-        self._conn.execute(
-            stmt.on_conflict_do_update(index_elements=["stream_id", "source"], set_=values)
-        )
+        self._conn.execute(stmt.on_conflict_do_update(index_elements=["stream_id", "source"], set_=values))

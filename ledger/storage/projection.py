@@ -1,9 +1,9 @@
 """What the projector writes: L1 rows and its position per stream, in one transaction.
 
-    positions = Positions(conn)
-    pos = positions.get(stream_id)          # None before the first run
-    L1Rows(conn).copy(rows)                 # COPY, same transaction as ...
-    positions.put(stream_id, new_position)  # ... the position that covers them
+positions = Positions(conn)
+pos = positions.get(stream_id)          # None before the first run
+L1Rows(conn).copy(rows)                 # COPY, same transaction as ...
+positions.put(stream_id, new_position)  # ... the position that covers them
 """
 
 from __future__ import annotations
@@ -100,9 +100,12 @@ class L1Rows:
             return
         driver = self._conn.connection.driver_connection
         assert driver is not None
-        with driver.cursor() as cur, cur.copy(
-            "COPY l1 (stream_id, seq, ts, bid_price, bid_size, ask_price, ask_size) FROM STDIN"
-        ) as copy:
+        with (
+            driver.cursor() as cur,
+            cur.copy(
+                "COPY l1 (stream_id, seq, ts, bid_price, bid_size, ask_price, ask_size) FROM STDIN"
+            ) as copy,
+        ):
             for seq, ts, bid, bid_size, ask, ask_size in rows:
                 copy.write_row((stream_id, seq, ts, bid, bid_size, ask, ask_size))
 
@@ -124,7 +127,7 @@ class L1Rows:
 
     def count(self, stream_id: int) -> int:
         return int(
-            self._conn.execute(sa.select(sa.func.count()).select_from(l1).where(l1.c.stream_id == stream_id)).scalar_one()
+            self._conn.execute(
+                sa.select(sa.func.count()).select_from(l1).where(l1.c.stream_id == stream_id)
+            ).scalar_one()
         )
-
-

@@ -63,7 +63,11 @@ def upgrade() -> None:
     )
     op.create_index("gaps_stream_first", "gaps", ["stream_id", "first_seq"])
     op.create_index(
-        "gaps_open", "gaps", ["stream_id", "first_seq"], unique=True, postgresql_where=sa.text("status = 'open'")
+        "gaps_open",
+        "gaps",
+        ["stream_id", "first_seq"],
+        unique=True,
+        postgresql_where=sa.text("status = 'open'"),
     )
     op.create_table(
         "rejects",
