@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -64,7 +65,8 @@ def _server_url() -> Iterator[tuple[URL, str]]:
         return
     from ledger.embedded import EmbeddedPostgres
 
-    home = Path(os.environ.get("LEDGER_TEST_HOME", Path.home() / ".cache" / "ledger-test"))
+    # Under the temp folder: reachable by the unprivileged user the server runs as under root.
+    home = Path(os.environ.get("LEDGER_TEST_HOME", Path(tempfile.gettempdir()) / f"ledger-test-{os.getuid()}"))
     server = EmbeddedPostgres(home)
     try:
         url = server.start()
