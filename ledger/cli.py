@@ -161,9 +161,7 @@ def _default_stream(path: str) -> str:
     default=None,
     help="Seconds after which a partial batch is committed anyway (for '-' fed live).",
 )
-@click.option(
-    "--no-resume", is_flag=True, help="Read from the first line even if a killed run left a checkpoint."
-)
+@click.option("--no-resume", is_flag=True, help="Read from the first line even if a killed run left a checkpoint.")
 @_json_option
 @_fail_on_ledger_error
 def ingest_csv_command(
@@ -401,8 +399,7 @@ def status(stream: str | None, as_json: bool) -> None:
             + (
                 "not run yet"
                 if r.projected_seq is None
-                else f"{r.projector_status} at seq {r.projected_seq}, {r.lag_events} events behind, "
-                f"{r.l1_rows} L1 rows"
+                else f"{r.projector_status} at seq {r.projected_seq}, {r.lag_events} events behind, {r.l1_rows} L1 rows"
             )
             + (f"\n  {r.projector_message}" if r.projector_message else "")
         )

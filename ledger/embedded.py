@@ -400,9 +400,7 @@ class EmbeddedPostgres:
 
     # ------------------------------------------------------------------ errors
 
-    def _error(
-        self, reason: str, *, action: str = "started", server_log: bool = False
-    ) -> EmbeddedServerError:
+    def _error(self, reason: str, *, action: str = "started", server_log: bool = False) -> EmbeddedServerError:
         message = f"the embedded PostgreSQL in {self.pg_dir} could not be {action}: {reason}"
         if server_log:
             tail = self._log_tail()
@@ -507,9 +505,7 @@ class EmbeddedPostgres:
             out.seek(0)
             return code, out.read()
 
-    def _as_user_ok(
-        self, script: str, user: _ServerUser, *args: str, install: _Install | None = None
-    ) -> bool:
+    def _as_user_ok(self, script: str, user: _ServerUser, *args: str, install: _Install | None = None) -> bool:
         code, _ = self._run(["/bin/sh", "-c", script, "sh", *args], user, install, timeout=60)
         return code == 0
 
@@ -570,9 +566,7 @@ class EmbeddedPostgres:
                     break
                 except BlockingIOError:
                     if time.monotonic() > deadline:
-                        raise self._error(
-                            f"another ledger process has held {self._lock_file} for too long"
-                        ) from None
+                        raise self._error(f"another ledger process has held {self._lock_file} for too long") from None
                     time.sleep(0.05)
             yield
         finally:
@@ -593,9 +587,7 @@ class EmbeddedPostgres:
             try:
                 wanted = int(version_file.read_text().strip().split(".")[0])
             except ValueError:
-                raise self._error(
-                    f"{version_file} is unreadable; is {self.data_dir} a PostgreSQL cluster?"
-                ) from None
+                raise self._error(f"{version_file} is unreadable; is {self.data_dir} a PostgreSQL cluster?") from None
         matching = [install for install in installs if wanted is None or install.major == wanted]
         if not matching:
             shipped = ", ".join(install.version for install in installs)
@@ -806,16 +798,12 @@ class EmbeddedPostgres:
                 connect_timeout=max(1, round(self.timeout)),
                 autocommit=True,
             ) as conn:
-                found = conn.execute(
-                    "SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE_NAME,)
-                ).fetchone()
+                found = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE_NAME,)).fetchone()
                 if found is None:
                     conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DATABASE_NAME)))
                     log.info("created the database %r", DATABASE_NAME)
         except psycopg.Error as e:
-            raise self._error(
-                f"the server runs but cannot be used through {host}: {e}", server_log=True
-            ) from e
+            raise self._error(f"the server runs but cannot be used through {host}: {e}", server_log=True) from e
 
     # ------------------------------------------------------------------ reference count
 

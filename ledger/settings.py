@@ -56,8 +56,7 @@ def parse_database_url(raw: str) -> URL:
         raise ConfigError(f"LEDGER_DATABASE_URL is not a database URL; {hint}") from None
     if url.drivername not in _ACCEPTED_DRIVERS:
         raise ConfigError(
-            f"LEDGER_DATABASE_URL uses the driver {url.drivername!r}; ledger needs PostgreSQL "
-            f"through psycopg 3: {hint}"
+            f"LEDGER_DATABASE_URL uses the driver {url.drivername!r}; ledger needs PostgreSQL through psycopg 3: {hint}"
         )
     if not url.database:
         raise ConfigError(f"LEDGER_DATABASE_URL names no database; {hint}")

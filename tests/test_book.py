@@ -52,9 +52,7 @@ class NaiveBook:
         out = []
         for side in (BUY, SELL):
             for level in self.levels(side):
-                same = [
-                    (arr, k) for k, (p, _, arr) in self.orders.items() if k[0] == side and p == level.price
-                ]
+                same = [(arr, k) for k, (p, _, arr) in self.orders.items() if k[0] == side and p == level.price]
                 out += [k for _, k in sorted(same)]
         return out
 

@@ -126,9 +126,7 @@ def _write(path: Path, rows: list[str], *, header: str = HEADER) -> Path:
     return path
 
 
-def test_bad_rows_are_rejected_with_reasons_and_the_run_goes_on(
-    db_env: dict[str, str], tmp_path: Path
-) -> None:
+def test_bad_rows_are_rejected_with_reasons_and_the_run_goes_on(db_env: dict[str, str], tmp_path: Path) -> None:
     good = "100,1,BUY,10.5,3,,,,,,,,,,,2021-08-03 01:00:01.1 UTC"
     rows = [
         good,
@@ -165,9 +163,7 @@ def test_bad_rows_are_rejected_with_reasons_and_the_run_goes_on(
         (b"a,b,c\n1,2,3\n", "line 1: expected the header"),
     ],
 )
-def test_unusable_files_are_clear_errors(
-    db_env: dict[str, str], tmp_path: Path, content: bytes, message: str
-) -> None:
+def test_unusable_files_are_clear_errors(db_env: dict[str, str], tmp_path: Path, content: bytes, message: str) -> None:
     path = tmp_path / "x.csv"
     path.write_bytes(content)
     result = CliRunner().invoke(cli, ["ingest", "csv", str(path)])

@@ -254,9 +254,7 @@ def test_stale_pid_file_naming_another_live_process_is_ignored(servers: Servers)
     stranger = subprocess.Popen(["sleep", "60"])
     try:
         pid_file = home / "pg" / "data" / "postmaster.pid"
-        pid_file.write_text(
-            f"{stranger.pid}\n{home / 'pg' / 'data'}\n1700000000\n5432\n/nowhere\n\n0 0\nready\n"
-        )
+        pid_file.write_text(f"{stranger.pid}\n{home / 'pg' / 'data'}\n1700000000\n5432\n/nowhere\n\n0 0\nready\n")
         with servers(home) as pg:
             assert pg.url is not None and scalar(pg.url, "SELECT 1") == 1
             assert postmaster_pid(home) not in (None, stranger.pid)
@@ -338,9 +336,7 @@ def test_home_behind_a_private_folder_fails_naming_it(servers: Servers) -> None:
 
 
 @pytest.mark.skipif(not IS_ROOT, reason="the binaries are only copied for root's server user")
-def test_root_copies_binaries_the_server_user_cannot_reach(
-    servers: Servers, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_root_copies_binaries_the_server_user_cannot_reach(servers: Servers, monkeypatch: pytest.MonkeyPatch) -> None:
     real = embedded._bundled_installs()[0]
     site = real.root.parent.parent
     private = servers.base / "private-venv"

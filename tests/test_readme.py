@@ -70,10 +70,6 @@ def test_sql_examples(db_env: dict[str, str], engine: Engine) -> None:
         assert sum(g.missing for g in gaps) == 18
 
         life = conn.execute(sa.text(order_life)).all()
-        lines = [
-            line
-            for line in V31.read_text(encoding="utf-8-sig").splitlines()[1:]
-            if "7457972527797789251" in line
-        ]
+        lines = [line for line in V31.read_text(encoding="utf-8-sig").splitlines()[1:] if "7457972527797789251" in line]
         assert sorted(r.raw for r in life) == sorted(lines) and len(life) >= 2
-        assert [r.kind for r in life][0] == "add"
+        assert life[0].kind == "add"

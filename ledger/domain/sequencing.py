@@ -53,9 +53,7 @@ class GapTracker:
 
     __slots__ = ("gaps", "high", "low")
 
-    def __init__(
-        self, low: int | None = None, high: int | None = None, gaps: Iterable[tuple[int, int]] = ()
-    ) -> None:
+    def __init__(self, low: int | None = None, high: int | None = None, gaps: Iterable[tuple[int, int]] = ()) -> None:
         self.low = low
         self.high = high
         #: Open gaps as sorted, disjoint, inclusive (first, last) ranges.

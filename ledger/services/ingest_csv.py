@@ -153,9 +153,7 @@ def _take_line(tracker: GapTracker, batch: _Batch, raw: bytes, line_no: int, str
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         batch.rejects.append(
-            Reject(
-                line_no, raw.decode("utf-8", errors="replace").rstrip("\r\n"), f"not UTF-8 text: {e.reason}"
-            )
+            Reject(line_no, raw.decode("utf-8", errors="replace").rstrip("\r\n"), f"not UTF-8 text: {e.reason}")
         )
         return
     text = text.rstrip("\r\n")
@@ -252,9 +250,7 @@ class _Run:
                 conflicting = self._conflicting_duplicates(batch)
                 all_rejects = batch.rejects + conflicting
                 Rejects(conn).add(self.stream_id, self.source, all_rejects)
-                self.stored_gaps = GapStore(conn).reconcile(
-                    self.stream_id, self.stored_gaps, self.tracker.gaps
-                )
+                self.stored_gaps = GapStore(conn).reconcile(self.stream_id, self.stored_gaps, self.tracker.gaps)
                 stored, dups, rejected = self.base
                 checkpoint = Checkpoint(
                     line_no,

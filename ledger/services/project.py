@@ -179,9 +179,7 @@ def _project_stream(
         finally:
             if not conn.closed and not conn.invalidated:
                 conn.rollback()
-                conn.execute(
-                    sa.text("SELECT pg_advisory_unlock(:c, :o)"), {"c": _PROJECT_LOCK_CLASS, "o": stream_id}
-                )
+                conn.execute(sa.text("SELECT pg_advisory_unlock(:c, :o)"), {"c": _PROJECT_LOCK_CLASS, "o": stream_id})
                 conn.commit()
     summary.seconds = time.perf_counter() - started
     return summary
@@ -203,9 +201,7 @@ def _run(
     pos = positions.get(stream_id)
     if pos is not None:
         # Rebuild the book up to the position; gaps before it were handled by earlier runs.
-        for rows in _chunks(
-            log.read(stream_id, after=pos.first_seq - 1, upto=pos.last_seq, chunk=chunk), chunk
-        ):
+        for rows in _chunks(log.read(stream_id, after=pos.first_seq - 1, upto=pos.last_seq, chunk=chunk), chunk):
             proj.apply(rows, None)
         summary.last_seq = pos.last_seq
     conn.commit()
@@ -264,9 +260,7 @@ def _run(
     summary.anomalies = dict(pos.anomalies)
 
 
-def _contiguous(
-    rows: list[Sequence[Any]], expected: int | None
-) -> tuple[list[Sequence[Any]], tuple[int, int] | None]:
+def _contiguous(rows: list[Sequence[Any]], expected: int | None) -> tuple[list[Sequence[Any]], tuple[int, int] | None]:
     """The leading rows that follow on from ``expected`` without a hole, and the first hole."""
     if expected is None:
         return rows, None

@@ -112,10 +112,7 @@ def gap_rows(conn: Connection, name: str, *, include_closed: bool = False) -> li
     if not include_closed:
         query = query.where(gaps.c.status == "open")
     rows = conn.execute(query.order_by(gaps.c.first_seq, gaps.c.id))
-    return [
-        {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in row._mapping.items()}
-        for row in rows
-    ]
+    return [{k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in row._mapping.items()} for row in rows]
 
 
 def reject_rows(conn: Connection, name: str, *, limit: int | None = None) -> list[dict[str, Any]]:

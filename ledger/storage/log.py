@@ -74,9 +74,7 @@ class Streams:
         return list(self._conn.execute(sa.select(streams.c.name).order_by(streams.c.name)).scalars())
 
     def all(self) -> list[tuple[int, str, str]]:
-        rows = self._conn.execute(
-            sa.select(streams.c.id, streams.c.name, streams.c.source).order_by(streams.c.name)
-        )
+        rows = self._conn.execute(sa.select(streams.c.id, streams.c.name, streams.c.source).order_by(streams.c.name))
         return [(int(r.id), r.name, r.source) for r in rows]
 
 
@@ -95,17 +93,13 @@ class EventLog:
 
     def seq_range(self, stream_id: int) -> tuple[int | None, int | None]:
         row = self._conn.execute(
-            sa.select(sa.func.min(events.c.seq), sa.func.max(events.c.seq)).where(
-                events.c.stream_id == stream_id
-            )
+            sa.select(sa.func.min(events.c.seq), sa.func.max(events.c.seq)).where(events.c.stream_id == stream_id)
         ).one()
         return row[0], row[1]
 
     def raw_of(self, stream_id: int, seqs: Sequence[int]) -> dict[int, str]:
         rows = self._conn.execute(
-            sa.select(events.c.seq, events.c.raw).where(
-                events.c.stream_id == stream_id, events.c.seq.in_(list(seqs))
-            )
+            sa.select(events.c.seq, events.c.raw).where(events.c.stream_id == stream_id, events.c.seq.in_(list(seqs)))
         )
         return {int(r.seq): r.raw for r in rows}
 
@@ -191,15 +185,11 @@ class GapStore:
             pieces = sorted(g for g in now_open - claimed if first <= g[0] and g[1] <= last)
             if not pieces:
                 self._conn.execute(
-                    gaps.update()
-                    .where(gaps.c.id == gap_id)
-                    .values(status="filled", resolved_at=sa.func.now())
+                    gaps.update().where(gaps.c.id == gap_id).values(status="filled", resolved_at=sa.func.now())
                 )
                 continue
             head, *rest = pieces
-            self._conn.execute(
-                gaps.update().where(gaps.c.id == gap_id).values(first_seq=head[0], last_seq=head[1])
-            )
+            self._conn.execute(gaps.update().where(gaps.c.id == gap_id).values(first_seq=head[0], last_seq=head[1]))
             result[head] = gap_id
             claimed.add(head)
             detected = sa.select(gaps.c.detected_at).where(gaps.c.id == gap_id).scalar_subquery()

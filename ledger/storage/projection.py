@@ -102,9 +102,7 @@ class L1Rows:
         assert driver is not None
         with (
             driver.cursor() as cur,
-            cur.copy(
-                "COPY l1 (stream_id, seq, ts, bid_price, bid_size, ask_price, ask_size) FROM STDIN"
-            ) as copy,
+            cur.copy("COPY l1 (stream_id, seq, ts, bid_price, bid_size, ask_price, ask_size) FROM STDIN") as copy,
         ):
             for seq, ts, bid, bid_size, ask, ask_size in rows:
                 copy.write_row((stream_id, seq, ts, bid, bid_size, ask, ask_size))

@@ -80,9 +80,7 @@ def upgrade() -> None:
         sa.Column("created_at", _TS, nullable=False, server_default=sa.func.now()),
         comment="Input that could not be stored as an event, with where it came from and why.",
     )
-    op.create_index(
-        "rejects_once", "rejects", ["stream_id", "source", "line_no", sa.text("md5(raw)")], unique=True
-    )
+    op.create_index("rejects_once", "rejects", ["stream_id", "source", "line_no", sa.text("md5(raw)")], unique=True)
     op.create_table(
         "book_snapshots",
         sa.Column("stream_id", sa.Integer, _stream_fk(), primary_key=True),
