@@ -55,7 +55,8 @@ def _ingest(url: URL, path: Path, stream: str) -> subprocess.Popen[bytes]:
 
 def _state(engine: Engine, stream: str) -> dict[str, list[tuple[object, ...]]]:
     queries = {
-        "events": "SELECT seq, kind, order_id, side, price, size, ts, raw FROM events WHERE stream_id = :s ORDER BY seq",
+        "events": "SELECT seq, kind, order_id, side, price, size, ts, raw FROM events"
+        " WHERE stream_id = :s ORDER BY seq",
         "gaps": "SELECT first_seq, last_seq, status FROM gaps WHERE stream_id = :s ORDER BY first_seq, status",
         "rejects": "SELECT source, line_no, raw, reason FROM rejects WHERE stream_id = :s ORDER BY line_no",
     }
