@@ -1,16 +1,20 @@
 """Ingest an L3 CSV file (or stdin) into the event log.
 
-The file is streamed in batches; each batch's events (by COPY), rejects, gap changes and
-checkpoint commit in one transaction, so a run killed at any moment and started again
-stores the rest and nothing twice. Which rows are new is decided by the stream's
-:class:`~ledger.domain.sequencing.GapTracker`, loaded from the database at the start and
-kept in step with it; a session-level advisory lock keeps a second writer off the stream.
+The input is read in batches of lines. The reading thread parses and classifies each
+line (event, duplicate or reject) with the stream's
+:class:`~ledger.domain.sequencing.GapTracker`; a writer thread commits each batch's events
+(by COPY), rejects, gap changes and checkpoint in one transaction while the next batch is
+parsed. A run killed at any moment and started again resumes after the last committed
+batch and stores nothing twice. A session-level advisory lock keeps a second writer off
+the stream, so the tracker, loaded from the database at the start, stays in step with it.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import queue
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -22,7 +26,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from ledger.domain.sequencing import Arrival, GapTracker
 from ledger.errors import DatabaseError, InputError, StreamError
-from ledger.sources.csv_l3 import RowError, check_header, parse_line
+from ledger.sources.csv_l3 import CsvRow, RowError, check_header, copy_row, parse_line
 from ledger.storage.log import (
     Checkpoint,
     Checkpoints,
@@ -76,13 +80,17 @@ class IngestSummary:
 
 @dataclass
 class _Batch:
-    copy_lines: list[str] = field(default_factory=list)
+    """Parsed lines waiting to be committed, and where in the input they end."""
+
+    rows: list[bytes] = field(default_factory=list)  # COPY text rows
     rejects: list[Reject] = field(default_factory=list)
     duplicates: list[tuple[int, int, str]] = field(default_factory=list)  # seq, line_no, text
     lines: int = 0
-
-    def __bool__(self) -> bool:
-        return self.lines > 0
+    line_no: int = 0  # the last line in the batch
+    offset: int = 0  # the byte just after it
+    fingerprint: str = ""
+    gaps: list[tuple[int, int]] = field(default_factory=list)  # the tracker's open gaps at the end
+    complete: bool = False
 
 
 def ingest_csv(
@@ -110,178 +118,216 @@ def ingest_csv(
     except RowError as e:
         raise InputError(f"{source}, line 1: {e}") from None
     with engine.connect() as conn:
-        run = _Run(conn, stream, source, summary, header, batch_size)
-        offset = len(header)
-        line_no = 1
-        if resumable:
-            resumed = run.resume_point(fp)
-            if resumed is not None:
-                line_no, offset = resumed
-                summary.resumed_from_line = line_no + 1
-                run.carry_counts()
-        batch = _Batch()
-        deadline = None if flush_interval is None else time.monotonic() + flush_interval
-        for lines in _line_chunks(fp, flush_interval):
-            for raw in lines:
-                line_no += 1
-                offset += len(raw)
-                _take_line(run.tracker, batch, raw, line_no, run.stream_id)
-                if batch.lines >= batch_size:
-                    run.commit(batch, line_no, offset, fp, complete=False)
-                    batch = _Batch()
-                    if progress is not None:
-                        progress(offset)
-            if deadline is not None and time.monotonic() >= deadline:
-                if batch:
-                    run.commit(batch, line_no, offset, fp, complete=False)
-                    batch = _Batch()
-                deadline = time.monotonic() + (flush_interval or 0)
-        run.commit(batch, line_no, offset, fp, complete=True)
-        if progress is not None:
-            progress(offset)
-        summary.open_gaps = len(run.tracker.gaps)
-        summary.missing_seqs = run.tracker.missing()
-        run.release()
+        run = _Run(conn, stream, source, summary, header, fp)
+        try:
+            _read(run, fp, batch_size, flush_interval, resumable, progress)
+        finally:
+            run.release()
+    summary.open_gaps = len(run.tracker.gaps)
+    summary.missing_seqs = run.tracker.missing()
     summary.seconds = time.perf_counter() - started
     return summary
 
 
-def _take_line(tracker: GapTracker, batch: _Batch, raw: bytes, line_no: int, stream_id: int) -> None:
-    """Parse one line into the batch: an event to copy, a duplicate to check, or a reject."""
-    batch.lines += 1
+def _read(
+    run: _Run,
+    fp: BinaryIO,
+    batch_size: int,
+    flush_interval: float | None,
+    resumable: bool,
+    progress: Callable[[int], None] | None,
+) -> None:
+    """The reading side: parse lines into batches and hand them to the writer."""
+    offset = len(run.header)
+    line_no = 1
+    if resumable and (resumed := run.resume_point()) is not None:
+        line_no, offset = resumed
+        fp.seek(offset)
+        run.summary.resumed_from_line = line_no + 1
+    prefix = f"{run.stream_id}\t".encode()
+    writer = _Writer(run)
+    writer.start()
+    try:
+        batch = _Batch()
+        deadline = None if flush_interval is None else time.monotonic() + flush_interval
+        for lines in _line_chunks(fp, flush_interval):
+            start = 0
+            while start < len(lines):
+                part = lines[start : start + batch_size - batch.lines]
+                start += len(part)
+                _take_lines(run.tracker, batch, part, line_no, prefix)
+                line_no += len(part)
+                offset += sum(map(len, part))
+                if batch.lines >= batch_size:
+                    writer.submit(run.seal(batch, line_no, offset, complete=False))
+                    batch = _Batch()
+                    if progress is not None:
+                        progress(offset)
+            if deadline is not None and time.monotonic() >= deadline:
+                if batch.lines:
+                    writer.submit(run.seal(batch, line_no, offset, complete=False))
+                    batch = _Batch()
+                deadline = time.monotonic() + (flush_interval or 0)
+        writer.submit(run.seal(batch, line_no, offset, complete=True))
+    finally:
+        writer.close()
+    if progress is not None:
+        progress(offset)
+
+
+def _take_lines(tracker: GapTracker, batch: _Batch, lines: list[bytes], line_no: int, prefix: bytes) -> None:
+    """Parse ``lines`` (numbered from ``line_no + 1``) into the batch. The hot loop of ingest."""
+    rows = batch.rows
+    observe = tracker.observe
+    duplicate = Arrival.DUPLICATE
+    for raw in lines:
+        line_no += 1
+        fast = copy_row(raw, prefix)
+        if fast is None:
+            slow = _parse_slowly(raw, line_no, batch)
+            if slow is None:
+                continue
+            row, text = slow
+            fast = (row.seq, _copy_row_of(prefix, row, text))
+        seq, copy_line = fast
+        if observe(seq) is duplicate:
+            batch.duplicates.append((seq, line_no, raw.decode("utf-8", errors="replace").rstrip("\r\n")))
+        else:
+            rows.append(copy_line)
+    batch.lines += len(lines)
+
+
+def _parse_slowly(raw: bytes, line_no: int, batch: _Batch) -> tuple[CsvRow, str] | None:
+    """The careful path for a line the fast path refused: the row, or a reject with its reason."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        batch.rejects.append(
-            Reject(line_no, raw.decode("utf-8", errors="replace").rstrip("\r\n"), f"not UTF-8 text: {e.reason}")
-        )
-        return
+        text = raw.decode("utf-8", errors="replace").rstrip("\r\n")
+        batch.rejects.append(Reject(line_no, text, f"not UTF-8 text: {e.reason} at byte {e.start}"))
+        return None
     text = text.rstrip("\r\n")
-    if not text:
-        return
+    if not text.strip():
+        return None  # a blank line holds nothing
     if "\x00" in text:
         batch.rejects.append(Reject(line_no, text.replace("\x00", "\\x00"), "contains a NUL byte"))
-        return
+        return None
     try:
-        row = parse_line(text)
+        return parse_line(text), text
     except RowError as e:
         batch.rejects.append(Reject(line_no, text, str(e)))
-        return
-    if tracker.observe(row.seq) is Arrival.DUPLICATE:
-        batch.duplicates.append((row.seq, line_no, text))
-        return
-    batch.copy_lines.append(
-        f"{stream_id}\t{row.seq}\t{row.kind}\t{row.order_id}\t{row.side}\t"
-        f"{row.price or _NULL}\t{row.size or _NULL}\t{row.time}\t{copy_escape(text)}\n"
+        return None
+
+
+def _copy_row_of(prefix: bytes, row: CsvRow, text: str) -> bytes:
+    cells = (
+        str(row.seq),
+        row.kind,
+        copy_escape(row.order_id),
+        row.side,
+        row.price or _NULL,
+        row.size or _NULL,
+        row.time,
+        copy_escape(text),
     )
+    return prefix + "\t".join(cells).encode("utf-8") + b"\n"
 
 
 class _Run:
-    """The state of one ingest run on one connection."""
+    """The state of one ingest run: its stream, tracker, checkpoint and connection."""
 
     def __init__(
-        self,
-        conn: Connection,
-        stream: str,
-        source: str,
-        summary: IngestSummary,
-        header: bytes,
-        batch_size: int,
+        self, conn: Connection, stream: str, source: str, summary: IngestSummary, header: bytes, fp: BinaryIO
     ) -> None:
         self.conn = conn
         self.source = source
         self.summary = summary
         self.header = header
+        self.locked = False
+        self._fd = _regular_file_fd(fp)
         with conn.begin():
             self.stream_id = Streams(conn).ensure(stream, "csv")
-        locked = conn.execute(
-            sa.text("SELECT pg_try_advisory_lock(:c, :o)"),
-            dict(zip(("c", "o"), stream_lock_key(self.stream_id), strict=True)),
-        ).scalar()
+        self.locked = bool(
+            conn.execute(
+                sa.text("SELECT pg_try_advisory_lock(:c, :o)"),
+                dict(zip(("c", "o"), stream_lock_key(self.stream_id), strict=True)),
+            ).scalar()
+        )
         conn.commit()
-        if not locked:
+        if not self.locked:
             raise StreamError(f"stream {stream!r} is being written by another ingest; wait for it to finish")
         low, high = EventLog(conn).seq_range(self.stream_id)
         self.stored_gaps = GapStore(conn).open_gaps(self.stream_id)
         self.tracker = GapTracker(low, high, self.stored_gaps)
         self.checkpoint = Checkpoints(conn).get(self.stream_id, source)
-        self.base = (0, 0, 0)
+        self.base = (0, 0, 0)  # counts carried over from the killed run this one resumes
         conn.commit()
 
-    def resume_point(self, fp: BinaryIO) -> tuple[int, int] | None:
+    def resume_point(self) -> tuple[int, int] | None:
         """(line, byte offset) to go on from after a run that did not finish, or None."""
         cp = self.checkpoint
-        if cp is None or cp.complete or cp.lines_done <= 1:
+        if cp is None or cp.complete or cp.lines_done <= 1 or self._fd is None:
             return None
-        try:
-            fp.seek(cp.bytes_done)
-            if self._fingerprint(fp, cp.bytes_done) != cp.fingerprint:
-                fp.seek(len(self.header))
-                return None
-        except OSError:
-            return None
-        fp.seek(cp.bytes_done)
+        if os.fstat(self._fd).st_size < cp.bytes_done or self._fingerprint(cp.bytes_done) != cp.fingerprint:
+            return None  # another file at that path now: read it all (duplicates are harmless)
+        self.base = (cp.events_stored, cp.duplicates, cp.rejects)
         return cp.lines_done, cp.bytes_done
 
-    def carry_counts(self) -> None:
-        """A resumed run goes on counting from where the killed run's last batch left off."""
-        cp = self.checkpoint
-        assert cp is not None
-        self.base = (cp.events_stored, cp.duplicates, cp.rejects)
-
-    def _fingerprint(self, fp: BinaryIO, offset: int) -> str:
+    def _fingerprint(self, offset: int) -> str:
+        """Identifies the input up to ``offset``: the header and the bytes just before it."""
         digest = hashlib.sha256(self.header)
-        if fp.seekable():
-            here = fp.tell()
+        if self._fd is not None:
             start = max(0, offset - _FINGERPRINT_SPAN)
-            fp.seek(start)
-            digest.update(fp.read(offset - start))
-            fp.seek(here)
+            digest.update(os.pread(self._fd, offset - start, start))
         return digest.hexdigest()
 
-    def commit(self, batch: _Batch, line_no: int, offset: int, fp: BinaryIO, *, complete: bool) -> None:
+    def seal(self, batch: _Batch, line_no: int, offset: int, *, complete: bool) -> _Batch:
+        batch.line_no, batch.offset, batch.complete = line_no, offset, complete
+        batch.fingerprint = self._fingerprint(offset)
+        batch.gaps = list(self.tracker.gaps)
+        return batch
+
+    def commit(self, batch: _Batch) -> None:
+        """Store one batch in one transaction (called from the writer thread only)."""
         conn = self.conn
-        fingerprint = self._fingerprint(fp, offset)
         summary = self.summary
         try:
             with conn.begin():
-                if batch.copy_lines:
-                    EventLog(conn).copy_text("".join(batch.copy_lines).encode("utf-8"))
+                if batch.rows:
+                    EventLog(conn).copy_text(b"".join(batch.rows))
                 conflicting = self._conflicting_duplicates(batch)
-                all_rejects = batch.rejects + conflicting
-                Rejects(conn).add(self.stream_id, self.source, all_rejects)
-                self.stored_gaps = GapStore(conn).reconcile(self.stream_id, self.stored_gaps, self.tracker.gaps)
+                rejects = batch.rejects + conflicting
+                Rejects(conn).add(self.stream_id, self.source, rejects)
+                self.stored_gaps = GapStore(conn).reconcile(self.stream_id, self.stored_gaps, batch.gaps)
                 stored, dups, rejected = self.base
                 checkpoint = Checkpoint(
-                    line_no,
-                    offset,
-                    fingerprint,
-                    complete,
-                    events_stored=stored + summary.events_stored + len(batch.copy_lines),
+                    batch.line_no,
+                    batch.offset,
+                    batch.fingerprint,
+                    batch.complete,
+                    events_stored=stored + summary.events_stored + len(batch.rows),
                     duplicates=dups + summary.duplicates + len(batch.duplicates),
-                    rejects=rejected + summary.rejects + len(all_rejects),
+                    rejects=rejected + summary.rejects + len(rejects),
                 )
                 Checkpoints(conn).put(self.stream_id, self.source, checkpoint)
         except sa.exc.IntegrityError as e:
             raise DatabaseError(
-                f"stream {self.summary.stream!r}: the log already holds events that its gaps table "
-                f"says are missing (near line {line_no} of {self.source}); the gaps table was "
+                f"stream {summary.stream!r}: the log already holds events that its gaps table "
+                f"says are missing (lines up to {batch.line_no} of {self.source}); the gaps table was "
                 "changed by hand or by another writer"
             ) from e
-        except sa.exc.OperationalError as e:
+        except sa.exc.DBAPIError as e:
             raise DatabaseError(
-                f"lost the database while storing lines up to {line_no} of {self.source}: "
+                f"storing lines up to {batch.line_no} of {self.source} failed: "
                 f"{str(e.orig).strip().splitlines()[0] if e.orig else e}. Run the same command "
                 "again: it resumes after the last stored batch"
             ) from e
         summary.lines += batch.lines
-        summary.events_stored += len(batch.copy_lines)
+        summary.events_stored += len(batch.rows)
         summary.duplicates += len(batch.duplicates)
         summary.conflicting_duplicates += len(conflicting)
-        summary.rejects += len(all_rejects)
-        for reject in all_rejects:
-            if len(summary.reject_samples) < 20:
-                summary.reject_samples.append({"line": reject.line_no, "reason": reject.reason})
+        summary.rejects += len(rejects)
+        for reject in rejects[: max(0, 20 - len(summary.reject_samples))]:
+            summary.reject_samples.append({"line": reject.line_no, "reason": reject.reason})
 
     def _conflicting_duplicates(self, batch: _Batch) -> list[Reject]:
         if not batch.duplicates:
@@ -294,18 +340,71 @@ class _Run:
         ]
 
     def release(self) -> None:
-        self.conn.execute(
-            sa.text("SELECT pg_advisory_unlock(:c, :o)"),
-            dict(zip(("c", "o"), stream_lock_key(self.stream_id), strict=True)),
-        )
-        self.conn.commit()
+        """Give the stream back; on a broken connection the server already dropped the lock."""
+        if not self.locked:
+            return
+        self.locked = False
+        try:
+            self.conn.rollback()
+            self.conn.execute(
+                sa.text("SELECT pg_advisory_unlock(:c, :o)"),
+                dict(zip(("c", "o"), stream_lock_key(self.stream_id), strict=True)),
+            )
+            self.conn.commit()
+        except sa.exc.DBAPIError:
+            self.conn.invalidate()
+
+
+class _Writer(threading.Thread):
+    """Commits sealed batches in order, one transaction each, while the next one is parsed.
+    At most two batches wait, so memory stays bounded whatever the input size."""
+
+    def __init__(self, run: _Run) -> None:
+        super().__init__(name="ledger-ingest-writer", daemon=True)
+        self._run = run
+        self._jobs: queue.Queue[_Batch | None] = queue.Queue(maxsize=2)
+        self._error: BaseException | None = None
+
+    def run(self) -> None:
+        while (batch := self._jobs.get()) is not None:
+            if self._error is not None:
+                continue  # drain without writing after a failure
+            try:
+                self._run.commit(batch)
+            except BaseException as e:  # handed to the reading thread, which raises it
+                self._error = e
+
+    def submit(self, batch: _Batch) -> None:
+        if self._error is not None:
+            self._raise()
+        self._jobs.put(batch)
+
+    def close(self) -> None:
+        self._jobs.put(None)
+        self.join()
+        if self._error is not None:
+            self._raise()
+
+    def _raise(self) -> None:
+        error, self._error = self._error, None
+        assert error is not None
+        self._jobs.put(None)
+        raise error
+
+
+def _regular_file_fd(fp: BinaryIO) -> int | None:
+    try:
+        fd = fp.fileno()
+        return fd if stat.S_ISREG(os.fstat(fd).st_mode) else None
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def _line_chunks(fp: BinaryIO, flush_interval: float | None) -> Iterator[list[bytes]]:
     """Lists of whole lines. With a flush interval, a reader thread feeds them and an empty
     list comes at least every ``flush_interval`` seconds while the input is quiet."""
     if flush_interval is None:
-        while lines := fp.readlines(1 << 20):
+        while lines := fp.readlines(1 << 18):
             yield lines
         return
     chunks: queue.Queue[list[bytes] | None] = queue.Queue(maxsize=64)

@@ -27,10 +27,12 @@ from typing import NamedTuple
 from ledger.domain.events import Number
 
 __all__ = [
+    "COPY_COLUMNS",
     "HEADER",
     "CsvRow",
     "RowError",
     "check_header",
+    "copy_row",
     "parse_line",
     "to_number",
 ]
@@ -41,6 +43,8 @@ HEADER = (
     "trade_price,trade_qty,time"
 )
 _COLUMNS = 16
+#: The event-log columns of the rows :func:`copy_row` makes, after the stream id.
+COPY_COLUMNS = ("seq", "kind", "order_id", "side", "price", "size", "ts", "raw")
 _MAX_INT8 = 2**63 - 1
 _SIDES = {"BUY": "B", "SELL": "S"}
 _DECIMAL = re.compile(r"-?[0-9]+(?:\.[0-9]+)?")
@@ -73,6 +77,65 @@ _FAST = re.compile(
 _FAST_GROUPS = (("add", 1), ("update", 5), ("delete", 9), ("trade", 11))
 # (group name, first column, number of columns) in file order.
 _GROUPS = (("add", 1, 4), ("update", 5, 4), ("delete", 9, 2), ("trade", 11, 4))
+
+
+# The same checks on raw bytes, one pattern per kind, picked by the run of empty cells
+# after seq_num (0 for add, 4 for update, 8 for delete, 10 for trade). This is the ingest
+# hot path: it yields a COPY text row without building any Python objects per cell.
+_B_ID = rb"([0-9]{1,19})"
+_B_SIDE = rb"(BUY|SELL)"
+_B_PRICE = rb"(-?[0-9]+(?:\.[0-9]+)?)"
+_B_QTY = rb"([0-9]+(?:\.[0-9]+)?)"
+_B_TIME = (
+    rb",([0-9]{4}-[0-9]{2}-[0-9]{2})[ T]((?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](?:\.[0-9]{1,6})?)"
+    rb"(?: ?UTC|Z|\+00:00|\+00)?\r?\n?"
+)
+_B_KINDS = {
+    0: (b"add", re.compile(_B_ID + b"," + _B_SIDE + b"," + _B_PRICE + b"," + _B_QTY + b"," * 10 + _B_TIME)),
+    4: (b"update", re.compile(_B_ID + b"," + _B_SIDE + b"," + _B_PRICE + b"," + _B_QTY + b"," * 6 + _B_TIME)),
+    8: (b"delete", re.compile(_B_ID + b"," + _B_SIDE + b"," * 4 + _B_TIME)),
+    10: (b"trade", re.compile(_B_ID + b"," + _B_SIDE + b"," + _B_PRICE + b"," + _B_QTY + _B_TIME)),
+}
+_B_SIDES = {b"BUY": b"B", b"SELL": b"S"}
+_B_NULL = b"\\N"
+_valid_dates: dict[bytes, bool] = {}
+
+
+def copy_row(line: bytes, prefix: bytes) -> tuple[int, bytes] | None:
+    """(seq, COPY text row) for a well-formed line, else None (then :func:`parse_line`
+    says what is wrong, or accepts an unusual but valid form such as quoted cells).
+
+    The row is ``prefix`` (the stream id and a tab) followed by seq, kind, order_id, side,
+    price, size, time and the raw line, tab-separated, as :data:`COPY_COLUMNS` lists."""
+    p = line.find(b",")
+    if p < 1 or p > 19:
+        return None
+    head = line[p + 1 : p + 12]
+    spec = _B_KINDS.get(len(head) - len(head.lstrip(b",")))
+    if spec is None:
+        return None
+    kind, pattern = spec
+    match = pattern.fullmatch(line, p + 1 + len(head) - len(head.lstrip(b",")))
+    seq_text = line[:p]
+    if match is None or not seq_text.isdigit():
+        return None
+    seq = int(seq_text)
+    g = match.groups()
+    day = g[-2]
+    valid = _valid_dates.get(day)
+    if valid is None:
+        valid = _valid_dates[day] = _valid_time(day.decode("ascii"))
+    if not valid or seq > _MAX_INT8 or int(g[0]) > _MAX_INT8:
+        return None
+    raw = line.rstrip(b"\r\n")
+    if b"\\" in raw or b"\t" in raw:
+        return None
+    ts = day + b" " + g[-1] + b"+00"
+    if kind == b"delete":
+        cells = (prefix + seq_text, kind, g[0], _B_SIDES[g[1]], _B_NULL, _B_NULL, ts, raw)
+    else:
+        cells = (prefix + seq_text, kind, g[0], _B_SIDES[g[1]], g[2], g[3], ts, raw)
+    return seq, b"\t".join(cells) + b"\n"
 
 
 class RowError(ValueError):
