@@ -103,12 +103,15 @@ class LevelView(NamedTuple):
 class Book:
     """An L3 book. See the module docstring."""
 
-    __slots__ = ("_crossed", "anomalies", "asks", "bids", "orders")
+    __slots__ = ("_crossed", "anomalies", "asks", "best_ask", "best_bid", "bids", "orders")
 
     def __init__(self) -> None:
         self.orders: dict[tuple[Side, str], Order] = {}
         self.bids: SortedDict = SortedDict()
         self.asks: SortedDict = SortedDict()
+        #: The best prices, kept up to date as levels come and go (None: that side is empty).
+        self.best_bid: Number | None = None
+        self.best_ask: Number | None = None
         self.anomalies: Counter[str] = Counter()
         self._crossed = False
 
@@ -184,7 +187,8 @@ class Book:
         Locked (bid == ask) is not crossed. Only the transition into a crossed state
         counts, so a book that stays crossed for many events counts once.
         """
-        crossed = bool(self.bids and self.asks) and self.bids.peekitem(-1)[0] > self.asks.peekitem(0)[0]
+        bid, ask = self.best_bid, self.best_ask
+        crossed = bid is not None and ask is not None and bid > ask
         if crossed and not self._crossed:
             self.anomalies["crossed_book"] += 1
         self._crossed = crossed
@@ -194,13 +198,11 @@ class Book:
 
     def top(self) -> Top | None:
         """Best bid and ask with their sizes, or None while either side is empty."""
-        bids = self.bids
-        asks = self.asks
-        if not bids or not asks:
+        bid = self.best_bid
+        ask = self.best_ask
+        if bid is None or ask is None:
             return None
-        bid_price, bid_level = bids.peekitem(-1)
-        ask_price, ask_level = asks.peekitem(0)
-        return Top(bid_price, bid_level.total, ask_price, ask_level.total)
+        return Top(bid, self.bids[bid].total, ask, self.asks[ask].total)
 
     def levels(self, side: Side, depth: int | None = None) -> list[LevelView]:
         """The best ``depth`` levels of one side (all when None), best first."""
@@ -231,21 +233,36 @@ class Book:
         return self.bids if side == BUY else self.asks
 
     def _link(self, order: Order) -> None:
-        book_side = self.bids if order.side == BUY else self.asks
-        level = book_side.get(order.price)
-        if level is None:
-            level = book_side[order.price] = Level()
+        price = order.price
+        if order.side == BUY:
+            level = self.bids.get(price)
+            if level is None:
+                level = self.bids[price] = Level()
+                if self.best_bid is None or price > self.best_bid:
+                    self.best_bid = price
+        else:
+            level = self.asks.get(price)
+            if level is None:
+                level = self.asks[price] = Level()
+                if self.best_ask is None or price < self.best_ask:
+                    self.best_ask = price
         level.total += order.size
         level.orders[order.order_id] = order
 
     def _unlink(self, order: Order) -> None:
+        price = order.price
         book_side = self.bids if order.side == BUY else self.asks
-        level = book_side[order.price]
+        level = book_side[price]
         del level.orders[order.order_id]
         if level.orders:
             level.total -= order.size
-        else:
-            del book_side[order.price]
+            return
+        del book_side[price]
+        if order.side == BUY:
+            if price == self.best_bid:
+                self.best_bid = book_side.peekitem(-1)[0] if book_side else None
+        elif price == self.best_ask:
+            self.best_ask = book_side.peekitem(0)[0] if book_side else None
 
     def _drop(self, order: Order) -> None:
         self._unlink(order)

@@ -1,27 +1,33 @@
 """The projector: replays each stream's events in seq order into a book and writes every
 best bid/offer change as an L1 row, with its position, in one transaction per chunk.
 
-Run again, it rebuilds the book up to its position (writing nothing) and goes on from
-there, so a crash at any moment neither loses nor repeats an L1 row. At a gap in the log
-it stops that stream and names the missing seqs, unless told to skip gaps, in which case
-it goes on and marks the gap rows as skipped.
+Three threads share the work of one stream: a reader fetches the next chunk of the log
+while the book applies the current one, and a committer writes the L1 rows and position
+of the previous one (each on its own connection; PostgreSQL works on the other core).
+Run again, the projector rebuilds the book up to its position (writing nothing) and goes
+on from there, so a crash at any moment neither loses nor repeats an L1 row. At a gap in
+the log it stops that stream and names the missing seqs, unless told to skip gaps, in
+which case it goes on and marks the gap rows as skipped.
 """
 
 from __future__ import annotations
 
+import contextlib
+import queue
+import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
-from decimal import Decimal
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Engine
 
 from ledger.domain.book import Book
-from ledger.domain.events import Add, Delete, Event, Trade, Update
+from ledger.domain.events import Add, Delete, Event, Number, Trade, Update
 from ledger.domain.l1 import L1Tracker
 from ledger.errors import DatabaseError, StreamError
+from ledger.sources.csv_l3 import to_number
 from ledger.storage.log import EventLog, GapStore, Streams
 from ledger.storage.projection import L1Row, L1Rows, Position, Positions
 
@@ -58,21 +64,17 @@ class ProjectSummary:
 def event_from_row(row: Sequence[Any]) -> Event:
     """A book event from an event-log row (seq, kind, order_id, side, price, size, ...)."""
     seq, kind, order_id, side, price, size = row[:6]
-    if kind == "add":
-        return Add(seq, order_id, side, _exact(price), _exact(size))
     if kind == "delete":
         return Delete(seq, order_id, side)
+    if price is None or size is None:
+        raise StreamError(f"seq {seq}: a {kind} event without price or size")
+    if kind == "add":
+        return Add(seq, order_id, side, price, size)
     if kind == "trade":
-        return Trade(seq, order_id, side, _exact(price), _exact(size))
+        return Trade(seq, order_id, side, price, size)
     if kind == "update":
-        return Update(seq, order_id, side, _exact(price), _exact(size))
+        return Update(seq, order_id, side, price, size)
     raise StreamError(f"seq {seq}: the projector does not know the event kind {kind!r}")
-
-
-def _exact(value: Decimal | None) -> Decimal:
-    if value is None:
-        raise StreamError("an event lacks a price or size it needs")
-    return value
 
 
 def project(
@@ -86,62 +88,82 @@ def project(
 ) -> list[ProjectSummary]:
     """Bring the projection of each stream (all when None) up to the head of its log."""
     with engine.connect() as conn:
-        known = Streams(conn).all()
-        conn.commit()
-    wanted = known
-    if streams:
-        by_name = {name: (sid, name, src) for sid, name, src in known}
-        with engine.connect() as conn:
-            for name in streams:
-                Streams(conn).get(name)  # raises with the list of known streams
-        wanted = [by_name[name] for name in streams]
-    summaries = []
-    for stream_id, name, _source in wanted:
-        summaries.append(
-            _project_stream(
-                engine,
-                stream_id,
-                name,
-                skip_gaps=skip_gaps,
-                error_threshold=error_threshold,
-                chunk=chunk,
-                progress=progress,
-            )
+        known = {name: sid for sid, name, _ in Streams(conn).all()}
+        for name in streams or ():
+            Streams(conn).get(name)  # raises with the list of known streams
+    wanted = list(streams) if streams else sorted(known)
+    return [
+        _project_stream(
+            engine, known[name], name, skip_gaps=skip_gaps, error_threshold=error_threshold, chunk=chunk,
+            progress=progress,
         )
-    return summaries
+        for name in wanted
+    ]  # fmt: skip
 
 
 class _StreamProjector:
-    """The book of one stream and the bookkeeping around it."""
+    """The book of one stream and the L1 bookkeeping around it."""
 
-    def __init__(self, name: str, error_threshold: int | None) -> None:
-        self.name = name
+    def __init__(self, error_threshold: int | None) -> None:
         self.book = Book()
         self.tracker = L1Tracker()
         self.error_threshold = error_threshold
         self.crossed = False
+        self.numbers: dict[str | None, Number] = {}  # price/size text -> exact number
 
     def apply(self, rows: Sequence[Sequence[Any]], out: list[L1Row] | None) -> int:
         """Apply rows in order; append L1 changes to ``out`` (None: replay, write nothing).
-        Return how many rows were applied (fewer than given when the threshold stops it)."""
+        Return how many rows were applied (fewer when the error threshold stops it).
+
+        The hot loop of the projector: it calls the book's operations directly rather
+        than building an :data:`Event` per row (:func:`event_from_row` is the same mapping
+        as events), and turns price and size text into exact numbers through a cache,
+        since a book sees the same few hundred prices and sizes over and over."""
         book = self.book
-        tracker = self.tracker
-        threshold = self.error_threshold
+        observe = self.tracker.observe
+        top = book.top
+        add, update, delete, trade = book.add, book.update, book.delete, book.trade
+        numbers = self.numbers
+        threshold = self.error_threshold if out is not None else None
         applied = 0
-        for row in rows:
-            if threshold is not None and out is not None and book.anomalies.total() > threshold:
+        for seq, kind, order_id, side, price_text, size_text, ts in rows:
+            if threshold is not None and book.anomalies.total() > threshold:
                 return applied
-            book.apply(event_from_row(row))
+            if kind == "delete":
+                delete(side, order_id)
+            else:
+                price = numbers.get(price_text)
+                if price is None:
+                    price = self._number(seq, kind, price_text)
+                size = numbers.get(size_text)
+                if size is None:
+                    size = self._number(seq, kind, size_text)
+                if kind == "add":
+                    add(side, order_id, price, size)
+                elif kind == "update":
+                    update(side, order_id, price, size)
+                elif kind == "trade":
+                    trade(side, order_id, size)
+                else:
+                    raise StreamError(f"seq {seq}: the projector does not know the event kind {kind!r}")
             applied += 1
-            top = tracker.observe(book.top())
-            if top is not None:
-                crossed = top.bid_price > top.ask_price
+            changed = observe(top())
+            if changed is not None:
+                crossed = changed.bid_price > changed.ask_price
                 if crossed and not self.crossed:
                     book.anomalies["crossed_book"] += 1
                 self.crossed = crossed
                 if out is not None:
-                    out.append((row[0], row[6], top.bid_price, top.bid_size, top.ask_price, top.ask_size))
+                    out.append((seq, ts, changed.bid_price, changed.bid_size, changed.ask_price, changed.ask_size))
         return applied
+
+    def _number(self, seq: int, kind: str, text: str | None) -> Number:
+        if text is None:
+            raise StreamError(f"seq {seq}: a {kind} event without the price or size it needs")
+        if len(self.numbers) > 100_000:
+            self.numbers.clear()
+        value = self.numbers[text] = to_number(text)
+        return value
 
     def over_threshold(self) -> bool:
         return self.error_threshold is not None and self.book.anomalies.total() > self.error_threshold
@@ -159,34 +181,33 @@ def _project_stream(
 ) -> ProjectSummary:
     started = time.perf_counter()
     summary = ProjectSummary(stream=name)
-    with engine.connect() as conn:
-        if not conn.execute(
-            sa.text("SELECT pg_try_advisory_lock(:c, :o)"), {"c": _PROJECT_LOCK_CLASS, "o": stream_id}
-        ).scalar():
-            conn.commit()
+    lock = {"c": _PROJECT_LOCK_CLASS, "o": stream_id}
+    with engine.connect() as conn:  # holds the stream's projector lock for the whole run
+        if not conn.execute(sa.text("SELECT pg_try_advisory_lock(:c, :o)"), lock).scalar():
             summary.status = "busy"
             summary.message = f"stream {name!r} is being projected by another process"
             return summary
         conn.commit()
         try:
-            _run(conn, stream_id, name, summary, skip_gaps, error_threshold, chunk, progress)
-        except sa.exc.OperationalError as e:
+            _run(engine, stream_id, name, summary, skip_gaps, error_threshold, chunk, progress)
+        except sa.exc.DBAPIError as e:
             raise DatabaseError(
                 f"lost the database while projecting stream {name!r} after seq {summary.last_seq}: "
                 f"{str(e.orig).strip().splitlines()[0] if e.orig else e}. Run the same command again: "
                 "it goes on from the last committed position"
             ) from e
         finally:
-            if not conn.closed and not conn.invalidated:
-                conn.rollback()
-                conn.execute(sa.text("SELECT pg_advisory_unlock(:c, :o)"), {"c": _PROJECT_LOCK_CLASS, "o": stream_id})
+            try:
+                conn.execute(sa.text("SELECT pg_advisory_unlock(:c, :o)"), lock)
                 conn.commit()
+            except sa.exc.DBAPIError:
+                conn.invalidate()  # the server is gone, and the lock with it
     summary.seconds = time.perf_counter() - started
     return summary
 
 
 def _run(
-    conn: Connection,
+    engine: Engine,
     stream_id: int,
     name: str,
     summary: ProjectSummary,
@@ -195,64 +216,66 @@ def _run(
     chunk: int,
     progress: Callable[[str, int], None] | None,
 ) -> None:
-    log = EventLog(conn)
-    positions = Positions(conn)
-    proj = _StreamProjector(name, error_threshold)
-    pos = positions.get(stream_id)
+    proj = _StreamProjector(error_threshold)
+    with engine.connect() as conn:
+        pos = Positions(conn).get(stream_id)
     if pos is not None:
         # Rebuild the book up to the position; gaps before it were handled by earlier runs.
-        for rows in _chunks(log.read(stream_id, after=pos.first_seq - 1, upto=pos.last_seq, chunk=chunk), chunk):
+        for rows in _prefetch(engine, stream_id, after=pos.first_seq - 1, upto=pos.last_seq, chunk=chunk):
             proj.apply(rows, None)
         summary.last_seq = pos.last_seq
-    conn.commit()
-    for rows in _chunks(log.read(stream_id, after=None if pos is None else pos.last_seq, chunk=chunk), chunk):
-        if pos is None:
-            pos = Position(first_seq=rows[0][0], last_seq=rows[0][0] - 1)
-        out: list[L1Row] = []
-        applied_in_chunk = 0
-        status, message = "ok", None
-        rest = rows
-        while rest:
-            segment, gap = _contiguous(rest, pos.last_seq + 1)
-            applied = proj.apply(segment, out)
-            applied_in_chunk += applied
-            if applied:
-                pos.last_seq = segment[applied - 1][0]
-                pos.events_applied += applied
-            if proj.over_threshold():
-                status = "error_threshold"
-                message = (
-                    f"stream {name!r} stopped after seq {pos.last_seq}: {proj.book.anomalies.total()} book "
-                    f"anomalies exceed --error-threshold {error_threshold} ({_describe(proj.book.anomalies)})"
-                )
+    committer = _Committer(engine, stream_id)
+    committer.start()
+    try:
+        for rows in _prefetch(engine, stream_id, after=None if pos is None else pos.last_seq, chunk=chunk):
+            if pos is None:
+                pos = Position(first_seq=rows[0][0], last_seq=rows[0][0] - 1)
+            out: list[L1Row] = []
+            skipped: list[tuple[int, int]] = []
+            applied_in_chunk = 0
+            status, message = "ok", None
+            rest = rows
+            while rest:
+                segment, gap = _contiguous(rest, pos.last_seq + 1)
+                applied = proj.apply(segment, out)
+                applied_in_chunk += applied
+                if applied:
+                    pos.last_seq = segment[applied - 1][0]
+                    pos.events_applied += applied
+                if proj.over_threshold():
+                    status = "error_threshold"
+                    message = (
+                        f"stream {name!r} stopped after seq {pos.last_seq}: {proj.book.anomalies.total()} book "
+                        f"anomalies exceed --error-threshold {error_threshold} ({_describe(proj.book.anomalies)})"
+                    )
+                    break
+                if gap is None:
+                    break
+                if not skip_gaps:
+                    status = "stopped_at_gap"
+                    message = (
+                        f"stream {name!r} stopped after seq {pos.last_seq}: seqs {gap[0]}..{gap[1]} "
+                        f"({gap[1] - gap[0] + 1}) are missing from the log; ingest them, or run with --skip-gaps"
+                    )
+                    break
+                skipped.append(gap)
+                pos.gaps_skipped += 1
+                pos.last_seq = gap[1]
+                rest = rest[len(segment) :]
+            pos.status, pos.message = status, message
+            pos.l1_rows += len(out)
+            pos.anomalies = dict(proj.book.anomalies)
+            committer.submit(out, replace(pos, anomalies=dict(pos.anomalies)), skipped)
+            summary.events_applied += applied_in_chunk
+            summary.l1_rows += len(out)
+            summary.gaps_skipped += skipped
+            summary.last_seq = pos.last_seq
+            if progress is not None:
+                progress(name, applied_in_chunk)
+            if status != "ok":
                 break
-            if gap is None:
-                break
-            if not skip_gaps:
-                status = "stopped_at_gap"
-                message = (
-                    f"stream {name!r} stopped after seq {pos.last_seq}: seqs {gap[0]}..{gap[1]} "
-                    f"({gap[1] - gap[0] + 1}) are missing from the log; ingest them, or run with --skip-gaps"
-                )
-                break
-            GapStore(conn).mark_skipped(stream_id, gap[0], gap[1])
-            pos.gaps_skipped += 1
-            summary.gaps_skipped.append(gap)
-            pos.last_seq = gap[1]
-            rest = rest[len(segment) :]
-        pos.status, pos.message = status, message
-        pos.l1_rows += len(out)
-        pos.anomalies = dict(proj.book.anomalies)
-        summary.events_applied += applied_in_chunk
-        summary.l1_rows += len(out)
-        L1Rows(conn).copy(stream_id, out)
-        positions.put(stream_id, pos)
-        conn.commit()
-        summary.last_seq = pos.last_seq
-        if progress is not None:
-            progress(name, applied_in_chunk)
-        if pos.status != "ok":
-            break
+    finally:
+        committer.close()
     if pos is None:
         summary.status = "empty"
         return
@@ -260,25 +283,98 @@ def _run(
     summary.anomalies = dict(pos.anomalies)
 
 
-def _contiguous(rows: list[Sequence[Any]], expected: int | None) -> tuple[list[Sequence[Any]], tuple[int, int] | None]:
+def _prefetch(
+    engine: Engine, stream_id: int, *, after: int | None, upto: int | None = None, chunk: int
+) -> Iterator[list[Any]]:
+    """Chunks of the log read ahead by a thread on its own connection (two at most)."""
+    chunks: queue.Queue[list[Any] | BaseException | None] = queue.Queue(maxsize=2)
+    stop = threading.Event()
+
+    def reader() -> None:
+        try:
+            with engine.connect() as conn:
+                for rows in EventLog(conn).read_chunks(stream_id, after=after, upto=upto, chunk=chunk):
+                    conn.commit()  # no snapshot held across chunks
+                    while not stop.is_set():
+                        try:
+                            chunks.put(rows, timeout=0.2)
+                            break
+                        except queue.Full:
+                            continue
+                    if stop.is_set():
+                        return
+            chunks.put(None)
+        except BaseException as e:  # handed over to the consuming thread, which raises it
+            chunks.put(e)
+
+    thread = threading.Thread(target=reader, name=f"ledger-read-{stream_id}", daemon=True)
+    thread.start()
+    try:
+        while (item := chunks.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():
+            with contextlib.suppress(queue.Empty):
+                chunks.get(timeout=0.1)
+        thread.join()
+
+
+class _Committer(threading.Thread):
+    """Writes each chunk's L1 rows, skipped gaps and position in one transaction, in order,
+    on its own connection, while the next chunk is applied."""
+
+    def __init__(self, engine: Engine, stream_id: int) -> None:
+        super().__init__(name=f"ledger-commit-{stream_id}", daemon=True)
+        self._engine = engine
+        self._stream_id = stream_id
+        self._jobs: queue.Queue[tuple[list[L1Row], Position, list[tuple[int, int]]] | None] = queue.Queue(2)
+        self._error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            with self._engine.connect() as conn:
+                while (job := self._jobs.get()) is not None:
+                    if self._error is not None:
+                        continue
+                    out, pos, skipped = job
+                    try:
+                        with conn.begin():
+                            L1Rows(conn).copy(self._stream_id, out)
+                            for first, last in skipped:
+                                GapStore(conn).mark_skipped(self._stream_id, first, last)
+                            Positions(conn).put(self._stream_id, pos)
+                    except BaseException as e:  # handed to the applying thread, which raises it
+                        self._error = e
+        except BaseException as e:
+            self._error = e
+            while self._jobs.get() is not None:
+                pass
+
+    def submit(self, out: list[L1Row], pos: Position, skipped: list[tuple[int, int]]) -> None:
+        if self._error is not None:
+            self.close()
+        self._jobs.put((out, pos, skipped))
+
+    def close(self) -> None:
+        if self.is_alive():
+            self._jobs.put(None)
+            self.join()
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+
+def _contiguous(rows: list[Any], expected: int) -> tuple[list[Any], tuple[int, int] | None]:
     """The leading rows that follow on from ``expected`` without a hole, and the first hole."""
-    if expected is None:
+    if rows[-1][0] == expected + len(rows) - 1:  # the usual case: no hole in the chunk
         return rows, None
     for i, row in enumerate(rows):
         if row[0] != expected + i:
             return rows[:i], (expected + i, row[0] - 1)
     return rows, None
-
-
-def _chunks(rows: Any, size: int) -> Any:
-    batch: list[Sequence[Any]] = []
-    for row in rows:
-        batch.append(row)
-        if len(batch) >= size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
 
 
 def _describe(anomalies: dict[str, int]) -> str:

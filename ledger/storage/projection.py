@@ -25,7 +25,9 @@ __all__ = ["L1_HEADER", "L1Row", "L1Rows", "Position", "Positions"]
 
 L1_HEADER = "time,bid_price,ask_price,bid_size,ask_size,seq_num"
 
-L1Row = tuple[int, datetime | None, Number, Number, Number, Number]  # seq, ts, bid, bid_size, ask, ask_size
+# seq, ts (a datetime or timestamptz text), bid, bid_size, ask, ask_size
+L1Row = tuple[int, datetime | str | None, Number, Number, Number, Number]
+_NULL = "\\N"
 
 # The export format of DESIGN.md, produced by PostgreSQL itself: time with six fractional
 # digits and " UTC", numbers in their shortest exact decimal form (trim_scale).
@@ -95,17 +97,20 @@ class L1Rows:
         self._conn = conn
 
     def copy(self, stream_id: int, rows: Sequence[L1Row]) -> None:
-        """Append L1 rows with binary COPY."""
+        """Append L1 rows with COPY. ``ts`` is a datetime or PostgreSQL timestamptz text."""
         if not rows:
             return
         driver = self._conn.connection.driver_connection
         assert driver is not None
-        with (
-            driver.cursor() as cur,
-            cur.copy("COPY l1 (stream_id, seq, ts, bid_price, bid_size, ask_price, ask_size) FROM STDIN") as copy,
-        ):
-            for seq, ts, bid, bid_size, ask, ask_size in rows:
-                copy.write_row((stream_id, seq, ts, bid, bid_size, ask, ask_size))
+        prefix = f"{stream_id}\t"
+        payload = "".join(
+            f"{prefix}{seq}\t{_NULL if ts is None else ts}\t{bid}\t{bid_size}\t{ask}\t{ask_size}\n"
+            for seq, ts, bid, bid_size, ask, ask_size in rows
+        )
+        with driver.cursor() as cur, cur.copy(
+            "COPY l1 (stream_id, seq, ts, bid_price, bid_size, ask_price, ask_size) FROM STDIN"
+        ) as copy:
+            copy.write(payload.encode("ascii"))
 
     def delete(self, stream_id: int) -> None:
         self._conn.execute(l1.delete().where(l1.c.stream_id == stream_id))
