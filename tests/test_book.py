@@ -92,7 +92,7 @@ def test_book_matches_naive_model_after_every_event(seq: list[Event]) -> None:
 @settings(max_examples=200, deadline=None)
 @given(st.lists(events, max_size=80))
 def test_l1_rows_match_naive_top_changes(seq: list[Event]) -> None:
-    book, naive, tracker = Book(), NaiveBook(), L1Tracker()
+    book, naive, tracker, fast = Book(), NaiveBook(), L1Tracker(), L1Tracker()
     expected, got = [], []
     last = None
     for event in seq:
@@ -105,6 +105,7 @@ def test_l1_rows_match_naive_top_changes(seq: list[Event]) -> None:
         row = tracker.observe(book.top())
         if row is not None:
             got.append(row)
+        assert fast.observe_book(book) == row
     assert got == expected
 
 

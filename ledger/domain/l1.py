@@ -14,7 +14,7 @@ an empty side emits nothing and leaves the last row as it was.
 
 from __future__ import annotations
 
-from ledger.domain.book import Top
+from ledger.domain.book import Book, Top
 
 __all__ = ["L1Tracker"]
 
@@ -32,4 +32,25 @@ class L1Tracker:
         if top is None or top == self.last:
             return None
         self.last = top
+        return top
+
+    def observe_book(self, book: Book) -> Top | None:
+        """Same as ``observe(book.top())``, without building a Top for every unchanged event
+        (the projector calls this once per event)."""
+        bid = book.best_bid
+        ask = book.best_ask
+        if bid is None or ask is None:
+            return None
+        bid_size = book.bids[bid].total
+        ask_size = book.asks[ask].total
+        last = self.last
+        if (
+            last is not None
+            and bid == last.bid_price
+            and ask == last.ask_price
+            and bid_size == last.bid_size
+            and ask_size == last.ask_size
+        ):
+            return None
+        self.last = top = Top(bid, bid_size, ask, ask_size)
         return top

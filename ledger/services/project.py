@@ -120,8 +120,7 @@ class _StreamProjector:
         as events), and turns price and size text into exact numbers through a cache,
         since a book sees the same few hundred prices and sizes over and over."""
         book = self.book
-        observe = self.tracker.observe
-        top = book.top
+        observe = self.tracker.observe_book
         add, update, delete, trade = book.add, book.update, book.delete, book.trade
         numbers = self.numbers
         threshold = self.error_threshold if out is not None else None
@@ -147,7 +146,7 @@ class _StreamProjector:
                 else:
                     raise StreamError(f"seq {seq}: the projector does not know the event kind {kind!r}")
             applied += 1
-            changed = observe(top())
+            changed = observe(book)
             if changed is not None:
                 crossed = changed.bid_price > changed.ask_price
                 if crossed and not self.crossed:
