@@ -17,18 +17,30 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 
 from ledger.errors import DatabaseError
 from ledger.settings import DATABASE_URL_EXAMPLE, Settings
 
-__all__ = ["Database", "alembic_config", "current_revision", "head_revision", "open_database", "upgrade"]
+if TYPE_CHECKING:
+    from alembic.config import Config
+
+__all__ = [
+    "HEAD_REVISION",
+    "Database",
+    "alembic_config",
+    "current_revision",
+    "head_revision",
+    "open_database",
+    "upgrade",
+]
+
+#: The newest migration in migrations/versions (tests/test_schema.py checks it), so that a
+#: command on an up-to-date database need not load Alembic at all.
+HEAD_REVISION = "0001"
 
 log = logging.getLogger(__name__)
 
@@ -51,23 +63,37 @@ class Database:
 
 def alembic_config() -> Config:
     """An Alembic config on the migrations shipped with ledger (no URL in it)."""
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(Path(str(files("ledger.migrations")))))
     return config
 
 
 def head_revision() -> str:
+    """The head revision as Alembic reads it from the migration scripts."""
+    from alembic.script import ScriptDirectory
+
     head = ScriptDirectory.from_config(alembic_config()).get_current_head()
     assert head is not None
     return head
 
 
 def current_revision(conn: Connection) -> str | None:
-    return MigrationContext.configure(conn).get_current_revision()
+    """The revision the database is at, or None for an empty database."""
+    if conn.execute(sa.text("SELECT to_regclass('alembic_version')")).scalar() is None:
+        return None
+    return conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
 
 
 def upgrade(engine: Engine, revision: str = "head") -> str | None:
     """Migrate to ``revision``; return the revision it was at before, or None if it was there."""
+    if revision == "head":
+        with engine.connect() as conn:
+            if current_revision(conn) == HEAD_REVISION:
+                return None
+    from alembic import command
+
     with engine.begin() as conn:
         conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK})
         before = current_revision(conn)
@@ -81,6 +107,8 @@ def upgrade(engine: Engine, revision: str = "head") -> str | None:
 
 
 def downgrade(engine: Engine, revision: str) -> None:
+    from alembic import command
+
     with engine.begin() as conn:
         conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK})
         config = alembic_config()
@@ -114,7 +142,7 @@ def open_database(settings: Settings | None = None, *, migrate: bool = True) -> 
             if migrate:
                 before = upgrade(engine)
                 if before is not None:
-                    log.info("migrated the database from %s to revision %s", before, head_revision())
+                    log.info("migrated the database from %s to revision %s", before, HEAD_REVISION)
         except sa.exc.OperationalError as e:
             raise DatabaseError(
                 f"cannot reach the database at {database.display_url}: {_first_line(e)}. "

@@ -12,7 +12,7 @@ from alembic.runtime.migration import MigrationContext
 from psycopg import sql
 from sqlalchemy.engine import URL, Engine
 
-from ledger.db import create_engine, current_revision, downgrade, head_revision, upgrade
+from ledger.db import HEAD_REVISION, create_engine, current_revision, downgrade, head_revision, upgrade
 from ledger.storage.schema import metadata
 
 TABLES = {
@@ -51,6 +51,10 @@ def test_upgrade_downgrade_to_base_and_upgrade_again(scratch_engine: Engine) -> 
     assert _tables(scratch_engine) == TABLES
     with scratch_engine.connect() as conn:
         assert current_revision(conn) == head_revision()
+
+
+def test_head_revision_constant_is_the_newest_migration() -> None:
+    assert head_revision() == HEAD_REVISION
 
 
 def test_core_tables_match_the_migrated_schema(engine: Engine) -> None:

@@ -133,12 +133,13 @@ class Book:
 
     def add(self, side: Side, order_id: str, price: Number, size: Number) -> None:
         key = (side, order_id)
-        if key in self.orders:
+        orders = self.orders
+        resting = orders.get(key)
+        if resting is not None:
             # The venue reused an id that is still resting: the new order replaces it.
             self.anomalies["add_existing_order"] += 1
-            self._unlink(self.orders[key])
-        order = Order(order_id, side, price, size)
-        self.orders[key] = order
+            self._unlink(resting)
+        orders[key] = order = Order(order_id, side, price, size)
         self._link(order)
 
     def update(self, side: Side, order_id: str, price: Number, size: Number) -> None:
@@ -162,11 +163,11 @@ class Book:
             self._link(order)
 
     def delete(self, side: Side, order_id: str) -> None:
-        order = self.orders.get((side, order_id))
+        order = self.orders.pop((side, order_id), None)
         if order is None:
             self.anomalies["delete_unknown_order"] += 1
             return
-        self._drop(order)
+        self._unlink(order)
 
     def trade(self, side: Side, order_id: str, size: Number) -> None:
         order = self.orders.get((side, order_id))

@@ -107,9 +107,10 @@ class L1Rows:
             f"{prefix}{seq}\t{_NULL if ts is None else ts}\t{bid}\t{bid_size}\t{ask}\t{ask_size}\n"
             for seq, ts, bid, bid_size, ask, ask_size in rows
         )
-        with driver.cursor() as cur, cur.copy(
-            "COPY l1 (stream_id, seq, ts, bid_price, bid_size, ask_price, ask_size) FROM STDIN"
-        ) as copy:
+        with (
+            driver.cursor() as cur,
+            cur.copy("COPY l1 (stream_id, seq, ts, bid_price, bid_size, ask_price, ask_size) FROM STDIN") as copy,
+        ):
             copy.write(payload.encode("ascii"))
 
     def delete(self, stream_id: int) -> None:
