@@ -278,14 +278,30 @@ def project(streams: tuple[str, ...], skip_gaps: bool, error_threshold: int | No
       ledger project --stream csv:l3_data_v3 --skip-gaps
     """
     from ledger.services.project import project as run_project
+    from ledger.services.status import stream_status
 
     with _database() as database:
-        summaries = run_project(
-            database.engine,
-            streams=list(streams) or None,
-            skip_gaps=skip_gaps,
-            error_threshold=error_threshold,
-        )
+        total = None
+        if sys.stderr.isatty():
+            with database.engine.connect() as conn:
+                rows = [r for r in stream_status(conn) if not streams or r.stream in streams]
+            total = sum(r.events if r.lag_events is None else r.lag_events for r in rows)
+        with _progress(total or None, "projecting") as bar:
+            done = 0
+
+            def advance(_stream: str, applied: int) -> None:
+                nonlocal done
+                done += applied
+                if bar is not None:
+                    bar(done)
+
+            summaries = run_project(
+                database.engine,
+                streams=list(streams) or None,
+                skip_gaps=skip_gaps,
+                error_threshold=error_threshold,
+                progress=advance,
+            )
     if as_json:
         _print_json([s.as_dict() for s in summaries])
     else:
