@@ -20,7 +20,7 @@ error threshold, when a stream has gone too wrong to go on.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -114,6 +114,34 @@ class Book:
         self.best_ask: Number | None = None
         self.anomalies: Counter[str] = Counter()
         self._crossed = False
+
+    @classmethod
+    def from_orders(cls, orders: Iterable[tuple[Side, str, Number, Number]]) -> Book:
+        """A book holding ``orders`` (side, id, price, size), each level's queue in the
+        order given. Faster than adding them one by one; raises ValueError on a repeated
+        (side, id), a bad side or a size that is not positive."""
+        book = cls()
+        by_side: dict[str, dict[Number, Level]] = {BUY: {}, SELL: {}}
+        resting = book.orders
+        for side, order_id, price, size in orders:
+            levels = by_side.get(side)
+            if levels is None:
+                raise ValueError(f"bad side {side!r}")
+            if (side, order_id) in resting:
+                raise ValueError(f"order {order_id!r} ({side}) appears twice")
+            if not size > 0:
+                raise ValueError(f"order {order_id!r} has size {size}")
+            order = resting[(side, order_id)] = Order(order_id, side, price, size)
+            level = levels.get(price)
+            if level is None:
+                level = levels[price] = Level()
+            level.total += size
+            level.orders[order_id] = order
+        book.bids = SortedDict(by_side[BUY])
+        book.asks = SortedDict(by_side[SELL])
+        book.best_bid = book.bids.peekitem(-1)[0] if book.bids else None
+        book.best_ask = book.asks.peekitem(0)[0] if book.asks else None
+        return book
 
     # -- applying events -------------------------------------------------------------
 

@@ -13,6 +13,7 @@ which case it goes on and marks the gap rows as skipped.
 from __future__ import annotations
 
 import contextlib
+import logging
 import queue
 import threading
 import time
@@ -26,13 +27,16 @@ from sqlalchemy.engine import Engine
 from ledger.domain.book import Book
 from ledger.domain.events import Add, Delete, Event, Number, Trade, Update
 from ledger.domain.l1 import L1Tracker
-from ledger.errors import DatabaseError, StreamError
+from ledger.domain.snapshot import FORMAT_VERSION as SNAPSHOT_FORMAT
+from ledger.domain.snapshot import ProjectorState, decode, encode
+from ledger.errors import DatabaseError, SnapshotError, StreamError
 from ledger.sources.csv_l3 import to_number
 from ledger.storage.log import EventLog, GapStore, Streams
-from ledger.storage.projection import L1Row, L1Rows, Position, Positions
+from ledger.storage.projection import L1Row, L1Rows, Position, Positions, Snapshots
 
-__all__ = ["ProjectSummary", "event_from_row", "project"]
+__all__ = ["ProjectOptions", "ProjectSummary", "event_from_row", "project", "rebuild", "restore_latest"]
 
+log = logging.getLogger(__name__)
 _PROJECT_LOCK_CLASS = 0x1ED7
 
 
@@ -48,6 +52,8 @@ class ProjectSummary:
     last_seq: int | None = None
     gaps_skipped: list[tuple[int, int]] = field(default_factory=list)
     anomalies: dict[str, int] = field(default_factory=dict)
+    from_snapshot: int | None = None  # the seq of the snapshot the run started from
+    snapshots: int = 0  # snapshots taken
     seconds: float = 0.0
 
     @property
@@ -77,13 +83,23 @@ def event_from_row(row: Sequence[Any]) -> Event:
     raise StreamError(f"seq {seq}: the projector does not know the event kind {kind!r}")
 
 
+@dataclass(frozen=True)
+class ProjectOptions:
+    """How the projector runs; the CLI flags of ``ledger project``."""
+
+    skip_gaps: bool = False
+    error_threshold: int | None = None
+    from_snapshot: bool = True
+    snapshot_every: int | None = 500_000  # events between two snapshots (None: never by count)
+    snapshot_interval: float | None = None  # seconds between two snapshots (None: never by time)
+    chunk: int = 20_000
+
+
 def project(
     engine: Engine,
     *,
     streams: Sequence[str] | None = None,
-    skip_gaps: bool = False,
-    error_threshold: int | None = None,
-    chunk: int = 20_000,
+    options: ProjectOptions = ProjectOptions(),
     progress: Callable[[str, int], None] | None = None,
 ) -> list[ProjectSummary]:
     """Bring the projection of each stream (all when None) up to the head of its log."""
@@ -92,13 +108,52 @@ def project(
         for name in streams or ():
             Streams(conn).get(name)  # raises with the list of known streams
     wanted = list(streams) if streams else sorted(known)
-    return [
-        _project_stream(
-            engine, known[name], name, skip_gaps=skip_gaps, error_threshold=error_threshold, chunk=chunk,
-            progress=progress,
-        )
-        for name in wanted
-    ]  # fmt: skip
+    timer = _SnapshotTimer(options.snapshot_interval)
+    try:
+        return [_project_stream(engine, known[name], name, options, timer, progress) for name in wanted]
+    finally:
+        timer.shutdown()
+
+
+def rebuild(engine: Engine, streams: Sequence[str] | None = None) -> list[str]:
+    """Drop the projection of each stream (all when None): its L1 rows, snapshots and
+    position, in one transaction per stream, so the next run replays from the first event."""
+    with engine.connect() as conn:
+        known = {name: sid for sid, name, _ in Streams(conn).all()}
+        for name in streams or ():
+            Streams(conn).get(name)
+    names = list(streams) if streams else sorted(known)
+    for name in names:
+        with engine.begin() as conn:
+            lock = {"c": _PROJECT_LOCK_CLASS, "o": known[name]}
+            if not conn.execute(sa.text("SELECT pg_try_advisory_xact_lock(:c, :o)"), lock).scalar():
+                raise StreamError(f"stream {name!r} is being projected by another process; stop it first")
+            L1Rows(conn).delete(known[name])
+            Snapshots(conn).delete_all(known[name])
+            Positions(conn).delete(known[name])
+            GapStore(conn).clear_skipped(known[name])
+    return names
+
+
+class _SnapshotTimer:
+    """Asks for a snapshot every ``interval`` seconds (APScheduler). It only raises a flag:
+    the projector takes the snapshot itself, between two chunks of events, so no thread
+    ever reads a book while it changes."""
+
+    def __init__(self, interval: float | None) -> None:
+        self.due = threading.Event()
+        self._scheduler: Any = None
+        if interval is not None:
+            from apscheduler.schedulers.background import BackgroundScheduler
+
+            self._scheduler = BackgroundScheduler(daemon=True)
+            self._scheduler.add_job(self.due.set, "interval", seconds=interval, id="snapshot")
+            self._scheduler.start()
+
+    def shutdown(self) -> None:
+        if self._scheduler is not None:
+            self._scheduler.shutdown(wait=False)
+            self._scheduler = None
 
 
 class _StreamProjector:
@@ -167,15 +222,21 @@ class _StreamProjector:
     def over_threshold(self) -> bool:
         return self.error_threshold is not None and self.book.anomalies.total() > self.error_threshold
 
+    def state(self) -> ProjectorState:
+        return ProjectorState(book=self.book, l1_last=self.tracker.last, crossed=self.crossed)
+
+    def restore(self, state: ProjectorState) -> None:
+        self.book = state.book
+        self.tracker = L1Tracker(state.l1_last)
+        self.crossed = state.crossed
+
 
 def _project_stream(
     engine: Engine,
     stream_id: int,
     name: str,
-    *,
-    skip_gaps: bool,
-    error_threshold: int | None,
-    chunk: int,
+    options: ProjectOptions,
+    timer: _SnapshotTimer,
     progress: Callable[[str, int], None] | None,
 ) -> ProjectSummary:
     started = time.perf_counter()
@@ -188,7 +249,7 @@ def _project_stream(
             return summary
         conn.commit()
         try:
-            _run(engine, stream_id, name, summary, skip_gaps, error_threshold, chunk, progress)
+            _run(engine, stream_id, name, summary, options, timer, progress)
         except sa.exc.DBAPIError as e:
             raise DatabaseError(
                 f"lost the database while projecting stream {name!r} after seq {summary.last_seq}: "
@@ -205,24 +266,54 @@ def _project_stream(
     return summary
 
 
+def restore_latest(
+    engine: Engine, stream_id: int, name: str, *, at_or_before: int
+) -> tuple[ProjectorState, int] | None:
+    """The newest readable snapshot of a stream at or before a seq, and its seq. A snapshot
+    that cannot be read, or lies beyond the log, is refused with a warning naming stream and
+    seq, and the next older one is tried; None when none is usable."""
+    with engine.connect() as conn:
+        snapshots = Snapshots(conn)
+        _, head = EventLog(conn).seq_range(stream_id)
+        for info in snapshots.infos(stream_id, at_or_before=at_or_before):
+            where = f"stream {name!r}, book snapshot at seq {info.seq}"
+            if head is None or info.seq > head:
+                log.warning("%s: refused, the log ends at seq %s; trying an earlier one", where, head)
+                continue
+            try:
+                version, payload = snapshots.load(stream_id, info.seq)
+                return decode(payload, version, where=where), info.seq
+            except SnapshotError as e:
+                log.warning("%s; trying an earlier one", str(e) if where in str(e) else f"{where}: {e}")
+    return None
+
+
 def _run(
     engine: Engine,
     stream_id: int,
     name: str,
     summary: ProjectSummary,
-    skip_gaps: bool,
-    error_threshold: int | None,
-    chunk: int,
+    options: ProjectOptions,
+    timer: _SnapshotTimer,
     progress: Callable[[str, int], None] | None,
 ) -> None:
-    proj = _StreamProjector(error_threshold)
+    proj = _StreamProjector(options.error_threshold)
+    chunk = min(options.chunk, options.snapshot_every or options.chunk)
     with engine.connect() as conn:
         pos = Positions(conn).get(stream_id)
     if pos is not None:
-        # Rebuild the book up to the position; gaps before it were handled by earlier runs.
-        for rows in _prefetch(engine, stream_id, after=pos.first_seq - 1, upto=pos.last_seq, chunk=chunk):
+        # Rebuild the book up to the position, from the newest good snapshot when allowed;
+        # gaps before the position were dealt with by earlier runs.
+        replay_after = pos.first_seq - 1
+        restored = restore_latest(engine, stream_id, name, at_or_before=pos.last_seq) if options.from_snapshot else None
+        if restored is not None:
+            state, replay_after = restored
+            proj.restore(state)
+            summary.from_snapshot = replay_after
+        for rows in _prefetch(engine, stream_id, after=replay_after, upto=pos.last_seq, chunk=chunk):
             proj.apply(rows, None)
         summary.last_seq = pos.last_seq
+    since_snapshot = 0
     committer = _Committer(engine, stream_id)
     committer.start()
     try:
@@ -245,12 +336,13 @@ def _run(
                     status = "error_threshold"
                     message = (
                         f"stream {name!r} stopped after seq {pos.last_seq}: {proj.book.anomalies.total()} book "
-                        f"anomalies exceed --error-threshold {error_threshold} ({_describe(proj.book.anomalies)})"
+                        f"anomalies exceed --error-threshold {options.error_threshold} "
+                        f"({_describe(proj.book.anomalies)})"
                     )
                     break
                 if gap is None:
                     break
-                if not skip_gaps:
+                if not options.skip_gaps:
                     status = "stopped_at_gap"
                     message = (
                         f"stream {name!r} stopped after seq {pos.last_seq}: seqs {gap[0]}..{gap[1]} "
@@ -264,7 +356,15 @@ def _run(
             pos.status, pos.message = status, message
             pos.l1_rows += len(out)
             pos.anomalies = dict(proj.book.anomalies)
-            committer.submit(out, replace(pos, anomalies=dict(pos.anomalies)), skipped)
+            since_snapshot += applied_in_chunk
+            snapshot = None
+            every = options.snapshot_every
+            if applied_in_chunk and ((every is not None and since_snapshot >= every) or timer.due.is_set()):
+                timer.due.clear()
+                since_snapshot = 0
+                snapshot = (pos.last_seq, encode(proj.state()), len(proj.book))
+                summary.snapshots += 1
+            committer.submit(_Job(out, replace(pos, anomalies=dict(pos.anomalies)), skipped, snapshot))
             summary.events_applied += applied_in_chunk
             summary.l1_rows += len(out)
             summary.gaps_skipped += skipped
@@ -321,30 +421,45 @@ def _prefetch(
         thread.join()
 
 
+@dataclass
+class _Job:
+    """One chunk's writes: its L1 rows, the gaps it skipped, its position, maybe a snapshot."""
+
+    out: list[L1Row]
+    pos: Position
+    skipped: list[tuple[int, int]]
+    snapshot: tuple[int, bytes, int] | None  # seq, payload, order count
+
+
 class _Committer(threading.Thread):
-    """Writes each chunk's L1 rows, skipped gaps and position in one transaction, in order,
-    on its own connection, while the next chunk is applied."""
+    """Writes each chunk's job in one transaction, in order, on its own connection, while
+    the next chunk is applied."""
 
     def __init__(self, engine: Engine, stream_id: int) -> None:
         super().__init__(name=f"ledger-commit-{stream_id}", daemon=True)
         self._engine = engine
         self._stream_id = stream_id
-        self._jobs: queue.Queue[tuple[list[L1Row], Position, list[tuple[int, int]]] | None] = queue.Queue(2)
+        self._jobs: queue.Queue[_Job | None] = queue.Queue(2)
         self._error: BaseException | None = None
 
     def run(self) -> None:
+        sid = self._stream_id
         try:
             with self._engine.connect() as conn:
                 while (job := self._jobs.get()) is not None:
                     if self._error is not None:
                         continue
-                    out, pos, skipped = job
                     try:
                         with conn.begin():
-                            L1Rows(conn).copy(self._stream_id, out)
-                            for first, last in skipped:
-                                GapStore(conn).mark_skipped(self._stream_id, first, last)
-                            Positions(conn).put(self._stream_id, pos)
+                            L1Rows(conn).copy(sid, job.out)
+                            for first, last in job.skipped:
+                                GapStore(conn).mark_skipped(sid, first, last)
+                            if job.snapshot is not None:
+                                seq, payload, count = job.snapshot
+                                Snapshots(conn).save(
+                                    sid, seq, payload, format_version=SNAPSHOT_FORMAT, order_count=count
+                                )
+                            Positions(conn).put(sid, job.pos)
                     except BaseException as e:  # handed to the applying thread, which raises it
                         self._error = e
         except BaseException as e:
@@ -352,10 +467,10 @@ class _Committer(threading.Thread):
             while self._jobs.get() is not None:
                 pass
 
-    def submit(self, out: list[L1Row], pos: Position, skipped: list[tuple[int, int]]) -> None:
+    def submit(self, job: _Job) -> None:
         if self._error is not None:
             self.close()
-        self._jobs.put((out, pos, skipped))
+        self._jobs.put(job)
 
     def close(self) -> None:
         if self.is_alive():

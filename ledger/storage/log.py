@@ -222,6 +222,14 @@ class GapStore:
             values["detected_at"] = detected
         return int(self._conn.execute(gaps.insert().values(**values).returning(gaps.c.id)).scalar_one())
 
+    def clear_skipped(self, stream_id: int) -> None:
+        """Forget that the projector skipped this stream's gaps (before a rebuild)."""
+        self._conn.execute(
+            gaps.update()
+            .where(gaps.c.stream_id == stream_id, gaps.c.projector_skipped_at.is_not(None))
+            .values(projector_skipped_at=None)
+        )
+
     def mark_skipped(self, stream_id: int, first: int, last: int) -> None:
         self._conn.execute(
             gaps.update()

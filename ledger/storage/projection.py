@@ -8,6 +8,7 @@ positions.put(stream_id, new_position)  # ... the position that covers them
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -19,9 +20,10 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Connection
 
 from ledger.domain.events import Number
-from ledger.storage.schema import l1, projector_positions
+from ledger.errors import SnapshotError
+from ledger.storage.schema import book_snapshots, l1, projector_positions
 
-__all__ = ["L1_HEADER", "L1Row", "L1Rows", "Position", "Positions"]
+__all__ = ["L1_HEADER", "L1Row", "L1Rows", "Position", "Positions", "SnapshotInfo", "Snapshots"]
 
 L1_HEADER = "time,bid_price,ask_price,bid_size,ask_size,seq_num"
 
@@ -135,3 +137,77 @@ class L1Rows:
                 sa.select(sa.func.count()).select_from(l1).where(l1.c.stream_id == stream_id)
             ).scalar_one()
         )
+
+
+@dataclass(frozen=True)
+class SnapshotInfo:
+    """A stored book snapshot, without its payload."""
+
+    seq: int
+    format_version: int
+    order_count: int
+    size: int
+    created_at: datetime
+
+
+class Snapshots:
+    """The projector's saved books. Rows are written in the transaction that writes the
+    position at the same seq, so a snapshot is never half there; the checksum catches a
+    payload damaged afterwards."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+
+    def save(self, stream_id: int, seq: int, payload: bytes, *, format_version: int, order_count: int) -> None:
+        stmt = pg_insert(book_snapshots).values(
+            stream_id=stream_id,
+            seq=seq,
+            format_version=format_version,
+            order_count=order_count,
+            payload=payload,
+            checksum=hashlib.sha256(payload).hexdigest(),
+        )
+        self._conn.execute(stmt.on_conflict_do_nothing(index_elements=["stream_id", "seq"]))
+
+    def infos(self, stream_id: int, *, at_or_before: int | None = None) -> list[SnapshotInfo]:
+        """The stream's snapshots, newest first."""
+        query = sa.select(
+            book_snapshots.c.seq,
+            book_snapshots.c.format_version,
+            book_snapshots.c.order_count,
+            sa.func.octet_length(book_snapshots.c.payload).label("size"),
+            book_snapshots.c.created_at,
+        ).where(book_snapshots.c.stream_id == stream_id)
+        if at_or_before is not None:
+            query = query.where(book_snapshots.c.seq <= at_or_before)
+        rows = self._conn.execute(query.order_by(book_snapshots.c.seq.desc()))
+        return [
+            SnapshotInfo(int(r.seq), int(r.format_version), int(r.order_count), int(r.size), r.created_at) for r in rows
+        ]
+
+    def load(self, stream_id: int, seq: int) -> tuple[int, bytes]:
+        """(format version, payload) of one snapshot; SnapshotError if its checksum fails."""
+        row = self._conn.execute(
+            sa.select(book_snapshots.c.format_version, book_snapshots.c.payload, book_snapshots.c.checksum).where(
+                book_snapshots.c.stream_id == stream_id, book_snapshots.c.seq == seq
+            )
+        ).one()
+        payload = bytes(row.payload)
+        if hashlib.sha256(payload).hexdigest() != row.checksum:
+            raise SnapshotError(f"snapshot at seq {seq}: the payload does not match its checksum (damaged)")
+        return int(row.format_version), payload
+
+    def delete_all(self, stream_id: int) -> int:
+        return self._conn.execute(book_snapshots.delete().where(book_snapshots.c.stream_id == stream_id)).rowcount
+
+    def prune(self, stream_id: int, *, keep: int, keep_every: int | None = None) -> int:
+        """Keep the newest ``keep`` snapshots and, of the older ones, every ``keep_every``-th
+        (counting from the newest of them); delete the rest. Return how many went."""
+        seqs = [info.seq for info in self.infos(stream_id)]
+        older = seqs[keep:]
+        doomed = [seq for i, seq in enumerate(older) if keep_every is None or i % keep_every != keep_every - 1]
+        if doomed:
+            self._conn.execute(
+                book_snapshots.delete().where(book_snapshots.c.stream_id == stream_id, book_snapshots.c.seq.in_(doomed))
+            )
+        return len(doomed)

@@ -1,0 +1,113 @@
+"""The book of a stream at any point of its history: the newest good snapshot at or before
+that point, then the events after it, replayed without writing anything."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from ledger.domain.book import Book
+from ledger.errors import StreamError
+from ledger.services.project import _prefetch, _StreamProjector, restore_latest
+from ledger.storage.log import EventLog, Streams
+from ledger.storage.schema import events
+
+__all__ = ["BookView", "book_at", "seq_at_time"]
+
+
+@dataclass
+class BookView:
+    """A rebuilt book and where in the stream it stands."""
+
+    stream: str
+    seq: int
+    time: datetime | None
+    book: Book
+    from_snapshot: int | None
+    replayed: int
+    missing: list[tuple[int, int]] = field(default_factory=list)  # gaps crossed on the way
+
+
+def seq_at_time(conn: Connection, stream_id: int, at: datetime) -> int:
+    """The seq of the last event at or before ``at``. A binary search over the primary key,
+    so it needs no index on time; it assumes time does not go back as seq goes up."""
+    low, high = EventLog(conn).seq_range(stream_id)
+    if low is None or high is None:
+        raise StreamError("the stream has no events")
+    first_ts = _event_at_or_after(conn, stream_id, low)[1]
+    if first_ts is not None and first_ts > at:
+        raise StreamError(f"{at.isoformat()} is before the stream's first event ({first_ts.isoformat()})")
+    # Largest x in [low, high] whose first event at or after x is not later than `at`;
+    # that x is itself the seq of an event (or the next event would qualify too).
+    lo, hi = low, high
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        ts = _event_at_or_after(conn, stream_id, mid)[1]
+        if ts is None or ts <= at:
+            lo = mid
+        else:
+            hi = mid - 1
+    return _event_at_or_before(conn, stream_id, lo)[0]
+
+
+def _event_at_or_after(conn: Connection, stream_id: int, seq: int) -> tuple[int, datetime | None]:
+    row = conn.execute(
+        sa.select(events.c.seq, events.c.ts)
+        .where(events.c.stream_id == stream_id, events.c.seq >= seq)
+        .order_by(events.c.seq)
+        .limit(1)
+    ).one()
+    return int(row.seq), row.ts
+
+
+def _event_at_or_before(conn: Connection, stream_id: int, seq: int) -> tuple[int, datetime | None]:
+    row = conn.execute(
+        sa.select(events.c.seq, events.c.ts)
+        .where(events.c.stream_id == stream_id, events.c.seq <= seq)
+        .order_by(events.c.seq.desc())
+        .limit(1)
+    ).one()
+    return int(row.seq), row.ts
+
+
+def book_at(engine: Engine, stream: str, *, at_seq: int | None = None, at_time: datetime | None = None) -> BookView:
+    """The book of ``stream`` after the event at ``at_seq`` (or the last one at or before
+    ``at_time``; or the newest event when neither is given)."""
+    with engine.connect() as conn:
+        stream_id = Streams(conn).get(stream)
+        low, high = EventLog(conn).seq_range(stream_id)
+        if low is None or high is None:
+            raise StreamError(f"stream {stream!r} has no events yet")
+        if at_time is not None:
+            target = seq_at_time(conn, stream_id, at_time)
+        elif at_seq is not None:
+            if at_seq < low:
+                raise StreamError(f"stream {stream!r} starts at seq {low}; seq {at_seq} is before it")
+            target = min(at_seq, high)
+        else:
+            target = high
+    proj = _StreamProjector(None)
+    replay_after = low - 1
+    from_snapshot = None
+    restored = restore_latest(engine, stream_id, stream, at_or_before=target)
+    if restored is not None:
+        state, replay_after = restored
+        proj.restore(state)
+        from_snapshot = replay_after
+    view = BookView(stream=stream, seq=replay_after, time=None, book=proj.book, from_snapshot=from_snapshot, replayed=0)
+    expected = replay_after + 1
+    for rows in _prefetch(engine, stream_id, after=replay_after, upto=target, chunk=20_000):
+        proj.apply(rows, None)
+        for row in rows:
+            if row[0] != expected:
+                view.missing.append((expected, row[0] - 1))
+            expected = row[0] + 1
+        view.replayed += len(rows)
+        view.seq = rows[-1][0]
+    with engine.connect() as conn:
+        view.time = _event_at_or_before(conn, stream_id, view.seq)[1] if view.seq >= low else None
+    view.book = proj.book
+    return view
