@@ -66,7 +66,7 @@ def _state(engine: Engine, stream: str) -> dict[str, list[tuple[object, ...]]]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("seed", [1, 2, 3])
+@pytest.mark.parametrize("seed", [1, 2, 3, 4, 5])  # 4 kills each: 20 kill points
 def test_killed_ingest_resumes_to_the_undisturbed_result(
     seed: int, database_url: URL, engine: Engine, tmp_path: Path
 ) -> None:
@@ -76,7 +76,7 @@ def test_killed_ingest_resumes_to_the_undisturbed_result(
     kills = 0
     for _ in range(4):
         proc = _ingest(database_url, path, "csv:killed")
-        time.sleep(rng.uniform(0.3, 2.0))
+        time.sleep(rng.uniform(0.3, 1.6))
         if proc.poll() is not None:
             break
         proc.send_signal(signal.SIGKILL)
@@ -84,7 +84,7 @@ def test_killed_ingest_resumes_to_the_undisturbed_result(
         kills += 1
     final = _ingest(database_url, path, "csv:killed")
     assert final.wait(timeout=300) == 0, final.stderr.read() if final.stderr else ""
-    assert kills >= 1, "the ingest finished before it could be killed: make the file larger"
+    assert kills >= 3, "the ingest finished before it could be killed: make the file larger"
     calm, killed = _state(engine, "csv:calm"), _state(engine, "csv:killed")
     assert len(calm["events"]) > 200_000
     assert killed["events"] == calm["events"]
