@@ -78,6 +78,9 @@ def cli(verbose: bool) -> None:
     )
     for noisy in ("alembic", "sqlalchemy", "psycopg"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # After a lost connection the pool logs each failed reset with a traceback; the command
+    # itself says what happened and what to do.
+    logging.getLogger("sqlalchemy.pool").setLevel(logging.WARNING if verbose else logging.CRITICAL)
 
 
 # -- db ------------------------------------------------------------------------------------
