@@ -18,6 +18,7 @@ from sqlalchemy.engine import Engine
 
 from ledger.cli import cli
 from ledger.domain.book import Book
+from ledger.services.project import restore_latest
 from ledger.sources.csv_l3 import parse_line, to_number
 from ledger.storage.log import Streams
 from ledger.storage.projection import L1Rows
@@ -106,12 +107,14 @@ def test_a_snapshot_beyond_the_log_is_refused(db_env: dict[str, str], engine: En
     seqs = snapshot_seqs(engine)
     with engine.begin() as conn:  # the log lost its tail (restored from an older backup, say)
         conn.execute(sa.text("DELETE FROM events WHERE seq > :seq"), {"seq": seqs[-1] - 1})
-        conn.execute(sa.text("DELETE FROM l1 WHERE seq > :seq"), {"seq": seqs[-1]})
-        conn.execute(sa.text("UPDATE projector_positions SET last_seq = :s"), {"s": seqs[-1]})
+        stream_id = Streams(conn).get(STREAM)
     with caplog.at_level(logging.WARNING, logger="ledger"):
+        restored = restore_latest(engine, stream_id, STREAM, at_or_before=seqs[-1])
         summary = json.loads(run("project", "--json"))
-    assert summary[0]["from_snapshot"] == seqs[-2]
+    assert restored is not None and restored[1] == seqs[-2]
     assert f"book snapshot at seq {seqs[-1]}: refused, the log ends at seq {seqs[-1] - 1}" in caplog.text
+    assert summary[0]["events_applied"] == 0
+    assert f"the projector position {summary[0]['last_seq']} is beyond the end of the log" in caplog.text
 
 
 def test_prune_keeps_the_newest_and_every_mth_older(db_env: dict[str, str], engine: Engine) -> None:

@@ -99,8 +99,8 @@ def book_at(engine: Engine, stream: str, *, at_seq: int | None = None, at_time: 
         from_snapshot = replay_after
     view = BookView(stream=stream, seq=replay_after, time=None, book=proj.book, from_snapshot=from_snapshot, replayed=0)
     expected = replay_after + 1
-    for rows in _prefetch(engine, stream_id, after=replay_after, upto=target, chunk=20_000):
-        proj.apply(rows, None)
+    for rows in _prefetch(engine, stream_id, after=replay_after, upto=target, chunk=20_000, with_time=False):
+        proj.apply(rows, None, l1=False)
         for row in rows:
             if row[0] != expected:
                 view.missing.append((expected, row[0] - 1))

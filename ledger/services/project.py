@@ -166,9 +166,11 @@ class _StreamProjector:
         self.crossed = False
         self.numbers: dict[str | None, Number] = {}  # price/size text -> exact number
 
-    def apply(self, rows: Sequence[Sequence[Any]], out: list[L1Row] | None) -> int:
+    def apply(self, rows: Sequence[Sequence[Any]], out: list[L1Row] | None, *, l1: bool = True) -> int:
         """Apply rows in order; append L1 changes to ``out`` (None: replay, write nothing).
         Return how many rows were applied (fewer when the error threshold stops it).
+        Without ``l1`` only the book changes: for a book wanted at one point, not a
+        projection that goes on.
 
         The hot loop of the projector: it calls the book's operations directly rather
         than building an :data:`Event` per row (:func:`event_from_row` is the same mapping
@@ -201,6 +203,8 @@ class _StreamProjector:
                 else:
                     raise StreamError(f"seq {seq}: the projector does not know the event kind {kind!r}")
             applied += 1
+            if not l1:
+                continue
             changed = observe(book)
             if changed is not None:
                 crossed = changed.bid_price > changed.ask_price
@@ -301,6 +305,18 @@ def _run(
     chunk = min(options.chunk, options.snapshot_every or options.chunk)
     with engine.connect() as conn:
         pos = Positions(conn).get(stream_id)
+        head = EventLog(conn).seq_range(stream_id)[1]
+    if pos is not None and (head is None or head <= pos.last_seq):
+        # Nothing new: no need to rebuild the book at all.
+        if head is None or head < pos.last_seq:
+            log.warning(
+                "stream %r: the projector position %s is beyond the end of the log (%s): events were "
+                "removed from the log; run `ledger project --rebuild --stream %s`",
+                name, pos.last_seq, head, name,
+            )  # fmt: skip
+        summary.last_seq = pos.last_seq
+        summary.status, summary.message, summary.anomalies = pos.status, pos.message, dict(pos.anomalies)
+        return
     if pos is not None:
         # Rebuild the book up to the position, from the newest good snapshot when allowed;
         # gaps before the position were dealt with by earlier runs.
@@ -310,7 +326,7 @@ def _run(
             state, replay_after = restored
             proj.restore(state)
             summary.from_snapshot = replay_after
-        for rows in _prefetch(engine, stream_id, after=replay_after, upto=pos.last_seq, chunk=chunk):
+        for rows in _prefetch(engine, stream_id, after=replay_after, upto=pos.last_seq, chunk=chunk, with_time=False):
             proj.apply(rows, None)
         summary.last_seq = pos.last_seq
     since_snapshot = 0
@@ -383,7 +399,13 @@ def _run(
 
 
 def _prefetch(
-    engine: Engine, stream_id: int, *, after: int | None, upto: int | None = None, chunk: int
+    engine: Engine,
+    stream_id: int,
+    *,
+    after: int | None,
+    upto: int | None = None,
+    chunk: int,
+    with_time: bool = True,
 ) -> Iterator[list[Any]]:
     """Chunks of the log read ahead by a thread on its own connection (two at most)."""
     chunks: queue.Queue[list[Any] | BaseException | None] = queue.Queue(maxsize=2)
@@ -392,7 +414,8 @@ def _prefetch(
     def reader() -> None:
         try:
             with engine.connect() as conn:
-                for rows in EventLog(conn).read_chunks(stream_id, after=after, upto=upto, chunk=chunk):
+                log = EventLog(conn)
+                for rows in log.read_chunks(stream_id, after=after, upto=upto, chunk=chunk, with_time=with_time):
                     conn.commit()  # no snapshot held across chunks
                     while not stop.is_set():
                         try:

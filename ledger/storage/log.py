@@ -32,6 +32,12 @@ __all__ = [
 
 #: Column order of the COPY text rows built by ingest.
 EVENT_COPY_COLUMNS = ("stream_id", "seq", "kind", "order_id", "side", "price", "size", "ts", "raw")
+_READ = (
+    "SELECT seq, kind, order_id, side, price::text, size::text, {ts} FROM events"
+    " WHERE stream_id = %s AND seq > %s AND seq <= %s ORDER BY seq LIMIT %s"
+)
+_READ_WITH_TIME = _READ.format(ts="ts::text")
+_READ_WITHOUT_TIME = _READ.format(ts="NULL::text")
 _COPY_EVENTS = f"COPY events ({', '.join(EVENT_COPY_COLUMNS)}) FROM STDIN"
 _ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 
@@ -111,14 +117,21 @@ class EventLog:
             yield from rows
 
     def read_chunks(
-        self, stream_id: int, *, after: int | None = None, upto: int | None = None, chunk: int = 20_000
+        self,
+        stream_id: int,
+        *,
+        after: int | None = None,
+        upto: int | None = None,
+        chunk: int = 20_000,
+        with_time: bool = True,
     ) -> Iterator[list[Any]]:
         """Lists of up to ``chunk`` rows (seq, kind, order_id, side, price, size, ts), read by
         key range so a long replay holds no long-running cursor.
 
         price, size and ts come as text (ISO time with offset): turning them into Python
         objects here would cost more than the rest of reading; the projector makes exact
-        numbers of them with a cache, and hands ts back to PostgreSQL as it came."""
+        numbers of them with a cache, and hands ts back to PostgreSQL as it came. Without
+        ``with_time``, ts is None (a replay that writes nothing has no use for it)."""
         driver = self._conn.connection.driver_connection
         assert driver is not None
         lower = -(2**63) if after is None else after
@@ -130,11 +143,7 @@ class EventLog:
                 cur.execute("SET LOCAL enable_sort = off")
                 cur.execute("SET LOCAL enable_bitmapscan = off")
                 cur.execute("SET LOCAL DateStyle = 'ISO'")
-                cur.execute(
-                    "SELECT seq, kind, order_id, side, price::text, size::text, ts::text FROM events"
-                    " WHERE stream_id = %s AND seq > %s AND seq <= %s ORDER BY seq LIMIT %s",
-                    (stream_id, lower, upper, chunk),
-                )
+                cur.execute(_READ_WITH_TIME if with_time else _READ_WITHOUT_TIME, (stream_id, lower, upper, chunk))
                 rows = cur.fetchall()
                 if not rows:
                     return
