@@ -1,0 +1,134 @@
+"""Soak test: kill -9 and resume, again and again, for a given number of minutes.
+
+Each round ingests a generated L3 file into a new stream and projects it, killing each
+command with SIGKILL at random moments and starting it again until it completes; then it
+compares the round's events, gaps, rejects and L1 export with an undisturbed run's. It
+prints the number of kills survived and every difference found (there should be none).
+
+    python benchmarks/soak.py --minutes 10
+    python benchmarks/soak.py --minutes 2 -n 100000 --seed 3
+
+The server: LEDGER_BENCH_DATABASE_URL (an admin URL; a scratch database is created and
+dropped), else postgres on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import random
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+from sqlalchemy.engine import make_url
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_csv import DEFAULT_SERVER
+from generate_l3 import generate
+
+_STATE = {
+    "events": "SELECT seq, kind, order_id, side, price, size, ts, raw FROM events WHERE stream_id = %s ORDER BY seq",
+    "gaps": "SELECT first_seq, last_seq, status FROM gaps WHERE stream_id = %s ORDER BY first_seq, status",
+    "rejects": "SELECT line_no, raw, reason FROM rejects WHERE stream_id = %s ORDER BY line_no",
+    "l1": "SELECT seq, ts, bid_price, bid_size, ask_price, ask_size FROM l1 WHERE stream_id = %s ORDER BY seq",
+}
+
+
+def _digest(conn: psycopg.Connection, stream: str) -> dict[str, str]:
+    [sid] = conn.execute("SELECT id FROM streams WHERE name = %s", (stream,)).fetchone() or [None]
+    out = {}
+    for key, query in _STATE.items():
+        digest = hashlib.sha256()
+        for row in conn.execute(query, (sid,)):  # type: ignore[arg-type]
+            digest.update(repr(row).encode())
+        out[key] = digest.hexdigest()
+    return out
+
+
+def _until_done(args: list[str], env: dict[str, str], rng: random.Random, max_wait: float) -> int:
+    """Run ledger with ``args``, killing it at random moments until a run completes; return kills."""
+    kills = 0
+    while True:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "ledger.cli", *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        try:
+            code = proc.wait(timeout=rng.uniform(0.3, max_wait))
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            kills += 1
+            continue
+        if code not in (0, 3):
+            err = proc.stderr.read().decode() if proc.stderr else ""
+            raise SystemExit(f"ledger {' '.join(args)} failed with {code}:\n{err}")
+        return kills
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--minutes", type=float, default=5.0)
+    parser.add_argument("-n", type=int, default=200_000, help="events per round")
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args()
+    workdir = Path(tempfile.mkdtemp(prefix="ledger-soak-"))
+    data = workdir / "l3.csv"
+    with data.open("w", encoding="utf-8", newline="\n") as out:
+        generate(args.n, args.seed, out, swap_rate=0.01, gap_rate=0.0005)
+    server = make_url(os.environ.get("LEDGER_BENCH_DATABASE_URL") or DEFAULT_SERVER)
+    admin = server.set(drivername="postgresql").render_as_string(hide_password=False)
+    name = f"ledger_soak_{secrets.token_hex(4)}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    url = server.set(database=name).render_as_string(hide_password=False)
+    env = {**os.environ, "LEDGER_DATABASE_URL": url}
+    rng = random.Random(args.seed)
+    rounds = kills = 0
+    differences: list[str] = []
+    try:
+        ingest = ["ingest", "csv", str(data), "--batch-size", "5000"]
+        project = ["project", "--skip-gaps", "--snapshot-every", "20000"]
+        _until_done([*ingest, "--stream", "csv:calm"], env, rng, float("inf"))
+        _until_done([*project, "--stream", "csv:calm"], env, rng, float("inf"))
+        with psycopg.connect(url.replace("+psycopg", "")) as conn:
+            reference = _digest(conn, "csv:calm")
+        deadline = time.monotonic() + args.minutes * 60
+        while time.monotonic() < deadline:
+            rounds += 1
+            stream = f"csv:round{rounds}"
+            kills += _until_done([*ingest, "--stream", stream], env, rng, 3.0)
+            kills += _until_done([*project, "--stream", stream], env, rng, 3.0)
+            with psycopg.connect(url.replace("+psycopg", "")) as conn:
+                got = _digest(conn, stream)
+                for key in reference:
+                    if got[key] != reference[key]:
+                        differences.append(f"round {rounds} ({stream}): {key} differs")
+                for table in ("l1", "book_snapshots", "projector_positions", "gaps", "rejects", "ingest_checkpoints"):
+                    conn.execute(
+                        sql.SQL("DELETE FROM {} WHERE stream_id = (SELECT id FROM streams WHERE name = %s)").format(
+                            sql.Identifier(table)
+                        ),
+                        (stream,),
+                    )
+                conn.execute("DELETE FROM events WHERE stream_id = (SELECT id FROM streams WHERE name = %s)", (stream,))
+                conn.commit()
+            print(f"round {rounds}: {kills} kills survived so far, {len(differences)} differences", flush=True)
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+    print(f"soak: {rounds} rounds, {kills} kills survived, {len(differences)} differences")
+    for line in differences:
+        print("  " + line)
+    sys.exit(1 if differences else 0)
+
+
+if __name__ == "__main__":
+    main()
