@@ -276,7 +276,7 @@ def _progress(total: int | None, label: str) -> Iterator[Callable[[int], None] |
 @click.option(
     "--snapshot-every",
     type=click.IntRange(min=0),
-    default=500_000,
+    default=250_000,
     show_default=True,
     help="Save the book every N events (0: never by count).",
 )

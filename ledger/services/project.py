@@ -90,7 +90,7 @@ class ProjectOptions:
     skip_gaps: bool = False
     error_threshold: int | None = None
     from_snapshot: bool = True
-    snapshot_every: int | None = 500_000  # events between two snapshots (None: never by count)
+    snapshot_every: int | None = 250_000  # events between two snapshots (None: never by count)
     snapshot_interval: float | None = None  # seconds between two snapshots (None: never by time)
     chunk: int = 20_000
 
