@@ -101,10 +101,12 @@ def book_at(engine: Engine, stream: str, *, at_seq: int | None = None, at_time: 
     expected = replay_after + 1
     for rows in _prefetch(engine, stream_id, after=replay_after, upto=target, chunk=20_000, with_time=False):
         proj.apply(rows, None, l1=False)
-        for row in rows:
-            if row[0] != expected:
-                view.missing.append((expected, row[0] - 1))
-            expected = row[0] + 1
+        if rows[0][0] != expected or rows[-1][0] != expected + len(rows) - 1:  # a hole somewhere
+            for row in rows:
+                if row[0] != expected:
+                    view.missing.append((expected, row[0] - 1))
+                expected = row[0] + 1
+        expected = rows[-1][0] + 1
         view.replayed += len(rows)
         view.seq = rows[-1][0]
     with engine.connect() as conn:
