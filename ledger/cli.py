@@ -6,6 +6,7 @@ a :class:`~ledger.errors.LedgerError` into a one-line error and a non-zero exit 
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -17,9 +18,11 @@ from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
 import click
+import psycopg
+import sqlalchemy as sa
 
 from ledger.db import Database, open_database
-from ledger.errors import LedgerError
+from ledger.errors import LedgerError, first_line
 
 __all__ = ["main"]
 
@@ -45,14 +48,14 @@ def _print_json(data: Any) -> None:
 
 
 def _fail_on_ledger_error(func: F) -> F:
-    import functools
-
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
         except LedgerError as e:
             raise click.ClickException(str(e)) from e
+        except (sa.exc.DBAPIError, psycopg.Error) as e:  # the one boundary for driver errors
+            raise click.ClickException(f"database error: {first_line(e)}") from e
 
     return wrapper  # type: ignore[return-value]
 
@@ -358,7 +361,7 @@ def project(
             )
             if s.message:
                 click.echo(f"  {s.message}", err=True)
-    if any(s.status in ("stopped_at_gap", "error_threshold", "busy") for s in summaries):
+    if any(s.status in ("stopped_at_gap", "error_threshold", "needs_rebuild", "busy") for s in summaries):
         sys.exit(3)
 
 
@@ -600,6 +603,12 @@ def status(stream: str | None, as_json: bool) -> None:
                 else f"{r.projector_status} at seq {r.projected_seq}, {r.lag_events} events behind, {r.l1_rows} L1 rows"
             )
             + (f"\n  {r.projector_message}" if r.projector_message else "")
+            + (
+                f"\n  {r.skipped_then_filled} gaps the projector skipped have been filled since: "
+                f"`ledger project --rebuild --stream {r.stream}` includes them"
+                if r.skipped_then_filled
+                else ""
+            )
         )
 
 

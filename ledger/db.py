@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 
-from ledger.errors import DatabaseError
+from ledger.errors import DatabaseError, first_line
 from ledger.settings import DATABASE_URL_EXAMPLE, Settings
 
 if TYPE_CHECKING:
@@ -58,7 +58,10 @@ class Database:
 
     @property
     def display_url(self) -> str:
-        return self.url.render_as_string(hide_password=True)
+        """The URL with any password hidden, also one given as a query parameter."""
+        from ledger.embedded import redact_url
+
+        return redact_url(self.url.render_as_string(hide_password=True))
 
 
 def alembic_config() -> Config:
@@ -145,7 +148,7 @@ def open_database(settings: Settings | None = None, *, migrate: bool = True) -> 
                     log.info("migrated the database from %s to revision %s", before, HEAD_REVISION)
         except sa.exc.OperationalError as e:
             raise DatabaseError(
-                f"cannot reach the database at {database.display_url}: {_first_line(e)}. "
+                f"cannot reach the database at {database.display_url}: {first_line(e)}. "
                 f"Check LEDGER_DATABASE_URL (for example {DATABASE_URL_EXAMPLE})"
             ) from e
         yield database
@@ -153,8 +156,3 @@ def open_database(settings: Settings | None = None, *, migrate: bool = True) -> 
         engine.dispose()
         if embedded is not None:
             embedded.stop()
-
-
-def _first_line(error: BaseException) -> str:
-    original = getattr(error, "orig", None) or error
-    return str(original).strip().splitlines()[0] if str(original).strip() else type(original).__name__

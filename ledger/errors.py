@@ -7,15 +7,14 @@ The CLI turns a ``LedgerError`` into a one-line message and a non-zero exit code
     LedgerError
     ├── ConfigError            a bad or missing LEDGER_* setting
     ├── EmbeddedServerError    the embedded PostgreSQL could not start or be reached
-    ├── DatabaseError          the database refused or lost a connection
-    │   └── SchemaError        the schema is missing, too old or too new
+    ├── DatabaseError          the database refused a statement or lost the connection
     ├── InputError             an input file or stream cannot be read at all
     │                          (missing, unreadable, wrong header, empty)
     ├── StreamError            a stream is unknown, busy, or cannot go on
-    │   ├── GapError           the projector reached an open gap
-    │   └── ErrorThresholdExceeded
-    │                          a stream had more book anomalies than allowed
     └── SnapshotError          a book snapshot is unreadable or refused
+
+A stream that stops at a gap or at its error threshold is not an error: it is a status
+the projector reports (and the CLI turns into exit code 3).
 """
 
 from __future__ import annotations
@@ -24,13 +23,11 @@ __all__ = [
     "ConfigError",
     "DatabaseError",
     "EmbeddedServerError",
-    "ErrorThresholdExceeded",
-    "GapError",
     "InputError",
     "LedgerError",
-    "SchemaError",
     "SnapshotError",
     "StreamError",
+    "first_line",
 ]
 
 
@@ -50,10 +47,6 @@ class DatabaseError(LedgerError):
     """The database refused a statement or the connection was lost."""
 
 
-class SchemaError(DatabaseError):
-    """The database schema is not at the revision this ledger expects."""
-
-
 class InputError(LedgerError):
     """An input cannot be read at all (missing file, wrong header, empty input)."""
 
@@ -62,13 +55,12 @@ class StreamError(LedgerError):
     """A stream is unknown, held by another process, or cannot go on."""
 
 
-class GapError(StreamError):
-    """The projector reached seqs that are missing from the log."""
-
-
-class ErrorThresholdExceeded(StreamError):
-    """A stream had more book anomalies than ``--error-threshold`` allows."""
-
-
 class SnapshotError(LedgerError):
     """A book snapshot has an unknown format version or a corrupt payload."""
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of a (driver) error's message, for one-line reports."""
+    original = getattr(error, "orig", None) or error
+    text = str(original).strip()
+    return text.splitlines()[0] if text else type(original).__name__

@@ -12,11 +12,12 @@ integer id and a Coinbase UUID are handled alike.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from decimal import Decimal
+from decimal import Context, Decimal, Inexact, InvalidOperation, Overflow, Rounded
 from typing import Final, Literal, TypeAlias
 
 __all__ = [
     "BUY",
+    "EXACT",
     "SELL",
     "Add",
     "Delete",
@@ -33,6 +34,11 @@ SELL: Final = "S"
 
 #: An exact quantity: integer ticks/lots or a Decimal. Never float.
 Number: TypeAlias = int | Decimal
+
+#: The Decimal context books run under: wide enough that sums of inputs (at most 20
+#: integer and 18 fractional digits) are exact, and loud (an exception) if one ever is not.
+#: Python's default context keeps 28 digits and rounds silently.
+EXACT: Final = Context(prec=80, traps=[Inexact, InvalidOperation, Overflow, Rounded])
 
 
 @dataclass(frozen=True, slots=True)

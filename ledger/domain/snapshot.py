@@ -24,10 +24,10 @@ import zlib
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal, InvalidOperation, localcontext
 
 from ledger.domain.book import ANOMALY_KINDS, Book, Top
-from ledger.domain.events import Number, Side
+from ledger.domain.events import EXACT, Number, Side
 from ledger.errors import SnapshotError
 
 __all__ = ["FORMAT_VERSION", "ProjectorState", "decode", "encode"]
@@ -100,7 +100,8 @@ def decode(payload: bytes, format_version: int, *, where: str = "snapshot") -> P
             yield side, _unescape(order_id), p, s  # type: ignore[misc]
 
     try:
-        book = Book.from_orders(orders())
+        with localcontext(EXACT):
+            book = Book.from_orders(orders())
     except (ValueError, InvalidOperation) as e:
         raise SnapshotError(f"{where}: an order line is corrupt ({e})") from None
     book.anomalies = Counter(anomalies)

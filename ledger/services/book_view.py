@@ -11,7 +11,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from ledger.domain.book import Book
 from ledger.errors import StreamError
-from ledger.services.project import _prefetch, _StreamProjector, restore_latest
+from ledger.services.project import StreamProjector, read_ahead, restore_latest
 from ledger.storage.log import EventLog, Streams
 from ledger.storage.schema import events
 
@@ -89,7 +89,7 @@ def book_at(engine: Engine, stream: str, *, at_seq: int | None = None, at_time: 
             target = min(at_seq, high)
         else:
             target = high
-    proj = _StreamProjector(None)
+    proj = StreamProjector(None)
     replay_after = low - 1
     from_snapshot = None
     restored = restore_latest(engine, stream_id, stream, at_or_before=target)
@@ -99,7 +99,7 @@ def book_at(engine: Engine, stream: str, *, at_seq: int | None = None, at_time: 
         from_snapshot = replay_after
     view = BookView(stream=stream, seq=replay_after, time=None, book=proj.book, from_snapshot=from_snapshot, replayed=0)
     expected = replay_after + 1
-    for rows in _prefetch(engine, stream_id, after=replay_after, upto=target, chunk=20_000, with_time=False):
+    for rows in read_ahead(engine, stream_id, after=replay_after, upto=target, chunk=20_000, with_time=False):
         proj.apply(rows, None, l1=False)
         if rows[0][0] != expected or rows[-1][0] != expected + len(rows) - 1:  # a hole somewhere
             for row in rows:

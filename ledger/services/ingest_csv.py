@@ -21,11 +21,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import BinaryIO
 
+import psycopg
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from ledger.domain.sequencing import Arrival, GapTracker
-from ledger.errors import DatabaseError, InputError, StreamError
+from ledger.errors import DatabaseError, InputError, StreamError, first_line
 from ledger.sources.csv_l3 import CsvRow, RowError, check_header, copy_row, parse_line
 from ledger.storage.log import (
     Checkpoint,
@@ -169,8 +170,10 @@ def _read(
                     batch = _Batch()
                 deadline = time.monotonic() + (flush_interval or 0)
         writer.submit(run.seal(batch, line_no, offset, complete=True))
-    finally:
-        writer.close()
+    except BaseException:
+        writer.abandon()
+        raise
+    writer.close()
     if progress is not None:
         progress(offset)
 
@@ -255,12 +258,16 @@ class _Run:
         conn.commit()
         if not self.locked:
             raise StreamError(f"stream {stream!r} is being written by another ingest; wait for it to finish")
-        low, high = EventLog(conn).seq_range(self.stream_id)
-        self.stored_gaps = GapStore(conn).open_gaps(self.stream_id)
-        self.tracker = GapTracker(low, high, self.stored_gaps)
-        self.checkpoint = Checkpoints(conn).get(self.stream_id, source)
-        self.base = (0, 0, 0)  # counts carried over from the killed run this one resumes
-        conn.commit()
+        try:
+            low, high = EventLog(conn).seq_range(self.stream_id)
+            self.stored_gaps = GapStore(conn).open_gaps(self.stream_id)
+            self.tracker = GapTracker(low, high, self.stored_gaps)
+            self.checkpoint = Checkpoints(conn).get(self.stream_id, source)
+            self.base = (0, 0, 0)  # counts carried over from the killed run this one resumes
+            conn.commit()
+        except BaseException:
+            self.release()
+            raise
 
     def resume_point(self) -> tuple[int, int] | None:
         """(line, byte offset) to go on from after a run that did not finish, or None."""
@@ -309,17 +316,16 @@ class _Run:
                     rejects=rejected + summary.rejects + len(rejects),
                 )
                 Checkpoints(conn).put(self.stream_id, self.source, checkpoint)
-        except sa.exc.IntegrityError as e:
+        except (sa.exc.IntegrityError, psycopg.errors.UniqueViolation) as e:
             raise DatabaseError(
                 f"stream {summary.stream!r}: the log already holds events that its gaps table "
                 f"says are missing (lines up to {batch.line_no} of {self.source}); the gaps table was "
                 "changed by hand or by another writer"
             ) from e
-        except sa.exc.DBAPIError as e:
+        except (sa.exc.DBAPIError, psycopg.Error) as e:
             raise DatabaseError(
-                f"storing lines up to {batch.line_no} of {self.source} failed: "
-                f"{str(e.orig).strip().splitlines()[0] if e.orig else e}. Run the same command "
-                "again: it resumes after the last stored batch"
+                f"storing lines up to {batch.line_no} of {self.source} failed: {first_line(e)}. "
+                "Run the same command again: it resumes after the last stored batch"
             ) from e
         summary.lines += batch.lines
         summary.events_stored += len(batch.rows)
@@ -351,7 +357,7 @@ class _Run:
                 dict(zip(("c", "o"), stream_lock_key(self.stream_id), strict=True)),
             )
             self.conn.commit()
-        except sa.exc.DBAPIError:
+        except (sa.exc.DBAPIError, psycopg.Error):
             self.conn.invalidate()
 
 
@@ -385,11 +391,21 @@ class _Writer(threading.Thread):
         if self._error is not None:
             self._raise()
 
+    def abandon(self) -> None:
+        """Stop after the batch in hand, for a reading thread that is failing itself."""
+        self._error = self._error or _Abandoned()
+        self._jobs.put(None)
+        self.join()
+
     def _raise(self) -> None:
         error, self._error = self._error, None
         assert error is not None
         self._jobs.put(None)
         raise error
+
+
+class _Abandoned(Exception):
+    """Marks a writer told to stop; never raised."""
 
 
 def _regular_file_fd(fp: BinaryIO) -> int | None:
@@ -411,16 +427,19 @@ def _line_chunks(fp: BinaryIO, flush_interval: float | None) -> Iterator[list[by
     failure: list[BaseException] = []
 
     def reader() -> None:
-        carry = b""
+        pending: list[bytes] = []  # the start of a line not ended yet (kept in pieces: no quadratic copying)
         read = getattr(fp, "read1", fp.read)
         try:
             while data := read(1 << 16):
-                lines = (carry + data).split(b"\n")
-                carry = lines.pop()
-                if lines:
-                    chunks.put([line + b"\n" for line in lines])
-            if carry:
-                chunks.put([carry])
+                end = data.rfind(b"\n")
+                if end < 0:
+                    pending.append(data)
+                    continue
+                block = b"".join([*pending, data[: end + 1]])
+                pending = [data[end + 1 :]] if end + 1 < len(data) else []
+                chunks.put([line + b"\n" for line in block[:-1].split(b"\n")])
+            if pending:
+                chunks.put([b"".join(pending)])
         except (OSError, ValueError) as e:
             failure.append(e)
         finally:

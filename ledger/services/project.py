@@ -17,24 +17,35 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
+from decimal import localcontext
 from typing import Any
 
+import psycopg
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from ledger.domain.book import Book
-from ledger.domain.events import Add, Delete, Event, Number, Trade, Update
+from ledger.domain.events import EXACT, Add, Delete, Event, Number, Trade, Update
 from ledger.domain.l1 import L1Tracker
 from ledger.domain.snapshot import FORMAT_VERSION as SNAPSHOT_FORMAT
 from ledger.domain.snapshot import ProjectorState, decode, encode
-from ledger.errors import DatabaseError, SnapshotError, StreamError
+from ledger.errors import DatabaseError, SnapshotError, StreamError, first_line
 from ledger.sources.csv_l3 import to_number
 from ledger.storage.log import EventLog, GapStore, Streams
 from ledger.storage.projection import L1Row, L1Rows, Position, Positions, Snapshots
 
-__all__ = ["ProjectOptions", "ProjectSummary", "event_from_row", "project", "rebuild", "restore_latest"]
+__all__ = [
+    "ProjectOptions",
+    "ProjectSummary",
+    "StreamProjector",
+    "event_from_row",
+    "project",
+    "read_ahead",
+    "rebuild",
+    "restore_latest",
+]
 
 log = logging.getLogger(__name__)
 _PROJECT_LOCK_CLASS = 0x1ED7
@@ -45,7 +56,7 @@ class ProjectSummary:
     """What one projector run did to one stream."""
 
     stream: str
-    status: str = "ok"  # ok | stopped_at_gap | error_threshold | empty | busy
+    status: str = "ok"  # ok | stopped_at_gap | error_threshold | needs_rebuild | empty | busy
     message: str | None = None
     events_applied: int = 0
     l1_rows: int = 0
@@ -156,7 +167,7 @@ class _SnapshotTimer:
             self._scheduler = None
 
 
-class _StreamProjector:
+class StreamProjector:
     """The book of one stream and the L1 bookkeeping around it."""
 
     def __init__(self, error_threshold: int | None) -> None:
@@ -176,11 +187,15 @@ class _StreamProjector:
         than building an :data:`Event` per row (:func:`event_from_row` is the same mapping
         as events), and turns price and size text into exact numbers through a cache,
         since a book sees the same few hundred prices and sizes over and over."""
+        threshold = self.error_threshold if out is not None else None
+        with localcontext(EXACT):
+            return self._apply(rows, out, l1, threshold)
+
+    def _apply(self, rows: Sequence[Sequence[Any]], out: list[L1Row] | None, l1: bool, threshold: int | None) -> int:
         book = self.book
         observe = self.tracker.observe_book
         add, update, delete, trade = book.add, book.update, book.delete, book.trade
         numbers = self.numbers
-        threshold = self.error_threshold if out is not None else None
         applied = 0
         for seq, kind, order_id, side, price_text, size_text, ts in rows:
             if threshold is not None and book.anomalies.total() > threshold:
@@ -224,7 +239,10 @@ class _StreamProjector:
         return value
 
     def over_threshold(self) -> bool:
-        return self.error_threshold is not None and self.book.anomalies.total() > self.error_threshold
+        return self.over_threshold_with(self.book.anomalies)
+
+    def over_threshold_with(self, anomalies: Mapping[str, int]) -> bool:
+        return self.error_threshold is not None and sum(anomalies.values()) > self.error_threshold
 
     def state(self) -> ProjectorState:
         return ProjectorState(book=self.book, l1_last=self.tracker.last, crossed=self.crossed)
@@ -254,17 +272,16 @@ def _project_stream(
         conn.commit()
         try:
             _run(engine, stream_id, name, summary, options, timer, progress)
-        except sa.exc.DBAPIError as e:
+        except (sa.exc.DBAPIError, psycopg.Error) as e:
             raise DatabaseError(
                 f"lost the database while projecting stream {name!r} after seq {summary.last_seq}: "
-                f"{str(e.orig).strip().splitlines()[0] if e.orig else e}. Run the same command again: "
-                "it goes on from the last committed position"
+                f"{first_line(e)}. Run the same command again: it goes on from the last committed position"
             ) from e
         finally:
             try:
                 conn.execute(sa.text("SELECT pg_advisory_unlock(:c, :o)"), lock)
                 conn.commit()
-            except sa.exc.DBAPIError:
+            except (sa.exc.DBAPIError, psycopg.Error):
                 conn.invalidate()  # the server is gone, and the lock with it
     summary.seconds = time.perf_counter() - started
     return summary
@@ -301,11 +318,25 @@ def _run(
     timer: _SnapshotTimer,
     progress: Callable[[str, int], None] | None,
 ) -> None:
-    proj = _StreamProjector(options.error_threshold)
+    proj = StreamProjector(options.error_threshold)
     chunk = min(options.chunk, options.snapshot_every or options.chunk)
     with engine.connect() as conn:
         pos = Positions(conn).get(stream_id)
-        head = EventLog(conn).seq_range(stream_id)[1]
+        low, head = EventLog(conn).seq_range(stream_id)
+    if pos is not None and low is not None and low < pos.first_seq:
+        # Events older than the projection's start arrived later: its book never saw them.
+        pos.status = "needs_rebuild"
+        pos.message = (
+            f"stream {name!r}: events from seq {low} arrived after the projection began at seq "
+            f"{pos.first_seq}, so its book and L1 rows lack them; run `ledger project --rebuild --stream {name}`"
+        )
+        with engine.begin() as conn:
+            Positions(conn).put(stream_id, pos)
+        summary.last_seq = pos.last_seq
+        summary.status, summary.message, summary.anomalies = pos.status, pos.message, dict(pos.anomalies)
+        return
+    if pos is not None and pos.status == "error_threshold" and not proj.over_threshold_with(pos.anomalies):
+        pos.status, pos.message = "ok", None  # run again with a higher (or no) threshold
     if pos is not None and (head is None or head <= pos.last_seq):
         # Nothing new: no need to rebuild the book at all.
         if head is None or head < pos.last_seq:
@@ -326,14 +357,14 @@ def _run(
             state, replay_after = restored
             proj.restore(state)
             summary.from_snapshot = replay_after
-        for rows in _prefetch(engine, stream_id, after=replay_after, upto=pos.last_seq, chunk=chunk, with_time=False):
+        for rows in read_ahead(engine, stream_id, after=replay_after, upto=pos.last_seq, chunk=chunk, with_time=False):
             proj.apply(rows, None)
         summary.last_seq = pos.last_seq
     since_snapshot = 0
     committer = _Committer(engine, stream_id)
     committer.start()
     try:
-        for rows in _prefetch(engine, stream_id, after=None if pos is None else pos.last_seq, chunk=chunk):
+        for rows in read_ahead(engine, stream_id, after=None if pos is None else pos.last_seq, chunk=chunk):
             if pos is None:
                 pos = Position(first_seq=rows[0][0], last_seq=rows[0][0] - 1)
             out: list[L1Row] = []
@@ -389,8 +420,10 @@ def _run(
                 progress(name, applied_in_chunk)
             if status != "ok":
                 break
-    finally:
-        committer.close()
+    except BaseException:
+        committer.abandon()
+        raise
+    committer.close()
     if pos is None:
         summary.status = "empty"
         return
@@ -398,7 +431,7 @@ def _run(
     summary.anomalies = dict(pos.anomalies)
 
 
-def _prefetch(
+def read_ahead(
     engine: Engine,
     stream_id: int,
     *,
@@ -416,7 +449,6 @@ def _prefetch(
             with engine.connect() as conn:
                 log = EventLog(conn)
                 for rows in log.read_chunks(stream_id, after=after, upto=upto, chunk=chunk, with_time=with_time):
-                    conn.commit()  # no snapshot held across chunks
                     while not stop.is_set():
                         try:
                             chunks.put(rows, timeout=0.2)
@@ -502,6 +534,13 @@ class _Committer(threading.Thread):
         if self._error is not None:
             error, self._error = self._error, None
             raise error
+
+    def abandon(self) -> None:
+        """Finish the jobs in hand and stop, keeping quiet: the caller is failing already."""
+        if self.is_alive():
+            self._jobs.put(None)
+            self.join()
+        self._error = None
 
 
 def _contiguous(rows: list[Any], expected: int) -> tuple[list[Any], tuple[int, int] | None]:

@@ -26,7 +26,10 @@ _STATUS = sa.text(
            p.l1_rows, p.anomalies, p.gaps_skipped,
            (SELECT coalesce(sum(gg.last_seq - gg.first_seq + 1), 0) FROM gaps gg
              WHERE gg.stream_id = s.id AND gg.status = 'open' AND gg.first_seq > p.last_seq)
-               AS missing_after_position
+               AS missing_after_position,
+           (SELECT count(*) FROM gaps gg
+             WHERE gg.stream_id = s.id AND gg.status <> 'open' AND gg.projector_skipped_at IS NOT NULL)
+               AS skipped_then_filled
       FROM streams s
       LEFT JOIN LATERAL (SELECT min(e.seq) AS first_seq, max(e.seq) AS last_seq
                            FROM events e WHERE e.stream_id = s.id) ev ON true
@@ -60,6 +63,7 @@ class StreamStatus:
     lag_events: int | None
     l1_rows: int
     anomalies: dict[str, int]
+    skipped_then_filled: int  # gaps the projector went across that were filled later: --rebuild
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -92,6 +96,7 @@ def stream_status(conn: Connection, name: str | None = None) -> list[StreamStatu
                 lag_events=lag,
                 l1_rows=int(r.l1_rows or 0),
                 anomalies=dict(r.anomalies or {}),
+                skipped_then_filled=int(r.skipped_then_filled),
             )
         )
     return out

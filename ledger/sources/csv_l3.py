@@ -47,7 +47,9 @@ _COLUMNS = 16
 COPY_COLUMNS = ("seq", "kind", "order_id", "side", "price", "size", "ts", "raw")
 _MAX_INT8 = 2**63 - 1
 _SIDES = {"BUY": "B", "SELL": "S"}
-_DECIMAL = re.compile(r"-?[0-9]+(?:\.[0-9]+)?")
+# At most 20 integer and 18 fractional digits: exact in the projector's Decimal context and
+# always within what PostgreSQL numeric accepts.
+_DECIMAL = re.compile(r"-?[0-9]{1,20}(?:\.[0-9]{1,18})?")
 # Timestamps in UTC: "2021-08-02 22:11:21.94404 UTC" (also ...Z, +00:00, or no zone).
 _TIME = re.compile(
     r"([0-9]{4}-[0-9]{2}-[0-9]{2}[ T][0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{1,6})?)"
@@ -57,8 +59,8 @@ _TIME = re.compile(
 # does not match goes through the cell-by-cell checks, which say what is wrong.
 _ID = r"([0-9]{1,19})"
 _SIDE = r"(BUY|SELL)"
-_PRICE = r"(-?[0-9]+(?:\.[0-9]+)?)"
-_QTY = r"([0-9]+(?:\.[0-9]+)?)"
+_PRICE = r"(-?[0-9]{1,20}(?:\.[0-9]{1,18})?)"
+_QTY = r"([0-9]{1,20}(?:\.[0-9]{1,18})?)"
 _FAST = re.compile(
     _ID
     + ",(?:"
@@ -84,8 +86,8 @@ _GROUPS = (("add", 1, 4), ("update", 5, 4), ("delete", 9, 2), ("trade", 11, 4))
 # hot path: it yields a COPY text row without building any Python objects per cell.
 _B_ID = rb"([0-9]{1,19})"
 _B_SIDE = rb"(BUY|SELL)"
-_B_PRICE = rb"(-?[0-9]+(?:\.[0-9]+)?)"
-_B_QTY = rb"([0-9]+(?:\.[0-9]+)?)"
+_B_PRICE = rb"(-?[0-9]{1,20}(?:\.[0-9]{1,18})?)"
+_B_QTY = rb"([0-9]{1,20}(?:\.[0-9]{1,18})?)"
 _B_TIME = (
     rb",([0-9]{4}-[0-9]{2}-[0-9]{2})[ T]((?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](?:\.[0-9]{1,6})?)"
     rb"(?: ?UTC|Z|\+00:00|\+00)?\r?\n?"
@@ -124,12 +126,16 @@ def copy_row(line: bytes, prefix: bytes) -> tuple[int, bytes] | None:
     day = g[-2]
     valid = _valid_dates.get(day)
     if valid is None:
+        if len(_valid_dates) > 10_000:
+            _valid_dates.clear()
         valid = _valid_dates[day] = _valid_time(day.decode("ascii"))
     if not valid or seq > _MAX_INT8 or int(g[0]) > _MAX_INT8:
         return None
     raw = line.rstrip(b"\r\n")
     if b"\\" in raw or b"\t" in raw:
         return None
+    if kind == b"add" and not g[3].strip(b"0."):
+        return None  # a zero-size add: the careful path rejects it
     ts = day + b" " + g[-1] + b"+00"
     if kind == b"delete":
         cells = (prefix + seq_text, kind, g[0], _B_SIDES[g[1]], _B_NULL, _B_NULL, ts, raw)
@@ -192,7 +198,8 @@ def parse_line(line: str) -> CsvRow:
                     side = _SIDES[g[i + 1]]
                     if kind == "delete":
                         return CsvRow(seq, kind, order_id, side, None, None, stamp + "+00")
-                    return CsvRow(seq, kind, order_id, side, g[i + 2], g[i + 3], stamp + "+00")
+                    if kind != "add" or g[i + 3].strip("0."):
+                        return CsvRow(seq, kind, order_id, side, g[i + 2], g[i + 3], stamp + "+00")
     return _parse_slowly(line)
 
 
@@ -206,7 +213,10 @@ def _valid_time(stamp: str) -> bool:
 
 
 def _parse_slowly(line: str) -> CsvRow:
-    cells = next(csv.reader([line])) if '"' in line else line.split(",")
+    try:
+        cells = next(csv.reader([line])) if '"' in line else line.split(",")
+    except csv.Error as e:
+        raise RowError(f"not a CSV line: {e}") from None
     if len(cells) != _COLUMNS:
         raise RowError(f"expected {_COLUMNS} columns, found {len(cells)}")
     seq = _integer(cells[0], "seq_num")
@@ -227,6 +237,8 @@ def _parse_slowly(line: str) -> CsvRow:
     if width == 4:
         price = _decimal(group[2], f"{kind}_price", signed=True)
         size = _decimal(group[3], f"{kind}_qty", signed=False)
+        if kind == "add" and not size.strip("0."):
+            raise RowError(f"add_qty is zero: {size!r} (an order needs a size)")
     match = _TIME.fullmatch(cells[15])
     if match is None:
         raise RowError(f"time is not a UTC timestamp like '2021-08-03 01:00:01.107502 UTC': {cells[15]!r}")

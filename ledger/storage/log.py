@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -131,7 +132,10 @@ class EventLog:
         price, size and ts come as text (ISO time with offset): turning them into Python
         objects here would cost more than the rest of reading; the projector makes exact
         numbers of them with a cache, and hands ts back to PostgreSQL as it came. Without
-        ``with_time``, ts is None (a replay that writes nothing has no use for it)."""
+        ``with_time``, ts is None (a replay that writes nothing has no use for it).
+
+        It commits after each chunk, so give it a connection of its own (a long replay then
+        holds no snapshot that would keep VACUUM or DDL waiting)."""
         driver = self._conn.connection.driver_connection
         assert driver is not None
         lower = -(2**63) if after is None else after
@@ -145,6 +149,7 @@ class EventLog:
                 cur.execute("SET LOCAL DateStyle = 'ISO'")
                 cur.execute(_READ_WITH_TIME if with_time else _READ_WITHOUT_TIME, (stream_id, lower, upper, chunk))
                 rows = cur.fetchall()
+                driver.commit()  # hold no snapshot or lock between chunks
                 if not rows:
                     return
                 yield rows
@@ -200,36 +205,50 @@ class GapStore:
     ) -> dict[tuple[int, int], int]:
         """Write the difference between the stored open gaps and ``current``; return the new
         stored map. A stored gap that late events emptied is marked filled; one they split or
-        shrank keeps its row (and detection time) for its first remaining piece."""
+        shrank keeps its row (and detection time) for its first remaining piece. A few
+        statements per call, however many gaps change."""
         now_open = set(current)
         result = {g: i for g, i in stored.items() if g in now_open}
         claimed: set[tuple[int, int]] = set(result)
-        for (first, last), gap_id in stored.items():
-            if (first, last) in now_open:
-                continue
+        filled: list[int] = []
+        new_rows: list[dict[str, Any]] = []
+        changed = [(g, i) for g, i in stored.items() if g not in now_open]
+        detected: dict[int, Any] = {}
+        if changed:
+            rows = self._conn.execute(
+                sa.select(gaps.c.id, gaps.c.detected_at).where(gaps.c.id.in_([i for _, i in changed]))
+            )
+            detected = {int(r.id): r.detected_at for r in rows}
+        for (first, last), gap_id in changed:
             pieces = sorted(g for g in now_open - claimed if first <= g[0] and g[1] <= last)
             if not pieces:
-                self._conn.execute(
-                    gaps.update().where(gaps.c.id == gap_id).values(status="filled", resolved_at=sa.func.now())
-                )
+                filled.append(gap_id)
                 continue
             head, *rest = pieces
             self._conn.execute(gaps.update().where(gaps.c.id == gap_id).values(first_seq=head[0], last_seq=head[1]))
             result[head] = gap_id
             claimed.add(head)
-            detected = sa.select(gaps.c.detected_at).where(gaps.c.id == gap_id).scalar_subquery()
             for piece in rest:
-                result[piece] = self._insert(stream_id, piece, detected)
+                new_rows.append(self._row(stream_id, piece, detected[gap_id]))
                 claimed.add(piece)
-        for piece in sorted(now_open - claimed):
-            result[piece] = self._insert(stream_id, piece, None)
+        if filled:
+            self._conn.execute(
+                gaps.update().where(gaps.c.id.in_(filled)).values(status="filled", resolved_at=sa.func.now())
+            )
+        now = datetime.now(UTC)
+        new_rows += [self._row(stream_id, piece, now) for piece in sorted(now_open - claimed)]
+        for start in range(0, len(new_rows), 5_000):
+            inserted = self._conn.execute(
+                gaps.insert()
+                .values(new_rows[start : start + 5_000])
+                .returning(gaps.c.id, gaps.c.first_seq, gaps.c.last_seq)
+            )
+            result.update({(int(r.first_seq), int(r.last_seq)): int(r.id) for r in inserted})
         return result
 
-    def _insert(self, stream_id: int, piece: tuple[int, int], detected: Any) -> int:
-        values: dict[str, Any] = {"stream_id": stream_id, "first_seq": piece[0], "last_seq": piece[1]}
-        if detected is not None:
-            values["detected_at"] = detected
-        return int(self._conn.execute(gaps.insert().values(**values).returning(gaps.c.id)).scalar_one())
+    @staticmethod
+    def _row(stream_id: int, piece: tuple[int, int], detected_at: Any) -> dict[str, Any]:
+        return {"stream_id": stream_id, "first_seq": piece[0], "last_seq": piece[1], "detected_at": detected_at}
 
     def clear_skipped(self, stream_id: int) -> None:
         """Forget that the projector skipped this stream's gaps (before a rebuild)."""
@@ -243,8 +262,8 @@ class GapStore:
         self._conn.execute(
             gaps.update()
             .where(
+                # Whatever its status: a late event may fill the gap while the projector skips it.
                 gaps.c.stream_id == stream_id,
-                gaps.c.status == "open",
                 gaps.c.first_seq <= last,
                 gaps.c.last_seq >= first,
             )
