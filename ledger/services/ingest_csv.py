@@ -145,7 +145,7 @@ def _read(
         line_no, offset = resumed
         fp.seek(offset)
         run.summary.resumed_from_line = line_no + 1
-    prefix = f"{run.stream_id}\t".encode()
+    prefix = str(run.stream_id).encode()
     writer = _Writer(run)
     writer.start()
     try:
@@ -193,7 +193,11 @@ def _take_lines(tracker: GapTracker, batch: _Batch, lines: list[bytes], line_no:
             row, text = slow
             fast = (row.seq, _copy_row_of(prefix, row, text))
         seq, copy_line = fast
-        if observe(seq) is duplicate:
+        high = tracker.high
+        if high is not None and seq == high + 1:  # the usual case, without a call
+            tracker.high = seq
+            rows.append(copy_line)
+        elif observe(seq) is duplicate:
             batch.duplicates.append((seq, line_no, raw.decode("utf-8", errors="replace").rstrip("\r\n")))
         else:
             rows.append(copy_line)
@@ -232,7 +236,7 @@ def _copy_row_of(prefix: bytes, row: CsvRow, text: str) -> bytes:
         row.time,
         copy_escape(text),
     )
-    return prefix + "\t".join(cells).encode("utf-8") + b"\n"
+    return prefix + b"\t" + "\t".join(cells).encode("utf-8") + b"\n"
 
 
 class _Run:

@@ -107,17 +107,18 @@ def copy_row(line: bytes, prefix: bytes) -> tuple[int, bytes] | None:
     """(seq, COPY text row) for a well-formed line, else None (then :func:`parse_line`
     says what is wrong, or accepts an unusual but valid form such as quoted cells).
 
-    The row is ``prefix`` (the stream id and a tab) followed by seq, kind, order_id, side,
+    The row is ``prefix`` (the stream id) followed by seq, kind, order_id, side,
     price, size, time and the raw line, tab-separated, as :data:`COPY_COLUMNS` lists."""
     p = line.find(b",")
     if p < 1 or p > 19:
         return None
     head = line[p + 1 : p + 12]
-    spec = _B_KINDS.get(len(head) - len(head.lstrip(b",")))
+    empty = len(head) - len(head.lstrip(b","))
+    spec = _B_KINDS.get(empty)
     if spec is None:
         return None
     kind, pattern = spec
-    match = pattern.fullmatch(line, p + 1 + len(head) - len(head.lstrip(b",")))
+    match = pattern.fullmatch(line, p + 1 + empty)
     seq_text = line[:p]
     if match is None or not seq_text.isdigit():
         return None
@@ -129,18 +130,18 @@ def copy_row(line: bytes, prefix: bytes) -> tuple[int, bytes] | None:
         if len(_valid_dates) > 10_000:
             _valid_dates.clear()
         valid = _valid_dates[day] = _valid_time(day.decode("ascii"))
-    if not valid or seq > _MAX_INT8 or int(g[0]) > _MAX_INT8:
-        return None
-    raw = line.rstrip(b"\r\n")
-    if b"\\" in raw or b"\t" in raw:
+    # Only 19-digit numbers can pass 2**63 - 1. The pattern leaves no tab or backslash in
+    # the line, so it goes into COPY unescaped.
+    if not valid or (p == 19 and seq > _MAX_INT8) or (len(g[0]) == 19 and int(g[0]) > _MAX_INT8):
         return None
     if kind == b"add" and not g[3].strip(b"0."):
         return None  # a zero-size add: the careful path rejects it
+    raw = line.rstrip(b"\r\n")
     ts = day + b" " + g[-1] + b"+00"
     if kind == b"delete":
-        cells = (prefix + seq_text, kind, g[0], _B_SIDES[g[1]], _B_NULL, _B_NULL, ts, raw)
+        cells = (prefix, seq_text, kind, g[0], _B_SIDES[g[1]], _B_NULL, _B_NULL, ts, raw)
     else:
-        cells = (prefix + seq_text, kind, g[0], _B_SIDES[g[1]], g[2], g[3], ts, raw)
+        cells = (prefix, seq_text, kind, g[0], _B_SIDES[g[1]], g[2], g[3], ts, raw)
     return seq, b"\t".join(cells) + b"\n"
 
 
