@@ -360,7 +360,7 @@ class EmbeddedPostgres:
             raise self._error(f"{e.strerror or e}{where}") from e
         self.url = _url_for(info)
         atexit.register(self._stop_at_exit)
-        log.info("embedded PostgreSQL %s ready at %s", install.version, self.url)
+        log.debug("embedded PostgreSQL %s ready at %s", install.version, self.url)
         return self.url
 
     def stop(self) -> None:
@@ -760,7 +760,7 @@ class EmbeddedPostgres:
         staged = self._owner_file.with_name(f".{self._owner_file.name}.{os.getpid()}")
         staged.write_text(f"{info.identity}\n")
         os.replace(staged, self._owner_file)
-        log.info("started PostgreSQL (pid %d) on %s", info.pid, self.data_dir)
+        log.debug("started PostgreSQL (pid %d) on %s", info.pid, self.data_dir)
         return info
 
     def _socket_dir(self, user: _ServerUser) -> Path:
@@ -862,7 +862,7 @@ class EmbeddedPostgres:
                 path.unlink()
             os.close(fd)
         if self._other_clients():
-            log.info("embedded PostgreSQL left running: other ledger processes use it")
+            log.debug("embedded PostgreSQL left running: other ledger processes use it")
             return
         try:
             info = _read_postmaster(self.data_dir)
@@ -883,7 +883,7 @@ class EmbeddedPostgres:
             if code != 0 and _is_postmaster_of(info.pid, self.data_dir):
                 raise self._error(f"pg_ctl stop failed:\n{_tail(out)}", action="stopped", server_log=True)
         self._owner_file.unlink(missing_ok=True)
-        log.info("stopped the embedded PostgreSQL (pid %d)", info.pid)
+        log.debug("stopped the embedded PostgreSQL (pid %d)", info.pid)
 
     def _pg_ctl_stop(self, install: _Install, user: _ServerUser, mode: str) -> tuple[int | None, str]:
         wait = max(1, round(self.timeout))
