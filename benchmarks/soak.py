@@ -104,8 +104,8 @@ def main() -> None:
         while time.monotonic() < deadline:
             rounds += 1
             stream = f"csv:round{rounds}"
-            kills += _until_done([*ingest, "--stream", stream], env, rng, 3.0)
-            kills += _until_done([*project, "--stream", stream], env, rng, 3.0)
+            kills += _until_done([*ingest, "--stream", stream], env, rng, 1.5)
+            kills += _until_done([*project, "--stream", stream], env, rng, 1.5)
             with psycopg.connect(url.replace("+psycopg", "")) as conn:
                 got = _digest(conn, stream)
                 for key in reference:
