@@ -210,6 +210,23 @@ class Book:
         if order.size <= 0:
             self._drop(order)
 
+    def side_of(self, order_id: str) -> Side | None:
+        """The side an order id rests on, for venues whose messages do not always say."""
+        if (BUY, order_id) in self.orders:
+            return BUY
+        if (SELL, order_id) in self.orders:
+            return SELL
+        return None
+
+    def discard(self, side: Side, order_id: str) -> bool:
+        """Remove an order if it rests; False (and no anomaly) when it does not. For venues
+        that announce the end of orders that never rested, such as Coinbase's ``done``."""
+        order = self.orders.pop((side, order_id), None)
+        if order is None:
+            return False
+        self._unlink(order)
+        return True
+
     def check_crossed(self) -> bool:
         """Count a ``crossed_book`` anomaly when the book becomes crossed; return the state.
 

@@ -27,7 +27,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from ledger.domain.book import Book
-from ledger.domain.events import EXACT, Add, Delete, Event, Number, Trade, Update
+from ledger.domain.events import EXACT, Add, Delete, Event, Number, Side, Trade, Update
 from ledger.domain.l1 import L1Tracker
 from ledger.domain.snapshot import FORMAT_VERSION as SNAPSHOT_FORMAT
 from ledger.domain.snapshot import ProjectorState, decode, encode
@@ -49,6 +49,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 _PROJECT_LOCK_CLASS = 0x1ED7
+# Event kinds of venue feeds (Coinbase), applied by StreamProjector._venue_event.
+_VENUE_KINDS = frozenset({"open", "done", "match", "change", "received", "activate", "noop"})
 
 
 @dataclass
@@ -202,6 +204,8 @@ class StreamProjector:
                 return applied
             if kind == "delete":
                 delete(side, order_id)
+            elif kind in _VENUE_KINDS:
+                self._venue_event(seq, kind, order_id, side, price_text, size_text)
             else:
                 price = numbers.get(price_text)
                 if price is None:
@@ -230,9 +234,43 @@ class StreamProjector:
                     out.append((seq, ts, changed.bid_price, changed.bid_size, changed.ask_price, changed.ask_size))
         return applied
 
+    def _venue_event(
+        self, seq: int, kind: str, order_id: str, side: Side | None, price_text: str | None, size_text: str | None
+    ) -> None:
+        """Coinbase full-channel (and level3) events, as the exchange documents them:
+        ``open`` rests an order; ``match`` takes size off the maker; ``done`` removes the
+        order if it rests (it often never did); ``change`` sets a resting order's new size
+        and, for ``modify_order``, its new price, and is ignored for orders not on the book;
+        ``received``, ``activate`` and ``noop`` leave the book alone. The compact level3
+        channel leaves out the side of done, match and change: it is looked up by id."""
+        book = self.book
+        if kind in ("received", "activate", "noop"):
+            return
+        if kind == "open":
+            if side is None:
+                raise StreamError(f"seq {seq}: an open without a side")
+            book.add(side, order_id, self._number(seq, kind, price_text), self._number(seq, kind, size_text))
+            return
+        resting = side if side is not None and (side, order_id) in book.orders else book.side_of(order_id)
+        if kind == "done":
+            if resting is not None:
+                book.discard(resting, order_id)
+        elif kind == "match":
+            if resting is None:
+                book.anomalies["trade_unknown_order"] += 1
+            else:
+                book.trade(resting, order_id, self._number(seq, kind, size_text))
+        elif kind == "change" and resting is not None:
+            order = book.orders[(resting, order_id)]
+            price = order.price if price_text is None else self._number(seq, kind, price_text)
+            book.update(resting, order_id, price, self._number(seq, kind, size_text))
+
     def _number(self, seq: int, kind: str, text: str | None) -> Number:
         if text is None:
             raise StreamError(f"seq {seq}: a {kind} event without the price or size it needs")
+        cached = self.numbers.get(text)
+        if cached is not None:
+            return cached
         if len(self.numbers) > 100_000:
             self.numbers.clear()
         value = self.numbers[text] = to_number(text)
