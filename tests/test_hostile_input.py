@@ -138,3 +138,6 @@ def test_a_huge_line_on_stdin_is_a_reject_and_the_stream_goes_on(database_url: U
     assert proc.returncode == 0, proc.stderr.decode()
     summary = json.loads(proc.stdout)
     assert summary["events_stored"] == 2 and summary["rejects"] == 1
+    with engine.connect() as conn:
+        raw, reason = conn.execute(sa.text("SELECT raw, reason FROM rejects")).one()
+    assert len(raw) == 65536 and "a line of 3,000,001 bytes" in reason

@@ -44,6 +44,8 @@ __all__ = ["IngestSummary", "ingest_csv", "stream_lock_key"]
 _INGEST_LOCK_CLASS = 0x1ED6
 _FINGERPRINT_SPAN = 4096
 _NULL = "\\N"  # NULL in COPY text format
+_MAX_LINE = 1 << 20  # no well-formed event line comes near this
+_KEEP_OF_LONG_LINE = 1 << 16
 
 
 def stream_lock_key(stream_id: int) -> tuple[int, int]:
@@ -206,6 +208,11 @@ def _take_lines(tracker: GapTracker, batch: _Batch, lines: list[bytes], line_no:
 
 def _parse_slowly(raw: bytes, line_no: int, batch: _Batch) -> tuple[CsvRow, str] | None:
     """The careful path for a line the fast path refused: the row, or a reject with its reason."""
+    if len(raw) > _MAX_LINE:
+        text = raw[:_KEEP_OF_LONG_LINE].decode("utf-8", errors="replace")
+        reason = f"a line of {len(raw):,} bytes, longer than any event can be (first {_KEEP_OF_LONG_LINE:,} kept)"
+        batch.rejects.append(Reject(line_no, text, reason))
+        return None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
