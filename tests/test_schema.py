@@ -17,6 +17,7 @@ from ledger.storage.schema import metadata
 
 TABLES = {
     "streams", "events", "gaps", "rejects", "book_snapshots", "l1", "projector_positions", "ingest_checkpoints",
+    "source_snapshots",
 }  # fmt: skip
 
 

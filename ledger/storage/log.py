@@ -17,7 +17,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Connection
 
 from ledger.errors import StreamError
-from ledger.storage.schema import events, gaps, ingest_checkpoints, rejects, streams
+from ledger.storage.schema import events, gaps, ingest_checkpoints, rejects, source_snapshots, streams
 
 __all__ = [
     "EVENT_COPY_COLUMNS",
@@ -27,6 +27,7 @@ __all__ = [
     "GapStore",
     "Reject",
     "Rejects",
+    "SourceSnapshots",
     "Streams",
     "copy_escape",
 ]
@@ -250,6 +251,15 @@ class GapStore:
     def _row(stream_id: int, piece: tuple[int, int], detected_at: Any) -> dict[str, Any]:
         return {"stream_id": stream_id, "first_seq": piece[0], "last_seq": piece[1], "detected_at": detected_at}
 
+    def resolve_by_snapshot(self, stream_id: int, seq: int) -> int:
+        """Mark the open gaps a source snapshot at ``seq`` makes up for (those wholly at or
+        below it) as resolved by it; return how many."""
+        return self._conn.execute(
+            gaps.update()
+            .where(gaps.c.stream_id == stream_id, gaps.c.status == "open", gaps.c.last_seq <= seq)
+            .values(status="snapshot", resolved_by_seq=seq, resolved_at=sa.func.now())
+        ).rowcount
+
     def clear_skipped(self, stream_id: int) -> None:
         """Forget that the projector skipped this stream's gaps (before a rebuild)."""
         self._conn.execute(
@@ -327,3 +337,25 @@ class Checkpoints:
         }
         stmt = pg_insert(ingest_checkpoints).values(stream_id=stream_id, source=source, **values)
         self._conn.execute(stmt.on_conflict_do_update(index_elements=["stream_id", "source"], set_=values))
+
+
+class SourceSnapshots:
+    """Books published by the venue (Coinbase REST level 3), stored as received."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+
+    def save(self, stream_id: int, seq: int, raw: str, *, order_count: int) -> bool:
+        """Store a snapshot; False when one at that seq is already stored."""
+        stmt = pg_insert(source_snapshots).values(stream_id=stream_id, seq=seq, raw=raw, order_count=order_count)
+        return bool(self._conn.execute(stmt.on_conflict_do_nothing()).rowcount)
+
+    def first_from(self, stream_id: int, seq: int, *, upto: int | None = None) -> tuple[int, str] | None:
+        """(seq, raw) of the earliest snapshot at or after ``seq`` (and at or before ``upto``)."""
+        query = sa.select(source_snapshots.c.seq, source_snapshots.c.raw).where(
+            source_snapshots.c.stream_id == stream_id, source_snapshots.c.seq >= seq
+        )
+        if upto is not None:
+            query = query.where(source_snapshots.c.seq <= upto)
+        row = self._conn.execute(query.order_by(source_snapshots.c.seq).limit(1)).one_or_none()
+        return None if row is None else (int(row.seq), row.raw)

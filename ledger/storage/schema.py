@@ -39,6 +39,7 @@ __all__ = [
     "metadata",
     "projector_positions",
     "rejects",
+    "source_snapshots",
     "streams",
 ]
 
@@ -161,4 +162,15 @@ ingest_checkpoints = Table(
     Column("rejects", BigInteger, nullable=False, server_default="0"),
     Column("updated_at", _TS, nullable=False, server_default=func.now()),
     comment="How far the latest ingest of one source got (and what it counted), so a killed run resumes.",
+)
+
+source_snapshots = Table(
+    "source_snapshots",
+    metadata,
+    Column("stream_id", Integer, ForeignKey("streams.id", ondelete="CASCADE"), primary_key=True),
+    Column("seq", BigInteger, primary_key=True),
+    Column("received_at", _TS, nullable=False, server_default=func.now()),
+    Column("order_count", Integer, nullable=False),
+    Column("raw", Text, nullable=False),
+    comment="Books published by the venue at a sequence (e.g. Coinbase REST level 3), as received.",
 )
