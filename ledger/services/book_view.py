@@ -11,7 +11,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from ledger.domain.book import Book
 from ledger.errors import StreamError
-from ledger.services.project import StreamProjector, read_ahead, restore_latest
+from ledger.services.project import SourceBooks, StreamProjector, replay, restore_latest
 from ledger.storage.log import EventLog, Streams
 from ledger.storage.schema import events
 
@@ -27,7 +27,6 @@ class BookView:
     time: datetime | None
     book: Book
     from_snapshot: int | None
-    replayed: int
     missing: list[tuple[int, int]] = field(default_factory=list)  # gaps crossed on the way
 
 
@@ -90,6 +89,7 @@ def book_at(engine: Engine, stream: str, *, at_seq: int | None = None, at_time: 
         else:
             target = high
     proj = StreamProjector(None)
+    sources = SourceBooks(engine, stream_id, stream)
     replay_after = low - 1
     from_snapshot = None
     restored = restore_latest(engine, stream_id, stream, at_or_before=target)
@@ -97,19 +97,13 @@ def book_at(engine: Engine, stream: str, *, at_seq: int | None = None, at_time: 
         state, replay_after = restored
         proj.restore(state)
         from_snapshot = replay_after
-    view = BookView(stream=stream, seq=replay_after, time=None, book=proj.book, from_snapshot=from_snapshot, replayed=0)
-    expected = replay_after + 1
-    for rows in read_ahead(engine, stream_id, after=replay_after, upto=target, chunk=20_000, with_time=False):
-        proj.apply(rows, None, l1=False)
-        if rows[0][0] != expected or rows[-1][0] != expected + len(rows) - 1:  # a hole somewhere
-            for row in rows:
-                if row[0] != expected:
-                    view.missing.append((expected, row[0] - 1))
-                expected = row[0] + 1
-        expected = rows[-1][0] + 1
-        view.replayed += len(rows)
-        view.seq = rows[-1][0]
+    else:
+        sources.start(proj, low)
+    missing = replay(proj, engine, stream_id, sources, after=replay_after, upto=target, l1=False)
     with engine.connect() as conn:
-        view.time = _event_at_or_before(conn, stream_id, view.seq)[1] if view.seq >= low else None
+        seq, ts = _event_at_or_before(conn, stream_id, target)
+    view = BookView(
+        stream=stream, seq=seq, time=ts, book=proj.book, from_snapshot=from_snapshot, missing=missing
+    )
     view.book = proj.book
     return view

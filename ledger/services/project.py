@@ -33,18 +33,21 @@ from ledger.domain.snapshot import FORMAT_VERSION as SNAPSHOT_FORMAT
 from ledger.domain.snapshot import ProjectorState, decode, encode
 from ledger.errors import DatabaseError, SnapshotError, StreamError, first_line
 from ledger.sources.csv_l3 import to_number
-from ledger.storage.log import EventLog, GapStore, Streams
+from ledger.storage.log import EventLog, GapStore, SourceSnapshots, Streams
 from ledger.storage.projection import L1Row, L1Rows, Position, Positions, Snapshots
 
 __all__ = [
     "ProjectOptions",
     "ProjectSummary",
+    "SourceBooks",
     "StreamProjector",
     "event_from_row",
     "project",
     "read_ahead",
     "rebuild",
+    "replay",
     "restore_latest",
+    "source_book",
 ]
 
 log = logging.getLogger(__name__)
@@ -285,6 +288,19 @@ class StreamProjector:
     def state(self) -> ProjectorState:
         return ProjectorState(book=self.book, l1_last=self.tracker.last, crossed=self.crossed)
 
+    def reset(self, book: Book) -> None:
+        """Take ``book`` (a venue's snapshot) as the book; anomaly counts carry on."""
+        book.anomalies = self.book.anomalies
+        self.book = book
+
+    def emit_l1(self, seq: int, ts: Any, out: list[L1Row] | None) -> None:
+        """After a reset: an L1 row at ``seq`` if the top of the new book differs."""
+        changed = self.tracker.observe_book(self.book)
+        if changed is not None:
+            self.crossed = changed.bid_price > changed.ask_price
+            if out is not None:
+                out.append((seq, ts, changed.bid_price, changed.bid_size, changed.ask_price, changed.ask_size))
+
     def restore(self, state: ProjectorState) -> None:
         self.book = state.book
         self.tracker = L1Tracker(state.l1_last)
@@ -325,6 +341,96 @@ def _project_stream(
     return summary
 
 
+class SourceBooks:
+    """The venue's own books (source snapshots) of one stream, as the projector uses them:
+    a stream starts from the one just before its first event, and a gap is made up for by
+    the earliest one at or after its last missing seq (the events up to it are then
+    skipped). The same rule, applied again on a replay, rebuilds the same book."""
+
+    def __init__(self, engine: Engine, stream_id: int, name: str) -> None:
+        self._engine = engine
+        self._stream_id = stream_id
+        self._name = name
+
+    def start(self, proj: StreamProjector, first_seq: int) -> bool:
+        """Load the source snapshot at ``first_seq - 1`` if there is one."""
+        found = self._load(first_seq - 1, upto=first_seq - 1)
+        if found is None:
+            return False
+        proj.reset(found[1])
+        return True
+
+    def reset_at_gap(self, proj: StreamProjector, gap: tuple[int, int]) -> int | None:
+        """Reset to the earliest source snapshot covering ``gap``; its seq, or None."""
+        found = self._load(gap[1])
+        if found is None:
+            return None
+        proj.reset(found[1])
+        return found[0]
+
+    def _load(self, seq: int, *, upto: int | None = None) -> tuple[int, Book] | None:
+        with self._engine.connect() as conn:
+            found = SourceSnapshots(conn).first_from(self._stream_id, seq, upto=upto)
+        if found is None:
+            return None
+        at, raw = found
+        where = f"stream {self._name!r}, source snapshot at seq {at}"
+        try:
+            return at, source_book(raw, where=where)
+        except SnapshotError as e:
+            log.warning("%s; not used", e)
+            return None
+
+
+def source_book(raw: str, *, where: str) -> Book:
+    """The book of a stored source snapshot (a Coinbase REST level-3 payload)."""
+    from ledger.sources.coinbase import MessageError, decode, rest_snapshot_rows
+
+    try:
+        _, orders = rest_snapshot_rows(decode(raw))
+        with localcontext(EXACT):
+            return Book.from_orders((side, oid, to_number(p), to_number(q)) for side, p, q, oid in orders)
+    except (MessageError, ValueError, ArithmeticError) as e:
+        raise SnapshotError(f"{where}: {e}") from None
+
+
+def replay(
+    proj: StreamProjector,
+    engine: Engine,
+    stream_id: int,
+    sources: SourceBooks,
+    *,
+    after: int,
+    upto: int,
+    l1: bool,
+) -> list[tuple[int, int]]:
+    """Apply the log's events in (after, upto] without writing anything, resetting to source
+    snapshots at gaps as a projection run does; return the gaps crossed without one."""
+    crossed: list[tuple[int, int]] = []
+    expected = after + 1
+    skip_until = None
+    for rows in read_ahead(engine, stream_id, after=after, upto=upto, chunk=20_000, with_time=False):
+        rest = rows if skip_until is None else [r for r in rows if r[0] > skip_until]
+        while rest:
+            segment, gap = _contiguous(rest, expected)
+            proj.apply(segment, None, l1=l1)
+            if gap is None:
+                expected = rest[-1][0] + 1
+                break
+            covered = sources.reset_at_gap(proj, gap)
+            if covered is None:
+                crossed.append(gap)
+                expected = gap[1] + 1
+                rest = rest[len(segment) :]
+            else:
+                if l1:
+                    proj.emit_l1(covered, None, None)
+                skip_until = covered
+                expected = covered + 1
+                rest = [r for r in rest[len(segment) :] if r[0] > covered]
+    return crossed
+
+
 def restore_latest(
     engine: Engine, stream_id: int, name: str, *, at_or_before: int
 ) -> tuple[ProjectorState, int] | None:
@@ -357,6 +463,7 @@ def _run(
     progress: Callable[[str, int], None] | None,
 ) -> None:
     proj = StreamProjector(options.error_threshold)
+    sources = SourceBooks(engine, stream_id, name)
     chunk = min(options.chunk, options.snapshot_every or options.chunk)
     with engine.connect() as conn:
         pos = Positions(conn).get(stream_id)
@@ -395,17 +502,25 @@ def _run(
             state, replay_after = restored
             proj.restore(state)
             summary.from_snapshot = replay_after
-        for rows in read_ahead(engine, stream_id, after=replay_after, upto=pos.last_seq, chunk=chunk, with_time=False):
-            proj.apply(rows, None)
+        else:
+            sources.start(proj, pos.first_seq)
+        replay(proj, engine, stream_id, sources, after=replay_after, upto=pos.last_seq, l1=True)
         summary.last_seq = pos.last_seq
     since_snapshot = 0
     committer = _Committer(engine, stream_id)
     committer.start()
     try:
+        skip_until = None
         for rows in read_ahead(engine, stream_id, after=None if pos is None else pos.last_seq, chunk=chunk):
+            out: list[L1Row] = []
             if pos is None:
                 pos = Position(first_seq=rows[0][0], last_seq=rows[0][0] - 1)
-            out: list[L1Row] = []
+                if sources.start(proj, pos.first_seq):
+                    proj.emit_l1(pos.last_seq, None, out)
+            if skip_until is not None and rows[-1][0] <= skip_until:
+                continue
+            if skip_until is not None:
+                rows = [r for r in rows if r[0] > skip_until]
             skipped: list[tuple[int, int]] = []
             applied_in_chunk = 0
             status, message = "ok", None
@@ -427,6 +542,12 @@ def _run(
                     break
                 if gap is None:
                     break
+                covered = sources.reset_at_gap(proj, gap)
+                if covered is not None:  # the venue's own book at `covered` makes up for the gap
+                    proj.emit_l1(covered, None, out)
+                    pos.last_seq = skip_until = covered
+                    rest = [r for r in rest[len(segment) :] if r[0] > covered]
+                    continue
                 if not options.skip_gaps:
                     status = "stopped_at_gap"
                     message = (
