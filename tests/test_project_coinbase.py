@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from ledger.domain.events import BUY, SELL
-from ledger.services.project import StreamProjector
+from ledger.services.projector import StreamProjector
 from ledger.testing import LEVEL3_SCHEMA, MatchingEngine, RandomOrderFlow, fixed_clock
 
 _SIDES = {"buy": BUY, "sell": SELL}

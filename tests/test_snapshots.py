@@ -18,7 +18,7 @@ from sqlalchemy.engine import Engine
 
 from ledger.cli import cli
 from ledger.domain.book import Book
-from ledger.services.project import restore_latest
+from ledger.services.replay import restore_latest
 from ledger.sources.csv_l3 import parse_line, to_number
 from ledger.storage.log import Streams
 from ledger.storage.projection import L1Rows

@@ -11,7 +11,8 @@ from sqlalchemy.engine import Connection, Engine
 
 from ledger.domain.book import Book
 from ledger.errors import StreamError
-from ledger.services.project import SourceBooks, StreamProjector, replay, restore_latest
+from ledger.services.projector import StreamProjector
+from ledger.services.replay import SourceBooks, replay, restore_latest
 from ledger.storage.log import EventLog, Streams
 from ledger.storage.schema import events
 
@@ -102,8 +103,6 @@ def book_at(engine: Engine, stream: str, *, at_seq: int | None = None, at_time: 
     missing = replay(proj, engine, stream_id, sources, after=replay_after, upto=target, l1=False)
     with engine.connect() as conn:
         seq, ts = _event_at_or_before(conn, stream_id, target)
-    view = BookView(
-        stream=stream, seq=seq, time=ts, book=proj.book, from_snapshot=from_snapshot, missing=missing
-    )
+    view = BookView(stream=stream, seq=seq, time=ts, book=proj.book, from_snapshot=from_snapshot, missing=missing)
     view.book = proj.book
     return view

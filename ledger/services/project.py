@@ -6,54 +6,40 @@ while the book applies the current one, and a committer writes the L1 rows and p
 of the previous one (each on its own connection; PostgreSQL works on the other core).
 Run again, the projector rebuilds the book up to its position (writing nothing) and goes
 on from there, so a crash at any moment neither loses nor repeats an L1 row. At a gap in
-the log it stops that stream and names the missing seqs, unless told to skip gaps, in
-which case it goes on and marks the gap rows as skipped.
+the log it first looks for a source snapshot (the venue's own book) that makes up for
+it; failing that it stops the stream and names the missing seqs, unless told to skip
+gaps, in which case it goes on and marks the gap rows as skipped.
+
+The book itself is applied by :class:`~ledger.services.projector.StreamProjector`; reading
+the log back, source snapshots and replays live in :mod:`ledger.services.replay`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from decimal import localcontext
 from typing import Any
 
 import psycopg
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from ledger.domain.book import Book
-from ledger.domain.events import EXACT, Add, Delete, Event, Number, Side, Trade, Update
-from ledger.domain.l1 import L1Tracker
 from ledger.domain.snapshot import FORMAT_VERSION as SNAPSHOT_FORMAT
-from ledger.domain.snapshot import ProjectorState, decode, encode
-from ledger.errors import DatabaseError, SnapshotError, StreamError, first_line
-from ledger.sources.csv_l3 import to_number
-from ledger.storage.log import EventLog, GapStore, SourceSnapshots, Streams
+from ledger.domain.snapshot import encode
+from ledger.errors import DatabaseError, StreamError, first_line
+from ledger.services.projector import StreamProjector
+from ledger.services.replay import SourceBooks, contiguous, read_ahead, replay, restore_latest
+from ledger.storage.log import EventLog, GapStore, Streams
 from ledger.storage.projection import L1Row, L1Rows, Position, Positions, Snapshots
 
-__all__ = [
-    "ProjectOptions",
-    "ProjectSummary",
-    "SourceBooks",
-    "StreamProjector",
-    "event_from_row",
-    "project",
-    "read_ahead",
-    "rebuild",
-    "replay",
-    "restore_latest",
-    "source_book",
-]
+__all__ = ["ProjectOptions", "ProjectSummary", "project", "rebuild"]
 
 log = logging.getLogger(__name__)
 _PROJECT_LOCK_CLASS = 0x1ED7
-# Event kinds of venue feeds (Coinbase), applied by StreamProjector._venue_event.
-_VENUE_KINDS = frozenset({"open", "done", "match", "change", "received", "activate", "noop"})
 
 
 @dataclass
@@ -81,22 +67,6 @@ class ProjectSummary:
         out["events_per_second"] = round(self.events_per_second, 1)
         out["seconds"] = round(self.seconds, 3)
         return out
-
-
-def event_from_row(row: Sequence[Any]) -> Event:
-    """A book event from an event-log row (seq, kind, order_id, side, price, size, ...)."""
-    seq, kind, order_id, side, price, size = row[:6]
-    if kind == "delete":
-        return Delete(seq, order_id, side)
-    if price is None or size is None:
-        raise StreamError(f"seq {seq}: a {kind} event without price or size")
-    if kind == "add":
-        return Add(seq, order_id, side, price, size)
-    if kind == "trade":
-        return Trade(seq, order_id, side, price, size)
-    if kind == "update":
-        return Update(seq, order_id, side, price, size)
-    raise StreamError(f"seq {seq}: the projector does not know the event kind {kind!r}")
 
 
 @dataclass(frozen=True)
@@ -172,141 +142,6 @@ class _SnapshotTimer:
             self._scheduler = None
 
 
-class StreamProjector:
-    """The book of one stream and the L1 bookkeeping around it."""
-
-    def __init__(self, error_threshold: int | None) -> None:
-        self.book = Book()
-        self.tracker = L1Tracker()
-        self.error_threshold = error_threshold
-        self.crossed = False
-        self.numbers: dict[str | None, Number] = {}  # price/size text -> exact number
-
-    def apply(self, rows: Sequence[Sequence[Any]], out: list[L1Row] | None, *, l1: bool = True) -> int:
-        """Apply rows in order; append L1 changes to ``out`` (None: replay, write nothing).
-        Return how many rows were applied (fewer when the error threshold stops it).
-        Without ``l1`` only the book changes: for a book wanted at one point, not a
-        projection that goes on.
-
-        The hot loop of the projector: it calls the book's operations directly rather
-        than building an :data:`Event` per row (:func:`event_from_row` is the same mapping
-        as events), and turns price and size text into exact numbers through a cache,
-        since a book sees the same few hundred prices and sizes over and over."""
-        threshold = self.error_threshold if out is not None else None
-        with localcontext(EXACT):
-            return self._apply(rows, out, l1, threshold)
-
-    def _apply(self, rows: Sequence[Sequence[Any]], out: list[L1Row] | None, l1: bool, threshold: int | None) -> int:
-        book = self.book
-        observe = self.tracker.observe_book
-        add, update, delete, trade = book.add, book.update, book.delete, book.trade
-        numbers = self.numbers
-        applied = 0
-        for seq, kind, order_id, side, price_text, size_text, ts in rows:
-            if threshold is not None and book.anomalies.total() > threshold:
-                return applied
-            if kind == "delete":
-                delete(side, order_id)
-            elif kind in _VENUE_KINDS:
-                self._venue_event(seq, kind, order_id, side, price_text, size_text)
-            else:
-                price = numbers.get(price_text)
-                if price is None:
-                    price = self._number(seq, kind, price_text)
-                size = numbers.get(size_text)
-                if size is None:
-                    size = self._number(seq, kind, size_text)
-                if kind == "add":
-                    add(side, order_id, price, size)
-                elif kind == "update":
-                    update(side, order_id, price, size)
-                elif kind == "trade":
-                    trade(side, order_id, size)
-                else:
-                    raise StreamError(f"seq {seq}: the projector does not know the event kind {kind!r}")
-            applied += 1
-            if not l1:
-                continue
-            changed = observe(book)
-            if changed is not None:
-                crossed = changed.bid_price > changed.ask_price
-                if crossed and not self.crossed:
-                    book.anomalies["crossed_book"] += 1
-                self.crossed = crossed
-                if out is not None:
-                    out.append((seq, ts, changed.bid_price, changed.bid_size, changed.ask_price, changed.ask_size))
-        return applied
-
-    def _venue_event(
-        self, seq: int, kind: str, order_id: str, side: Side | None, price_text: str | None, size_text: str | None
-    ) -> None:
-        """Coinbase full-channel (and level3) events, as the exchange documents them:
-        ``open`` rests an order; ``match`` takes size off the maker; ``done`` removes the
-        order if it rests (it often never did); ``change`` sets a resting order's new size
-        and, for ``modify_order``, its new price, and is ignored for orders not on the book;
-        ``received``, ``activate`` and ``noop`` leave the book alone. The compact level3
-        channel leaves out the side of done, match and change: it is looked up by id."""
-        book = self.book
-        if kind in ("received", "activate", "noop"):
-            return
-        if kind == "open":
-            if side is None:
-                raise StreamError(f"seq {seq}: an open without a side")
-            book.add(side, order_id, self._number(seq, kind, price_text), self._number(seq, kind, size_text))
-            return
-        resting = side if side is not None and (side, order_id) in book.orders else book.side_of(order_id)
-        if kind == "done":
-            if resting is not None:
-                book.discard(resting, order_id)
-        elif kind == "match":
-            if resting is None:
-                book.anomalies["trade_unknown_order"] += 1
-            else:
-                book.trade(resting, order_id, self._number(seq, kind, size_text))
-        elif kind == "change" and resting is not None:
-            order = book.orders[(resting, order_id)]
-            price = order.price if price_text is None else self._number(seq, kind, price_text)
-            book.update(resting, order_id, price, self._number(seq, kind, size_text))
-
-    def _number(self, seq: int, kind: str, text: str | None) -> Number:
-        if text is None:
-            raise StreamError(f"seq {seq}: a {kind} event without the price or size it needs")
-        cached = self.numbers.get(text)
-        if cached is not None:
-            return cached
-        if len(self.numbers) > 100_000:
-            self.numbers.clear()
-        value = self.numbers[text] = to_number(text)
-        return value
-
-    def over_threshold(self) -> bool:
-        return self.over_threshold_with(self.book.anomalies)
-
-    def over_threshold_with(self, anomalies: Mapping[str, int]) -> bool:
-        return self.error_threshold is not None and sum(anomalies.values()) > self.error_threshold
-
-    def state(self) -> ProjectorState:
-        return ProjectorState(book=self.book, l1_last=self.tracker.last, crossed=self.crossed)
-
-    def reset(self, book: Book) -> None:
-        """Take ``book`` (a venue's snapshot) as the book; anomaly counts carry on."""
-        book.anomalies = self.book.anomalies
-        self.book = book
-
-    def emit_l1(self, seq: int, ts: Any, out: list[L1Row] | None) -> None:
-        """After a reset: an L1 row at ``seq`` if the top of the new book differs."""
-        changed = self.tracker.observe_book(self.book)
-        if changed is not None:
-            self.crossed = changed.bid_price > changed.ask_price
-            if out is not None:
-                out.append((seq, ts, changed.bid_price, changed.bid_size, changed.ask_price, changed.ask_size))
-
-    def restore(self, state: ProjectorState) -> None:
-        self.book = state.book
-        self.tracker = L1Tracker(state.l1_last)
-        self.crossed = state.crossed
-
-
 def _project_stream(
     engine: Engine,
     stream_id: int,
@@ -339,118 +174,6 @@ def _project_stream(
                 conn.invalidate()  # the server is gone, and the lock with it
     summary.seconds = time.perf_counter() - started
     return summary
-
-
-class SourceBooks:
-    """The venue's own books (source snapshots) of one stream, as the projector uses them:
-    a stream starts from the one just before its first event, and a gap is made up for by
-    the earliest one at or after its last missing seq (the events up to it are then
-    skipped). The same rule, applied again on a replay, rebuilds the same book."""
-
-    def __init__(self, engine: Engine, stream_id: int, name: str) -> None:
-        self._engine = engine
-        self._stream_id = stream_id
-        self._name = name
-
-    def start(self, proj: StreamProjector, first_seq: int) -> bool:
-        """Load the source snapshot at ``first_seq - 1`` if there is one."""
-        found = self._load(first_seq - 1, upto=first_seq - 1)
-        if found is None:
-            return False
-        proj.reset(found[1])
-        return True
-
-    def reset_at_gap(self, proj: StreamProjector, gap: tuple[int, int]) -> int | None:
-        """Reset to the earliest source snapshot covering ``gap``; its seq, or None."""
-        found = self._load(gap[1])
-        if found is None:
-            return None
-        proj.reset(found[1])
-        return found[0]
-
-    def _load(self, seq: int, *, upto: int | None = None) -> tuple[int, Book] | None:
-        with self._engine.connect() as conn:
-            found = SourceSnapshots(conn).first_from(self._stream_id, seq, upto=upto)
-        if found is None:
-            return None
-        at, raw = found
-        where = f"stream {self._name!r}, source snapshot at seq {at}"
-        try:
-            return at, source_book(raw, where=where)
-        except SnapshotError as e:
-            log.warning("%s; not used", e)
-            return None
-
-
-def source_book(raw: str, *, where: str) -> Book:
-    """The book of a stored source snapshot (a Coinbase REST level-3 payload)."""
-    from ledger.sources.coinbase import MessageError, decode, rest_snapshot_rows
-
-    try:
-        _, orders = rest_snapshot_rows(decode(raw))
-        with localcontext(EXACT):
-            return Book.from_orders((side, oid, to_number(p), to_number(q)) for side, p, q, oid in orders)
-    except (MessageError, ValueError, ArithmeticError) as e:
-        raise SnapshotError(f"{where}: {e}") from None
-
-
-def replay(
-    proj: StreamProjector,
-    engine: Engine,
-    stream_id: int,
-    sources: SourceBooks,
-    *,
-    after: int,
-    upto: int,
-    l1: bool,
-) -> list[tuple[int, int]]:
-    """Apply the log's events in (after, upto] without writing anything, resetting to source
-    snapshots at gaps as a projection run does; return the gaps crossed without one."""
-    crossed: list[tuple[int, int]] = []
-    expected = after + 1
-    skip_until = None
-    for rows in read_ahead(engine, stream_id, after=after, upto=upto, chunk=20_000, with_time=False):
-        rest = rows if skip_until is None else [r for r in rows if r[0] > skip_until]
-        while rest:
-            segment, gap = _contiguous(rest, expected)
-            proj.apply(segment, None, l1=l1)
-            if gap is None:
-                expected = rest[-1][0] + 1
-                break
-            covered = sources.reset_at_gap(proj, gap)
-            if covered is None:
-                crossed.append(gap)
-                expected = gap[1] + 1
-                rest = rest[len(segment) :]
-            else:
-                if l1:
-                    proj.emit_l1(covered, None, None)
-                skip_until = covered
-                expected = covered + 1
-                rest = [r for r in rest[len(segment) :] if r[0] > covered]
-    return crossed
-
-
-def restore_latest(
-    engine: Engine, stream_id: int, name: str, *, at_or_before: int
-) -> tuple[ProjectorState, int] | None:
-    """The newest readable snapshot of a stream at or before a seq, and its seq. A snapshot
-    that cannot be read, or lies beyond the log, is refused with a warning naming stream and
-    seq, and the next older one is tried; None when none is usable."""
-    with engine.connect() as conn:
-        snapshots = Snapshots(conn)
-        _, head = EventLog(conn).seq_range(stream_id)
-        for info in snapshots.infos(stream_id, at_or_before=at_or_before):
-            where = f"stream {name!r}, book snapshot at seq {info.seq}"
-            if head is None or info.seq > head:
-                log.warning("%s: refused, the log ends at seq %s; trying an earlier one", where, head)
-                continue
-            try:
-                version, payload = snapshots.load(stream_id, info.seq)
-                return decode(payload, version, where=where), info.seq
-            except SnapshotError as e:
-                log.warning("%s; trying an earlier one", str(e) if where in str(e) else f"{where}: {e}")
-    return None
 
 
 def _run(
@@ -526,7 +249,7 @@ def _run(
             status, message = "ok", None
             rest = rows
             while rest:
-                segment, gap = _contiguous(rest, pos.last_seq + 1)
+                segment, gap = contiguous(rest, pos.last_seq + 1)
                 applied = proj.apply(segment, out)
                 applied_in_chunk += applied
                 if applied:
@@ -588,51 +311,6 @@ def _run(
         return
     summary.status, summary.message = pos.status, pos.message
     summary.anomalies = dict(pos.anomalies)
-
-
-def read_ahead(
-    engine: Engine,
-    stream_id: int,
-    *,
-    after: int | None,
-    upto: int | None = None,
-    chunk: int,
-    with_time: bool = True,
-) -> Iterator[list[Any]]:
-    """Chunks of the log read ahead by a thread on its own connection (two at most)."""
-    chunks: queue.Queue[list[Any] | BaseException | None] = queue.Queue(maxsize=2)
-    stop = threading.Event()
-
-    def reader() -> None:
-        try:
-            with engine.connect() as conn:
-                log = EventLog(conn)
-                for rows in log.read_chunks(stream_id, after=after, upto=upto, chunk=chunk, with_time=with_time):
-                    while not stop.is_set():
-                        try:
-                            chunks.put(rows, timeout=0.2)
-                            break
-                        except queue.Full:
-                            continue
-                    if stop.is_set():
-                        return
-            chunks.put(None)
-        except BaseException as e:  # handed over to the consuming thread, which raises it
-            chunks.put(e)
-
-    thread = threading.Thread(target=reader, name=f"ledger-read-{stream_id}", daemon=True)
-    thread.start()
-    try:
-        while (item := chunks.get()) is not None:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        while thread.is_alive():
-            with contextlib.suppress(queue.Empty):
-                chunks.get(timeout=0.1)
-        thread.join()
 
 
 @dataclass
@@ -700,16 +378,6 @@ class _Committer(threading.Thread):
             self._jobs.put(None)
             self.join()
         self._error = None
-
-
-def _contiguous(rows: list[Any], expected: int) -> tuple[list[Any], tuple[int, int] | None]:
-    """The leading rows that follow on from ``expected`` without a hole, and the first hole."""
-    if rows[-1][0] == expected + len(rows) - 1:  # the usual case: no hole in the chunk
-        return rows, None
-    for i, row in enumerate(rows):
-        if row[0] != expected + i:
-            return rows[:i], (expected + i, row[0] - 1)
-    return rows, None
 
 
 def _describe(anomalies: dict[str, int]) -> str:

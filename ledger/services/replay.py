@@ -1,0 +1,195 @@
+"""Reading the log back: chunks read ahead on a thread of their own, the venue's source
+snapshots, the projector's own book snapshots, and replays that rebuild a book without
+writing anything. Shared by the projector and ``ledger book``."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import threading
+from collections.abc import Iterator
+from decimal import localcontext
+from typing import Any
+
+from sqlalchemy.engine import Engine
+
+from ledger.domain.book import Book
+from ledger.domain.events import EXACT
+from ledger.domain.snapshot import ProjectorState, decode
+from ledger.errors import SnapshotError
+from ledger.services.projector import StreamProjector
+from ledger.sources.csv_l3 import to_number
+from ledger.storage.log import EventLog, SourceSnapshots
+from ledger.storage.projection import Snapshots
+
+__all__ = ["SourceBooks", "contiguous", "read_ahead", "replay", "restore_latest", "source_book"]
+
+log = logging.getLogger(__name__)
+
+
+class SourceBooks:
+    """The venue's own books (source snapshots) of one stream, as the projector uses them:
+    a stream starts from the one just before its first event, and a gap is made up for by
+    the earliest one at or after its last missing seq (the events up to it are then
+    skipped). The same rule, applied again on a replay, rebuilds the same book."""
+
+    def __init__(self, engine: Engine, stream_id: int, name: str) -> None:
+        self._engine = engine
+        self._stream_id = stream_id
+        self._name = name
+
+    def start(self, proj: StreamProjector, first_seq: int) -> bool:
+        """Load the source snapshot at ``first_seq - 1`` if there is one."""
+        found = self._load(first_seq - 1, upto=first_seq - 1)
+        if found is None:
+            return False
+        proj.reset(found[1])
+        return True
+
+    def reset_at_gap(self, proj: StreamProjector, gap: tuple[int, int]) -> int | None:
+        """Reset to the earliest source snapshot covering ``gap``; its seq, or None."""
+        found = self._load(gap[1])
+        if found is None:
+            return None
+        proj.reset(found[1])
+        return found[0]
+
+    def _load(self, seq: int, *, upto: int | None = None) -> tuple[int, Book] | None:
+        with self._engine.connect() as conn:
+            found = SourceSnapshots(conn).first_from(self._stream_id, seq, upto=upto)
+        if found is None:
+            return None
+        at, raw = found
+        where = f"stream {self._name!r}, source snapshot at seq {at}"
+        try:
+            return at, source_book(raw, where=where)
+        except SnapshotError as e:
+            log.warning("%s; not used", e)
+            return None
+
+
+def source_book(raw: str, *, where: str) -> Book:
+    """The book of a stored source snapshot (a Coinbase REST level-3 payload)."""
+    from ledger.sources.coinbase import MessageError, decode, rest_snapshot_rows
+
+    try:
+        _, orders = rest_snapshot_rows(decode(raw))
+        with localcontext(EXACT):
+            return Book.from_orders((side, oid, to_number(p), to_number(q)) for side, p, q, oid in orders)
+    except (MessageError, ValueError, ArithmeticError) as e:
+        raise SnapshotError(f"{where}: {e}") from None
+
+
+def replay(
+    proj: StreamProjector,
+    engine: Engine,
+    stream_id: int,
+    sources: SourceBooks,
+    *,
+    after: int,
+    upto: int,
+    l1: bool,
+) -> list[tuple[int, int]]:
+    """Apply the log's events in (after, upto] without writing anything, resetting to source
+    snapshots at gaps as a projection run does; return the gaps crossed without one."""
+    crossed: list[tuple[int, int]] = []
+    expected = after + 1
+    skip_until = None
+    for rows in read_ahead(engine, stream_id, after=after, upto=upto, chunk=20_000, with_time=False):
+        rest = rows if skip_until is None else [r for r in rows if r[0] > skip_until]
+        while rest:
+            segment, gap = contiguous(rest, expected)
+            proj.apply(segment, None, l1=l1)
+            if gap is None:
+                expected = rest[-1][0] + 1
+                break
+            covered = sources.reset_at_gap(proj, gap)
+            if covered is None:
+                crossed.append(gap)
+                expected = gap[1] + 1
+                rest = rest[len(segment) :]
+            else:
+                if l1:
+                    proj.emit_l1(covered, None, None)
+                skip_until = covered
+                expected = covered + 1
+                rest = [r for r in rest[len(segment) :] if r[0] > covered]
+    return crossed
+
+
+def restore_latest(
+    engine: Engine, stream_id: int, name: str, *, at_or_before: int
+) -> tuple[ProjectorState, int] | None:
+    """The newest readable snapshot of a stream at or before a seq, and its seq. A snapshot
+    that cannot be read, or lies beyond the log, is refused with a warning naming stream and
+    seq, and the next older one is tried; None when none is usable."""
+    with engine.connect() as conn:
+        snapshots = Snapshots(conn)
+        _, head = EventLog(conn).seq_range(stream_id)
+        for info in snapshots.infos(stream_id, at_or_before=at_or_before):
+            where = f"stream {name!r}, book snapshot at seq {info.seq}"
+            if head is None or info.seq > head:
+                log.warning("%s: refused, the log ends at seq %s; trying an earlier one", where, head)
+                continue
+            try:
+                version, payload = snapshots.load(stream_id, info.seq)
+                return decode(payload, version, where=where), info.seq
+            except SnapshotError as e:
+                log.warning("%s; trying an earlier one", str(e) if where in str(e) else f"{where}: {e}")
+    return None
+
+
+def read_ahead(
+    engine: Engine,
+    stream_id: int,
+    *,
+    after: int | None,
+    upto: int | None = None,
+    chunk: int,
+    with_time: bool = True,
+) -> Iterator[list[Any]]:
+    """Chunks of the log read ahead by a thread on its own connection (two at most)."""
+    chunks: queue.Queue[list[Any] | BaseException | None] = queue.Queue(maxsize=2)
+    stop = threading.Event()
+
+    def reader() -> None:
+        try:
+            with engine.connect() as conn:
+                log = EventLog(conn)
+                for rows in log.read_chunks(stream_id, after=after, upto=upto, chunk=chunk, with_time=with_time):
+                    while not stop.is_set():
+                        try:
+                            chunks.put(rows, timeout=0.2)
+                            break
+                        except queue.Full:
+                            continue
+                    if stop.is_set():
+                        return
+            chunks.put(None)
+        except BaseException as e:  # handed over to the consuming thread, which raises it
+            chunks.put(e)
+
+    thread = threading.Thread(target=reader, name=f"ledger-read-{stream_id}", daemon=True)
+    thread.start()
+    try:
+        while (item := chunks.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():
+            with contextlib.suppress(queue.Empty):
+                chunks.get(timeout=0.1)
+        thread.join()
+
+
+def contiguous(rows: list[Any], expected: int) -> tuple[list[Any], tuple[int, int] | None]:
+    """The leading rows that follow on from ``expected`` without a hole, and the first hole."""
+    if rows[-1][0] == expected + len(rows) - 1:  # the usual case: no hole in the chunk
+        return rows, None
+    for i, row in enumerate(rows):
+        if row[0] != expected + i:
+            return rows[:i], (expected + i, row[0] - 1)
+    return rows, None
