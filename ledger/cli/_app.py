@@ -1,0 +1,106 @@
+"""The ``ledger`` command line: a thin click layer over the services.
+
+Each command parses its options, opens the database, calls one service function and turns
+a :class:`~ledger.errors.LedgerError` (or a driver error) into a one-line error and a
+non-zero exit code. The commands live in modules by theme (db, ingest, project, reports);
+this package puts them on one click group.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import click
+import psycopg
+import sqlalchemy as sa
+
+from ledger.db import Database, open_database
+from ledger.errors import LedgerError, first_line
+
+__all__ = ["cli", "echo_json", "fail_on_ledger_error", "json_option", "main", "open_db", "progress_bar"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+log = logging.getLogger("ledger")
+
+
+def json_option(func: F) -> F:
+    return click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")(func)
+
+
+@contextmanager
+def open_db() -> Iterator[Database]:
+    try:
+        with open_database() as db:
+            yield db
+    except LedgerError as e:
+        raise click.ClickException(str(e)) from e
+
+
+def echo_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+def fail_on_ledger_error(func: F) -> F:
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except LedgerError as e:
+            raise click.ClickException(str(e)) from e
+        except (sa.exc.DBAPIError, psycopg.Error) as e:  # the one boundary for driver errors
+            raise click.ClickException(f"database error: {first_line(e)}") from e
+
+    return wrapper  # type: ignore[return-value]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("-v", "--verbose", is_flag=True, help="Log more (SQL-level details stay off).")
+@click.version_option(package_name="ledger")
+def cli(verbose: bool) -> None:
+    """Rebuild limit order books from Level-3 market data kept in PostgreSQL.
+
+    Uses LEDGER_DATABASE_URL when set; otherwise an embedded PostgreSQL under LEDGER_HOME.
+
+    \b
+    Example:
+      ledger ingest csv l3_data_v3.1.csv
+      ledger project
+      ledger export l1 csv:l3_data_v3.1 -o l1.csv
+    """
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="ledger: %(message)s",
+        stream=sys.stderr,
+    )
+    for noisy in ("alembic", "sqlalchemy", "psycopg"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    # After a lost connection the pool logs each failed reset with a traceback; the command
+    # itself says what happened and what to do.
+    logging.getLogger("sqlalchemy.pool").setLevel(logging.WARNING if verbose else logging.CRITICAL)
+
+
+@contextmanager
+def progress_bar(total: int | None, label: str) -> Iterator[Callable[[int], None] | None]:
+    """A progress bar on a terminal (stderr); nothing when output is piped."""
+    if total is None or not sys.stderr.isatty():
+        yield None
+        return
+    with click.progressbar(length=total, label=label, file=sys.stderr) as bar:
+        done = 0
+
+        def update(position: int) -> None:
+            nonlocal done
+            bar.update(position - done)
+            done = position
+
+        yield update
+
+
+def main() -> None:
+    cli(prog_name="ledger")

@@ -1,0 +1,52 @@
+"""``ledger db``: migrations and the database in use."""
+
+from __future__ import annotations
+
+import click
+
+from ledger.cli._app import cli, fail_on_ledger_error, open_db
+
+
+@cli.group()
+def db() -> None:
+    """Database housekeeping.
+
+    \b
+    Example:
+      ledger db upgrade
+      ledger db url
+    """
+
+
+@db.command("upgrade")
+@fail_on_ledger_error
+def db_upgrade() -> None:
+    """Apply the schema migrations (other commands do it on first use too).
+
+    \b
+    Example:
+      LEDGER_DATABASE_URL=postgresql+psycopg://me@localhost/ledger ledger db upgrade
+    """
+    from ledger.db import current_revision, head_revision
+
+    with open_db() as database, database.engine.connect() as conn:
+        click.echo(f"schema at revision {current_revision(conn)} (head {head_revision()})")
+
+
+@db.command("url")
+@fail_on_ledger_error
+def db_url() -> None:
+    """Print the database URL in use, password hidden.
+
+    \b
+    Example:
+      ledger db url
+    """
+    with open_db() as database:
+        click.echo(database.display_url)
+        if database.embedded:
+            click.echo(
+                "(embedded PostgreSQL: it runs while a ledger command uses it; "
+                "set LEDGER_DATABASE_URL to use your own server)",
+                err=True,
+            )

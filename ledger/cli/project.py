@@ -1,0 +1,260 @@
+"""``ledger project``, ``ledger book`` and ``ledger snapshots``."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import click
+
+from ledger.cli._app import cli, echo_json, fail_on_ledger_error, json_option, open_db, progress_bar
+
+
+log = logging.getLogger("ledger")
+
+
+@cli.command()
+@click.option("--stream", "streams", multiple=True, help="Stream to project (repeatable). Default: all.")
+@click.option("--skip-gaps", is_flag=True, help="Go on across missing seqs, and record that it did.")
+@click.option(
+    "--error-threshold",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Stop a stream once it has more book anomalies (unknown orders, overfills, crossed "
+    "books) than this. Default: never stop, only report.",
+)
+@click.option(
+    "--from-snapshot/--from-start",
+    default=True,
+    show_default=True,
+    help="On restart, rebuild the book from the newest good snapshot (else from the first event).",
+)
+@click.option(
+    "--snapshot-every",
+    type=click.IntRange(min=0),
+    default=250_000,
+    show_default=True,
+    help="Save the book every N events (0: never by count).",
+)
+@click.option(
+    "--snapshot-interval",
+    type=click.FloatRange(min=0.1),
+    default=None,
+    help="Also save the book every SECONDS of a long run.",
+)
+@click.option("--rebuild", is_flag=True, help="Drop the streams' L1 rows, snapshots and position first.")
+@json_option
+@fail_on_ledger_error
+def project(
+    streams: tuple[str, ...],
+    skip_gaps: bool,
+    error_threshold: int | None,
+    from_snapshot: bool,
+    snapshot_every: int,
+    snapshot_interval: float | None,
+    rebuild: bool,
+    as_json: bool,
+) -> None:
+    """Replay the event log into books and record every best bid/offer change (L1).
+
+    Goes on from where the last run stopped (from its newest book snapshot); nothing is
+    written twice. A stream stops at a gap in its seqs (exit code 3) unless --skip-gaps is
+    given.
+
+    \b
+    Example:
+      ledger project
+      ledger project --stream csv:l3_data_v3 --skip-gaps
+      ledger project --rebuild --stream csv:l3_data_v3.1
+    """
+    from ledger.services.project import ProjectOptions
+    from ledger.services.project import project as run_project
+    from ledger.services.project import rebuild as drop_projection
+    from ledger.services.status import stream_status
+
+    options = ProjectOptions(
+        skip_gaps=skip_gaps,
+        error_threshold=error_threshold,
+        from_snapshot=from_snapshot,
+        snapshot_every=snapshot_every or None,
+        snapshot_interval=snapshot_interval,
+    )
+    with open_db() as database:
+        if rebuild:
+            dropped = drop_projection(database.engine, list(streams) or None)
+            log.info("dropped the projection of %s", ", ".join(dropped) or "no stream")
+        total = None
+        if sys.stderr.isatty():
+            with database.engine.connect() as conn:
+                rows = [r for r in stream_status(conn) if not streams or r.stream in streams]
+            total = sum(r.events if r.lag_events is None else r.lag_events for r in rows)
+        with progress_bar(total or None, "projecting") as bar:
+            done = 0
+
+            def advance(_stream: str, applied: int) -> None:
+                nonlocal done
+                done += applied
+                if bar is not None:
+                    bar(done)
+
+            summaries = run_project(database.engine, streams=list(streams) or None, options=options, progress=advance)
+    if as_json:
+        echo_json([s.as_dict() for s in summaries])
+    else:
+        if not summaries:
+            click.echo("no streams yet: run `ledger ingest csv FILE` first")
+        for s in summaries:
+            skipped = f", {len(s.gaps_skipped)} gaps skipped" if s.gaps_skipped else ""
+            started = f", restarted from the snapshot at seq {s.from_snapshot}" if s.from_snapshot else ""
+            anomalies = ", ".join(f"{k} {v}" for k, v in sorted(s.anomalies.items()) if v)
+            click.echo(
+                f"stream {s.stream}: {s.status}, {s.events_applied} events applied, {s.l1_rows} L1 rows "
+                f"({s.events_per_second:,.0f} events/s){skipped}{started}, position {s.last_seq}"
+                + (f"; anomalies: {anomalies}" if anomalies else "")
+            )
+            if s.message:
+                click.echo(f"  {s.message}", err=True)
+    if any(s.status in ("stopped_at_gap", "error_threshold", "needs_rebuild", "busy") for s in summaries):
+        sys.exit(3)
+
+
+@cli.command()
+@click.argument("stream")
+@click.option("--depth", type=click.IntRange(min=1), default=10, show_default=True, help="Levels per side.")
+@click.option("--at-seq", type=int, default=None, help="The book after the event with this seq.")
+@click.option(
+    "--at-time",
+    type=str,
+    default=None,
+    help="The book after the last event at or before this time (ISO, UTC unless it says otherwise).",
+)
+@click.option("--orders", "show_orders", is_flag=True, help="List every resting order instead of levels.")
+@json_option
+@fail_on_ledger_error
+def book(stream: str, depth: int, at_seq: int | None, at_time: str | None, show_orders: bool, as_json: bool) -> None:
+    """Show a stream's book now, or at any past seq or time.
+
+    Rebuilt from the nearest book snapshot at or before that point plus the events after it.
+
+    \b
+    Example:
+      ledger book csv:l3_data_v3.1 --depth 5
+      ledger book csv:l3_data_v3.1 --at-time '2021-08-03 05:00:00' --json
+      ledger book csv:l3_data_v3.1 --at-seq 1627942268920660000 --orders
+    """
+    from datetime import UTC, datetime
+
+    from ledger.domain.events import BUY, SELL
+    from ledger.services.book_view import book_at
+
+    if at_seq is not None and at_time is not None:
+        raise click.UsageError("give --at-seq or --at-time, not both")
+    when = None
+    if at_time is not None:
+        try:
+            when = datetime.fromisoformat(at_time.strip().removesuffix(" UTC").removesuffix("Z"))
+        except ValueError:
+            raise click.BadParameter(f"not an ISO date and time: {at_time!r}", param_hint="--at-time") from None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+    with open_db() as database:
+        view = book_at(database.engine, stream, at_seq=at_seq, at_time=when)
+    b = view.book
+    if as_json:
+        data: dict[str, Any] = {
+            "stream": view.stream,
+            "seq": view.seq,
+            "time": None if view.time is None else view.time.isoformat(),
+            "from_snapshot": view.from_snapshot,
+            "missing": view.missing,
+        }
+        if show_orders:
+            data["orders"] = [
+                {"side": o.side, "price": str(o.price), "size": str(o.size), "order_id": o.order_id}
+                for o in b.iter_orders()
+            ]
+        else:
+            data["bids"] = [[str(lv.price), str(lv.size), lv.orders] for lv in b.levels(BUY, depth)]
+            data["asks"] = [[str(lv.price), str(lv.size), lv.orders] for lv in b.levels(SELL, depth)]
+        echo_json(data)
+        return
+    when_text = "" if view.time is None else f" ({view.time.isoformat()})"
+    click.echo(f"{view.stream} after seq {view.seq}{when_text}: {len(b)} resting orders")
+    if view.missing:
+        gaps = ", ".join(f"{a}..{z}" for a, z in view.missing[:5])
+        click.echo(f"  warning: {len(view.missing)} gaps crossed, the book may be wrong: {gaps}", err=True)
+    if show_orders:
+        for o in b.iter_orders():
+            click.echo(f"{'BUY ' if o.side == BUY else 'SELL'} {o.price!s:>14} {o.size!s:>12}  {o.order_id}")
+        return
+    bids, asks = b.levels(BUY, depth), b.levels(SELL, depth)
+    click.echo(f"{'orders':>7} {'bid size':>12} {'bid':>12} | {'ask':<12} {'ask size':<12} {'orders':<7}")
+    for i in range(max(len(bids), len(asks))):
+        left = f"{bids[i].orders:>7} {bids[i].size!s:>12} {bids[i].price!s:>12}" if i < len(bids) else " " * 33
+        right = f"{asks[i].price!s:<12} {asks[i].size!s:<12} {asks[i].orders:<7}" if i < len(asks) else ""
+        click.echo(f"{left} | {right}".rstrip())
+
+
+@cli.group()
+def snapshots() -> None:
+    """List and prune the projector's book snapshots.
+
+    \b
+    Example:
+      ledger snapshots list csv:l3_data_v3.1
+      ledger snapshots prune --keep 3 --keep-every 10
+    """
+
+
+@snapshots.command("list")
+@click.argument("stream")
+@json_option
+@fail_on_ledger_error
+def snapshots_list(stream: str, as_json: bool) -> None:
+    """List a stream's book snapshots, newest first.
+
+    \b
+    Example:
+      ledger snapshots list csv:l3_data_v3.1
+    """
+    from ledger.storage.log import Streams
+    from ledger.storage.projection import Snapshots
+
+    with open_db() as database, database.engine.connect() as conn:
+        infos = Snapshots(conn).infos(Streams(conn).get(stream))
+    if as_json:
+        echo_json([{**i.__dict__, "created_at": i.created_at.isoformat()} for i in infos])
+        return
+    if not infos:
+        click.echo(f"{stream}: no snapshots")
+    for i in infos:
+        click.echo(
+            f"seq {i.seq}  {i.order_count} orders  {i.size} bytes  v{i.format_version}  "
+            f"{i.created_at:%Y-%m-%d %H:%M:%S}"
+        )
+
+
+@snapshots.command("prune")
+@click.option("--stream", "streams", multiple=True, help="Stream to prune (repeatable). Default: all.")
+@click.option("--keep", type=click.IntRange(min=1), required=True, help="Keep the newest N snapshots per stream.")
+@click.option("--keep-every", type=click.IntRange(min=1), default=None, help="Of the older ones, keep every M-th.")
+@fail_on_ledger_error
+def snapshots_prune(streams: tuple[str, ...], keep: int, keep_every: int | None) -> None:
+    """Delete old book snapshots so their storage stays bounded.
+
+    \b
+    Example:
+      ledger snapshots prune --keep 3
+      ledger snapshots prune --keep 3 --keep-every 10 --stream csv:l3_data_v3.1
+    """
+    from ledger.storage.log import Streams
+    from ledger.storage.projection import Snapshots
+
+    with open_db() as database, database.engine.begin() as conn:
+        known = {name: sid for sid, name, _ in Streams(conn).all()}
+        for name in streams:
+            Streams(conn).get(name)
+        for name in streams or sorted(known):
+            gone = Snapshots(conn).prune(known[name], keep=keep, keep_every=keep_every)
+            click.echo(f"{name}: deleted {gone} snapshots")
