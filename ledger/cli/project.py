@@ -10,7 +10,6 @@ import click
 
 from ledger.cli._app import cli, echo_json, fail_on_ledger_error, json_option, open_db, progress_bar
 
-
 log = logging.getLogger("ledger")
 
 
