@@ -1,8 +1,9 @@
 """Test doubles for ledger: a local Coinbase-Exchange-like exchange.
 
 :mod:`ledger.testing.matching` is the pure matching engine that publishes full-channel and
-compact ``level3`` messages; :mod:`ledger.testing.exchange` serves it over a websocket and
-the REST level-3 book, with faults on demand. Nothing here is used by ledger at run time.
+compact ``level3`` messages; :mod:`ledger.testing.flow` feeds it seeded random orders;
+:mod:`ledger.testing.exchange` serves it over a websocket and the REST level-3 book, with
+faults on demand. Nothing here is used by ledger at run time.
 """
 
 from ledger.testing.exchange import (
@@ -15,6 +16,7 @@ from ledger.testing.exchange import (
     sign,
     subscribe_message,
 )
+from ledger.testing.flow import RandomOrderFlow
 from ledger.testing.matching import (
     LEVEL3_SCHEMA,
     Bbo,
@@ -26,7 +28,6 @@ from ledger.testing.matching import (
     MatchingError,
     Message,
     OrderRejectedError,
-    RandomOrderFlow,
     RestingOrder,
     SnapshotUnavailableError,
     UnknownOrderError,

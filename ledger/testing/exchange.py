@@ -57,6 +57,7 @@ from typing import Any, Final
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from ledger.testing.flow import RandomOrderFlow
 from ledger.testing.matching import (
     LEVEL3_SCHEMA,
     Bbo,
@@ -64,7 +65,6 @@ from ledger.testing.matching import (
     Level3Snapshot,
     MatchingEngine,
     Message,
-    RandomOrderFlow,
     format_amount,
     format_time,
 )
