@@ -8,33 +8,17 @@ from decimal import localcontext
 from typing import Any
 
 from ledger.domain.book import Book
-from ledger.domain.events import EXACT, Add, Delete, Event, Number, Side, Trade, Update
+from ledger.domain.events import EXACT, Number, Side
 from ledger.domain.l1 import L1Tracker
 from ledger.domain.snapshot import ProjectorState
 from ledger.errors import StreamError
 from ledger.sources.csv_l3 import to_number
 from ledger.storage.projection import L1Row
 
-__all__ = ["StreamProjector", "event_from_row"]
+__all__ = ["StreamProjector"]
 
 # Event kinds of venue feeds (Coinbase), applied by StreamProjector._venue_event.
 _VENUE_KINDS = frozenset({"open", "done", "match", "change", "received", "activate", "noop"})
-
-
-def event_from_row(row: Sequence[Any]) -> Event:
-    """A book event from an event-log row (seq, kind, order_id, side, price, size, ...)."""
-    seq, kind, order_id, side, price, size = row[:6]
-    if kind == "delete":
-        return Delete(seq, order_id, side)
-    if price is None or size is None:
-        raise StreamError(f"seq {seq}: a {kind} event without price or size")
-    if kind == "add":
-        return Add(seq, order_id, side, price, size)
-    if kind == "trade":
-        return Trade(seq, order_id, side, price, size)
-    if kind == "update":
-        return Update(seq, order_id, side, price, size)
-    raise StreamError(f"seq {seq}: the projector does not know the event kind {kind!r}")
 
 
 class StreamProjector:
@@ -54,8 +38,8 @@ class StreamProjector:
         projection that goes on.
 
         The hot loop of the projector: it calls the book's operations directly rather
-        than building an :data:`Event` per row (:func:`event_from_row` is the same mapping
-        as events), and turns price and size text into exact numbers through a cache,
+        than building an :data:`~ledger.domain.events.Event` per row (the same mapping as
+        :meth:`~ledger.domain.book.Book.apply`), and turns price and size text into exact numbers through a cache,
         since a book sees the same few hundred prices and sizes over and over."""
         threshold = self.error_threshold if out is not None else None
         with localcontext(EXACT):
