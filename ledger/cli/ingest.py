@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import click
 
 from ledger.cli._app import cli, echo_json, fail_on_ledger_error, json_option, open_db, progress_bar
+
+if TYPE_CHECKING:
+    from ledger.services.ingest_coinbase import CaptureSummary
 
 
 @cli.group()
@@ -112,3 +115,88 @@ def ingest_csv_command(
     if summary.rejects > 10:
         lines.append(f"  (see all with: ledger rejects {summary.stream})")
     click.echo("\n".join(lines))
+
+
+@ingest.command("coinbase")
+@click.option(
+    "--product", "products", multiple=True, required=True, metavar="PRODUCT", help="A product id; repeat for more."
+)
+@click.option("--channel", type=click.Choice(["full", "level3"]), default="full", show_default=True)
+@click.option("--ws-url", default=None, help="Websocket feed. Default: Coinbase Exchange's.")
+@click.option("--rest-url", default=None, help="REST API for level-3 books. Default: Coinbase Exchange's.")
+@click.option("--duration", type=click.FloatRange(min=0, min_open=True), help="Stop after this many seconds.")
+@click.option("--max-messages", type=click.IntRange(min=1), help="Stop after this many feed messages.")
+@click.option(
+    "--summary-every",
+    type=click.FloatRange(min=1),
+    default=60,
+    show_default=True,
+    help="Seconds between progress summaries on stderr.",
+)
+@json_option
+@fail_on_ledger_error
+def ingest_coinbase_command(
+    products: tuple[str, ...],
+    channel: str,
+    ws_url: str | None,
+    rest_url: str | None,
+    duration: float | None,
+    max_messages: int | None,
+    summary_every: float,
+    as_json: bool,
+) -> None:
+    """Capture the Coinbase Exchange order-by-order feed of one or more products.
+
+    Every message is stored as received in stream coinbase:<PRODUCT>, keyed by its
+    sequence. A new stream starts from a REST level-3 book; lost messages (a sequence
+    jump, a reconnect, a restart after a crash) are recorded as gaps and made up for by
+    a new REST book of that product only. Runs until --duration, --max-messages, Ctrl-C
+    or SIGTERM, then commits what it received and prints a summary.
+
+    The API key comes from LEDGER_COINBASE_KEY, LEDGER_COINBASE_SECRET and
+    LEDGER_COINBASE_PASSPHRASE (never printed).
+
+    \b
+    Example:
+      ledger ingest coinbase --product BTC-USD --product ETH-USD --duration 3600
+      ledger project --stream coinbase:BTC-USD
+    """
+    from ledger.services.ingest_coinbase import REST_URL, WS_URL, ApiCredentials, CoinbaseOptions, capture
+
+    credentials = ApiCredentials.from_env()
+    options = CoinbaseOptions(
+        products=tuple(dict.fromkeys(products)),
+        channel=channel,
+        ws_url=ws_url or WS_URL,
+        rest_url=rest_url or REST_URL,
+        duration=duration,
+        max_messages=max_messages,
+        summary_every=summary_every,
+    )
+    with open_db() as database:
+        summary = capture(database.engine, options, credentials, on_summary=_log_progress)
+    if as_json:
+        echo_json(summary.as_dict())
+        return
+    click.echo(
+        f"captured {sum(p.messages for p in summary.products):,} messages in {summary.seconds:.1f}s "
+        f"({summary.messages_per_second:,.0f}/s), {summary.reconnects} reconnects, stopped by {summary.stopped_by}"
+    )
+    click.echo(_product_table(summary))
+
+
+def _product_table(summary: CaptureSummary) -> str:
+    head = f"  {'product':<12} {'messages':>10} {'stored':>10} {'dups':>6} {'gaps':>5} {'resyncs':>7} "
+    lines = [head + f"{'rejects':>7} {'lag p50/p99 ms':>15}  state"]
+    for p in summary.products:
+        lag = "-" if p.lag_ms_p50 is None else f"{p.lag_ms_p50:.0f}/{p.lag_ms_p99:.0f}"
+        lines.append(
+            f"  {p.product:<12} {p.messages:>10,} {p.events_stored:>10,} {p.duplicates:>6,} {p.gaps:>5,} "
+            f"{p.resyncs:>7,} {p.rejects:>7,} {lag:>15}  {p.state}"
+            + (f" ({p.awaiting_book:,} waiting for a first book, not stored)" if p.awaiting_book else "")
+        )
+    return "\n".join(lines)
+
+
+def _log_progress(summary: CaptureSummary) -> None:
+    click.echo(_product_table(summary), err=True)

@@ -87,6 +87,7 @@ __all__ = [
     "decode_frame",
     "level3_to_row",
     "rest_snapshot_rows",
+    "sign_request",
     "subscribe_message",
     "to_row",
 ]
@@ -122,7 +123,7 @@ _CLASSES: Final[dict[str, MessageClass]] = {
     "status": "status",
     "level3": "schema",
 }
-_VERIFY: Final = "GET/users/self/verify"  # method + request path the websocket signature covers
+_VERIFY_PATH: Final = "/users/self/verify"  # the request path the websocket signature covers
 _NULL: Final = "\\N"
 _ESCAPES: Final = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 
@@ -726,17 +727,24 @@ def subscribe_message(
     for name, value in (("key", key), ("secret", secret), ("passphrase", passphrase)):
         if type(value) is not str or not value:
             raise MessageError(f"the API {name} must be a non-empty string (its value is not shown)", field=name)
-    try:
-        secret_bytes = base64.b64decode(secret, validate=True)
-    except (binascii.Error, ValueError):
-        raise MessageError("the API secret is not valid base64 (its value is not shown)", field="secret") from None
-    digest = hmac.new(secret_bytes, (stamp + _VERIFY).encode("utf-8"), hashlib.sha256).digest()
     return {
         "type": "subscribe",
         "product_ids": list(product_ids),
         "channels": wanted,
-        "signature": base64.b64encode(digest).decode("ascii"),
+        "signature": sign_request(secret, stamp, "GET", _VERIFY_PATH),
         "key": key,
         "passphrase": passphrase,
         "timestamp": stamp,
     }
+
+
+def sign_request(secret: str, timestamp: str, method: str, request_path: str, body: str = "") -> str:
+    """Coinbase Exchange's request signature: base64(HMAC-SHA256(base64-decoded ``secret``,
+    ``timestamp + method + request_path + body``)), for the websocket subscribe (``GET
+    /users/self/verify``) and for REST calls (the ``CB-ACCESS-SIGN`` header)."""
+    try:
+        secret_bytes = base64.b64decode(secret, validate=True)
+    except (binascii.Error, ValueError):
+        raise MessageError("the API secret is not valid base64 (its value is not shown)", field="secret") from None
+    message = (timestamp + method.upper() + request_path + body).encode("utf-8")
+    return base64.b64encode(hmac.new(secret_bytes, message, hashlib.sha256).digest()).decode("ascii")

@@ -1,0 +1,208 @@
+"""Where a live capture commits: its streams, their locks, and batches that survive a lost server.
+
+:class:`CaptureStore` owns one connection. It creates the streams, takes each one's writer
+lock (the advisory lock a CSV ingest takes too, so two writers never share a stream) and
+loads their sequencing state. :meth:`CaptureStore.commit` writes one :class:`CaptureBatch`
+in one transaction: the events by COPY, then per stream its rejects, its gap rows
+reconciled with the tracker, and a REST book with the gaps it resolves.
+
+When the connection is lost (the server restarts, the network drops), the commit is
+retried with exponential backoff and jitter until ``retry_for`` seconds have passed: a new
+connection, the locks taken again, the stored gaps read again. A commit whose outcome is
+unknown (the server may have committed just before the connection dropped) is
+recognised by its first event being in the log, so nothing is stored twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+
+import psycopg
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from ledger.domain.sequencing import GapTracker
+from ledger.errors import DatabaseError, StreamError, first_line
+from ledger.services.coinbase_sync import RestBook
+from ledger.services.ingest_csv import stream_lock_key
+from ledger.storage.log import EventLog, GapStore, Reject, Rejects, SourceSnapshots, Streams
+from ledger.storage.schema import events
+
+__all__ = ["CaptureBatch", "CaptureStore", "StreamBatch"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StreamBatch:
+    """One stream's part of a batch."""
+
+    stream_id: int
+    name: str
+    rows: list[tuple[int, bytes]] = field(default_factory=list)  # (seq, COPY text line)
+    rejects: list[Reject] = field(default_factory=list)
+    gaps: list[tuple[int, int]] = field(default_factory=list)  # the open gaps the rows leave, and those resolved
+    book: RestBook | None = None
+    resolved_by: int | None = None  # gaps ending at or before this book's seq are resolved by it
+
+    @property
+    def empty(self) -> bool:
+        return not (self.rows or self.rejects or self.book or self.resolved_by is not None)
+
+
+@dataclass
+class CaptureBatch:
+    streams: list[StreamBatch] = field(default_factory=list)
+
+    @property
+    def empty(self) -> bool:
+        return all(s.empty for s in self.streams)
+
+
+class CaptureStore:
+    """The capture's connection and streams (see the module's text)."""
+
+    def __init__(self, engine: Engine, stream_names: list[str], *, retry_for: float = 300.0) -> None:
+        self._engine = engine
+        self.names = list(stream_names)
+        self.retry_for = retry_for
+        self.ids: dict[str, int] = {}
+        self._stored: dict[int, dict[tuple[int, int], int]] = {}  # open gap rows per stream
+        self._conn: Connection | None = None
+        self.abort = threading.Event()  # set to give up retrying (a second interrupt)
+        self.retries = 0
+
+    # -- opening and closing ---------------------------------------------------------------------
+
+    def open(self) -> dict[str, GapTracker]:
+        """Create the streams, lock them and return each one's sequencing state by name."""
+        try:
+            conn = self._connect()
+            trackers = {}
+            log_ = EventLog(conn)
+            for name in self.names:
+                low, high = log_.seq_range(self.ids[name])
+                trackers[name] = GapTracker(low, high, self._stored[self.ids[name]])
+            conn.commit()
+            return trackers
+        except (sa.exc.DBAPIError, psycopg.Error) as e:
+            self.close()
+            raise DatabaseError(f"opening the capture's streams failed: {first_line(e)}") from e
+
+    def _connect(self) -> Connection:
+        conn = self._engine.connect()
+        try:
+            with conn.begin():
+                streams = Streams(conn)
+                for name in self.names:
+                    self.ids[name] = streams.ensure(name, "coinbase")
+            for name in self.names:
+                c, o = stream_lock_key(self.ids[name])
+                if not conn.execute(sa.text("SELECT pg_try_advisory_lock(:c, :o)"), {"c": c, "o": o}).scalar():
+                    raise StreamError(f"stream {name!r} is being written by another ingest; stop it first")
+            gap_store = GapStore(conn)
+            self._stored = {sid: gap_store.open_gaps(sid) for sid in self.ids.values()}
+            conn.commit()
+        except BaseException:
+            conn.invalidate()  # drops the session and any lock taken
+            conn.close()
+            raise
+        self._conn = conn
+        return conn
+
+    def close(self) -> None:
+        """Close the connection: the server drops its locks with the session."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.rollback()
+                conn.execute(sa.text("SELECT pg_advisory_unlock_all()"))
+                conn.commit()
+                conn.close()
+            except (sa.exc.DBAPIError, psycopg.Error):
+                conn.invalidate()
+
+    # -- committing ------------------------------------------------------------------------------
+
+    def commit(self, batch: CaptureBatch) -> None:
+        """Write ``batch`` in one transaction, retrying on a lost connection (see the module)."""
+        deadline = time.monotonic() + self.retry_for
+        uncertain = False
+        delay = 0.1
+        while True:
+            try:
+                conn = self._conn if self._conn is not None else self._connect()
+                self._write(conn, batch, check_landed=uncertain)
+                return
+            except StreamError:
+                raise
+            except (sa.exc.DBAPIError, psycopg.Error) as e:
+                if not _connection_lost(e):
+                    raise DatabaseError(f"storing the capture failed: {first_line(e)}") from e
+                self._drop_connection()
+                uncertain = True
+                self.retries += 1
+                if time.monotonic() + delay > deadline or self.abort.is_set():
+                    raise DatabaseError(
+                        f"the database has been unreachable for {self.retry_for:.0f}s ({first_line(e)}); "
+                        "what was received since the last commit is not stored. Run the same command again: "
+                        "it goes on with the same streams, and the time it was down becomes a gap"
+                    ) from e
+                log.warning("database unreachable (%s); retrying in %.1fs", first_line(e), delay)
+                self.abort.wait(delay)
+                delay = min(5.0, delay * 2) * (0.75 + random.random() / 2)
+
+    def _drop_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.invalidate()
+                conn.close()
+            except (sa.exc.DBAPIError, psycopg.Error):
+                pass
+
+    def _write(self, conn: Connection, batch: CaptureBatch, *, check_landed: bool) -> None:
+        with conn.begin():
+            payload = b"".join(line for part in batch.streams for _, line in part.rows)
+            if payload and check_landed and self._landed(conn, batch):
+                log.info("the batch committed before the connection was lost; not written again")
+                return
+            if payload:
+                EventLog(conn).copy_text(payload)
+            gap_store = GapStore(conn)
+            stored = dict(self._stored)
+            for part in batch.streams:
+                Rejects(conn).add(part.stream_id, "websocket", part.rejects)
+                kept = gap_store.reconcile(part.stream_id, stored[part.stream_id], part.gaps)
+                if part.book is not None:
+                    SourceSnapshots(conn).save(
+                        part.stream_id, part.book.seq, part.book.raw, order_count=part.book.order_count
+                    )
+                if part.resolved_by is not None:
+                    gap_store.resolve_by_snapshot(part.stream_id, part.resolved_by)
+                    kept = {g: i for g, i in kept.items() if g[1] > part.resolved_by}
+                stored[part.stream_id] = kept
+        self._stored = stored
+
+    @staticmethod
+    def _landed(conn: Connection, batch: CaptureBatch) -> bool:
+        part = next(p for p in batch.streams if p.rows)
+        seq = part.rows[0][0]
+        return (
+            conn.execute(
+                sa.select(sa.literal(1)).where(events.c.stream_id == part.stream_id, events.c.seq == seq)
+            ).first()
+            is not None
+        )
+
+
+def _connection_lost(error: BaseException) -> bool:
+    """Whether a driver error means the connection (or the server) went away."""
+    if isinstance(error, sa.exc.DBAPIError) and error.connection_invalidated:
+        return True
+    original = getattr(error, "orig", None) or error
+    return isinstance(original, psycopg.OperationalError | psycopg.InterfaceError)

@@ -1,0 +1,613 @@
+"""Capture Coinbase Exchange's order-by-order feed into the event log, live.
+
+One asyncio task reads the websocket (aiohttp): every frame is decoded, classified and, if
+it is a sequenced event, turned into its event-log row (:mod:`ledger.sources.coinbase`)
+and handed to its product's :class:`~ledger.services.coinbase_sync.ProductSync`, which
+decides what is stored and when a REST level-3 book is needed. A writer task commits
+what is ready in one transaction at a time on a thread (:class:`CaptureStore`), so rows
+group into larger batches exactly when the database is slower; the messages waiting
+are bounded (``max_pending``): past that the reader stops reading the socket. A tick
+task starts REST fetches when a product asks for one.
+
+Failures and what happens:
+
+* a network error or a close: reconnect with exponential backoff and jitter, resubscribe;
+  the messages lost in between show as a jump and the product resyncs from a REST book;
+* no frame for ``idle_timeout`` seconds (heartbeats come every second): the connection is
+  taken for dead and made again;
+* a REST call failing or slow: retried ``rest_retries`` times with backoff and jitter, then
+  the product's sync tries again later (with its own backoff);
+* a frame that is not JSON or an event with a bad field: stored in ``rejects`` with its
+  message number and the reason, attributed to its product when it can be read;
+* the database unreachable: the commit is retried until it is back (the reader stops
+  reading meanwhile, so memory stays bounded; a long outage ends in a disconnect by the
+  exchange, then a reconnect and resync);
+* the exchange refusing the subscription (bad credentials, unknown product): stop with
+  its message;
+* SIGINT or SIGTERM: stop reading, commit what was received, print the summary.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import random
+import re
+import signal
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+from sqlalchemy.engine import Engine
+
+from ledger.errors import ConfigError, InputError, LedgerError
+from ledger.services.capture_store import CaptureBatch, CaptureStore, StreamBatch
+from ledger.services.coinbase_sync import ProductSync, RestBook, SyncTiming
+from ledger.sources.coinbase import (
+    Level3Schema,
+    MessageError,
+    classify,
+    copy_row,
+    decode,
+    decode_frame,
+    level3_to_row,
+    rest_snapshot_rows,
+    sign_request,
+    subscribe_message,
+    to_row,
+)
+from ledger.storage.log import Reject
+
+__all__ = ["ApiCredentials", "CaptureSummary", "CoinbaseOptions", "capture", "stream_name"]
+
+log = logging.getLogger(__name__)
+
+WS_URL = "wss://ws-feed.exchange.coinbase.com"
+REST_URL = "https://api.exchange.coinbase.com"
+_CREDENTIAL_VARIABLES = ("LEDGER_COINBASE_KEY", "LEDGER_COINBASE_SECRET", "LEDGER_COINBASE_PASSPHRASE")
+_PRODUCT_IN_TEXT = re.compile(r'"product_id"\s*:\s*"([0-9A-Za-z_.-]{1,64})"')
+_MAX_FRAME = 16 << 20  # bytes; feed messages are far smaller, REST books come over HTTP
+_AUTH_WORDS = ("authenticat", "signature", "passphrase", "api key", "timestamp")
+
+
+def stream_name(product: str) -> str:
+    return f"coinbase:{product}"
+
+
+@dataclass(frozen=True)
+class ApiCredentials:
+    """A Coinbase Exchange API key; the secret and passphrase never appear in a repr or a log."""
+
+    key: str
+    secret: str = field(repr=False)
+    passphrase: str = field(repr=False)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> ApiCredentials:
+        env = os.environ if environ is None else environ
+        missing = [name for name in _CREDENTIAL_VARIABLES if not env.get(name, "").strip()]
+        if missing:
+            raise ConfigError(
+                f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not set: the full and level3 "
+                "channels need a Coinbase Exchange API key (key, base64 secret, passphrase) in "
+                + ", ".join(_CREDENTIAL_VARIABLES)
+            )
+        key, secret, passphrase = (env[name].strip() for name in _CREDENTIAL_VARIABLES)
+        try:
+            sign_request(secret, "0", "GET", "/")
+        except MessageError:
+            raise ConfigError("LEDGER_COINBASE_SECRET is not valid base64 (its value is not shown)") from None
+        return cls(key, secret, passphrase)
+
+
+@dataclass(frozen=True)
+class CoinbaseOptions:
+    products: tuple[str, ...]
+    channel: str = "full"  # or "level3"
+    ws_url: str = WS_URL
+    rest_url: str = REST_URL
+    duration: float | None = None  # seconds, then stop
+    max_messages: int | None = None  # feed messages, then stop
+    idle_timeout: float = 10.0  # no frame for this long: the connection is dead
+    rest_timeout: float = 10.0
+    rest_retries: int = 4
+    reconnect_base: float = 0.5
+    reconnect_cap: float = 30.0
+    db_retry_for: float = 300.0
+    max_pending: int = 100_000  # messages received and not yet committed before the reader waits
+    summary_every: float = 60.0
+    timing: SyncTiming = field(default_factory=SyncTiming)
+
+
+@dataclass
+class ProductSummary:
+    product: str
+    stream: str
+    messages: int = 0
+    events_stored: int = 0
+    duplicates: int = 0
+    dropped_before_start: int = 0
+    gaps: int = 0
+    resyncs: int = 0
+    stale_books: int = 0
+    rejects: int = 0
+    open_gaps: int = 0
+    awaiting_book: int = 0  # messages of a new stream still waiting for its first book (not stored)
+    state: str = ""
+    lag_ms_p50: float | None = None
+    lag_ms_p99: float | None = None
+
+
+@dataclass
+class CaptureSummary:
+    products: list[ProductSummary]
+    frames: int = 0
+    connections: int = 0
+    reconnects: int = 0
+    heartbeats: int = 0
+    control_messages: int = 0  # subscriptions, errors, status and other messages without a sequence
+    rejects: int = 0
+    db_retries: int = 0
+    seconds: float = 0.0
+    stopped_by: str = ""
+
+    @property
+    def messages_per_second(self) -> float:
+        return sum(p.messages for p in self.products) / self.seconds if self.seconds > 0 else 0.0
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "products": [vars(p) for p in self.products],
+            "frames": self.frames,
+            "connections": self.connections,
+            "reconnects": self.reconnects,
+            "heartbeats": self.heartbeats,
+            "control_messages": self.control_messages,
+            "rejects": self.rejects,
+            "db_retries": self.db_retries,
+            "seconds": round(self.seconds, 3),
+            "messages_per_second": round(self.messages_per_second, 1),
+            "stopped_by": self.stopped_by,
+        }
+
+
+class _Lags:
+    """Receipt-to-commit lag samples (seconds), a bounded uniform sample of them."""
+
+    def __init__(self, keep: int = 50_000) -> None:
+        self.samples: list[float] = []
+        self.seen = 0
+        self._keep = keep
+        self._rng = random.Random(0)
+
+    def add(self, values: list[float]) -> None:
+        for value in values:
+            self.seen += 1
+            if len(self.samples) < self._keep:
+                self.samples.append(value)
+            elif (i := self._rng.randrange(self.seen)) < self._keep:
+                self.samples[i] = value
+
+    def percentile(self, q: float) -> float | None:
+        if not self.samples:
+            return None
+        ordered = sorted(self.samples)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+
+
+class _RestError(Exception):
+    """A REST call failed after its retries (or with an answer not worth retrying)."""
+
+
+class _Refused(LedgerError):
+    """The exchange refused the subscription."""
+
+
+def capture(
+    engine: Engine,
+    options: CoinbaseOptions,
+    credentials: ApiCredentials,
+    *,
+    on_summary: Callable[[CaptureSummary], None] | None = None,
+) -> CaptureSummary:
+    """Run a capture until ``duration``, ``max_messages``, SIGINT/SIGTERM or a fatal error."""
+    runner_options: dict[str, Any] = {}
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        runner_options["loop_factory"] = uvloop.new_event_loop
+    with asyncio.Runner(**runner_options) as runner:
+        return runner.run(Capture(engine, options, credentials, on_summary=on_summary).run(handle_signals=True))
+
+
+class Capture:
+    """One capture run; :meth:`run` in an event loop (tests run it next to a LocalExchange)."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        options: CoinbaseOptions,
+        credentials: ApiCredentials,
+        *,
+        on_summary: Callable[[CaptureSummary], None] | None = None,
+    ) -> None:
+        if not options.products:
+            raise InputError("name at least one product (--product BTC-USD)")
+        if options.channel not in ("full", "level3"):
+            raise InputError(f"--channel must be full or level3, not {options.channel!r}")
+        self.options = options
+        self._credentials = credentials
+        self._on_summary = on_summary
+        self._store = CaptureStore(engine, [stream_name(p) for p in options.products], retry_for=options.db_retry_for)
+        self._syncs: dict[str, ProductSync] = {}
+        self._stream_ids: dict[str, int] = {}
+        self._rejects: dict[str, list[Reject]] = {p: [] for p in options.products}
+        self._reject_counts = dict.fromkeys(options.products, 0)
+        self._lags = {p: _Lags() for p in options.products}
+        self.summary = CaptureSummary(products=[ProductSummary(p, stream_name(p)) for p in options.products])
+        self._stop = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._room = asyncio.Event()
+        self._room.set()
+        self._closing = False
+        self._failure: BaseException | None = None
+        self._subscribed = False
+        self._schema: Level3Schema | None = None
+        self._fetches: set[asyncio.Task[None]] = set()
+        self._messages = 0  # sequenced feed messages received
+        self._in_flight = 0  # rows in the commit under way
+        self._rng = random.Random()
+
+    # -- the run -------------------------------------------------------------------------------
+
+    def stop(self, reason: str = "requested") -> None:
+        if not self._stop.is_set():
+            self.summary.stopped_by = self.summary.stopped_by or reason
+            self._stop.set()
+        elif reason in ("SIGINT", "SIGTERM"):
+            self._store.abort.set()  # a second signal: stop retrying the database too
+
+    async def run(self, *, handle_signals: bool = False) -> CaptureSummary:
+        loop = asyncio.get_running_loop()
+        started = time.perf_counter()
+        trackers = await asyncio.to_thread(self._store.open)
+        try:
+            for product in self.options.products:
+                name = stream_name(product)
+                self._stream_ids[product] = self._store.ids[name]
+                self._syncs[product] = ProductSync(product, trackers[name], timing=self.options.timing, now=loop.time())
+            if handle_signals:
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    loop.add_signal_handler(sig, self.stop, sig.name)
+            await self._run_tasks()
+        finally:
+            if handle_signals:
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    loop.remove_signal_handler(sig)
+            await asyncio.to_thread(self._store.close)
+            self.summary.seconds = time.perf_counter() - started
+            self._fill_summary()
+        if self._failure is not None:
+            raise self._failure
+        return self.summary
+
+    async def _run_tasks(self) -> None:
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.options.rest_timeout)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            writer = asyncio.create_task(self._guard(self._writer()))
+            others = [
+                asyncio.create_task(self._guard(self._feed(session))),
+                asyncio.create_task(self._guard(self._ticks(session))),
+                asyncio.create_task(self._guard(self._periodic_summary())),
+            ]
+            if self.options.duration is not None:
+                others.append(asyncio.create_task(self._guard(self._stop_after(self.options.duration))))
+            try:
+                await self._stop.wait()
+            finally:
+                for task in [*others, *self._fetches]:
+                    task.cancel()
+                await asyncio.gather(*others, *self._fetches, return_exceptions=True)
+                self._closing = True
+                self._wake.set()
+                await writer
+
+    async def _guard(self, work: Any) -> None:
+        try:
+            await work
+        except asyncio.CancelledError:
+            raise
+        except BaseException as e:  # the first failure stops the run and is raised by run()
+            if self._failure is None:
+                self._failure = e
+            self.stop("error")
+
+    async def _stop_after(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+        self.stop("duration")
+
+    # -- the websocket ---------------------------------------------------------------------------
+
+    async def _feed(self, session: aiohttp.ClientSession) -> None:
+        options = self.options
+        attempt = 0
+        while not self._stop.is_set():
+            opened = time.monotonic()
+            frames_before = self.summary.frames
+            reason = "closed by the exchange"
+            try:
+                async with session.ws_connect(
+                    options.ws_url, heartbeat=options.idle_timeout / 2, max_msg_size=_MAX_FRAME, compress=0
+                ) as ws:
+                    self.summary.connections += 1
+                    if self.summary.connections > 1:
+                        for sync in self._syncs.values():
+                            sync.reconnected()
+                    await ws.send_str(json.dumps(self._subscribe_message()))
+                    reason = await self._read(ws)
+            except (aiohttp.ClientError, OSError, TimeoutError) as e:
+                reason = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+            finally:
+                self._subscribed = False
+            if self._stop.is_set():
+                return
+            if self.summary.frames > frames_before or time.monotonic() - opened > 60:
+                attempt = 0
+            delay = min(options.reconnect_cap, options.reconnect_base * 2**attempt) * (0.5 + self._rng.random() / 2)
+            attempt += 1
+            self.summary.reconnects += 1
+            log.warning("websocket %s: %s; reconnecting in %.1fs", options.ws_url, reason, delay)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), delay)
+
+    def _subscribe_message(self) -> dict[str, Any]:
+        c = self._credentials
+        channels = [self.options.channel, "heartbeat"]
+        return subscribe_message(list(self.options.products), channels, c.key, c.secret, c.passphrase, int(time.time()))
+
+    async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> str:
+        """Read frames until the connection ends; why it ended."""
+        loop = asyncio.get_running_loop()
+        limit = self.options.max_messages
+        while not self._stop.is_set():
+            if not self._room.is_set():
+                await self._room.wait()  # the writer is behind: stop reading, the socket pushes back
+            try:
+                message = await ws.receive(timeout=self.options.idle_timeout)
+            except TimeoutError:
+                await ws.close()
+                return f"no message for {self.options.idle_timeout:.0f}s (heartbeat watchdog)"
+            if message.type is aiohttp.WSMsgType.TEXT:
+                self._frame(message.data, loop.time())
+            elif message.type is aiohttp.WSMsgType.BINARY:
+                self._frame(message.data.decode("utf-8", errors="replace"), loop.time())
+            elif message.type is aiohttp.WSMsgType.ERROR:
+                return f"connection error: {ws.exception()}"
+            elif message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED):
+                return f"closed by the exchange (code {ws.close_code})"
+            if limit is not None and self._messages >= limit:
+                self.stop("max_messages")
+        return "stopping"
+
+    def _frame(self, raw: str, now: float) -> None:
+        """One websocket frame: store, buffer, count or reject it."""
+        self.summary.frames += 1
+        try:
+            message = decode_frame(raw)
+            if type(message) is list:
+                if self._schema is None:
+                    raise MessageError("a level3 array came before the channel's schema message")
+                row = level3_to_row(message, raw, self._schema)
+            else:
+                assert isinstance(message, dict)
+                kind = classify(message)
+                if kind != "event":
+                    self._control(kind, message, now)
+                    return
+                row = to_row(message, raw)
+            if row is None:
+                self.summary.control_messages += 1  # an activate without a sequence, a level3 type not stored
+                return
+            sync = self._syncs.get(row.product_id)
+            if sync is None:
+                raise MessageError(f"product {row.product_id} was not subscribed to")
+            line = copy_row(row, self._stream_ids[row.product_id])
+        except MessageError as e:
+            self._reject(raw, str(e))
+            return
+        except (ValueError, TypeError, KeyError, IndexError) as e:  # kept, not lost, whatever it is
+            self._reject(raw, f"unreadable: {type(e).__name__}: {e}")
+            return
+        self._messages += 1
+        sync.row(row.seq, (row.seq, line, now), now)
+        if self._messages & 63 == 0 and self._backlog() >= self.options.max_pending:
+            self._room.clear()
+        self._wake.set()
+
+    def _backlog(self) -> int:
+        """Rows received and not yet committed."""
+        return self._in_flight + sum(sync.ready for sync in self._syncs.values())
+
+    def _control(self, kind: str, message: dict[str, Any], now: float) -> None:
+        if kind == "heartbeat":
+            self.summary.heartbeats += 1
+            product = message.get("product_id")
+            sync = self._syncs.get(product) if type(product) is str else None
+            seq = message.get("sequence")
+            if sync is not None and type(seq) is int:
+                sync.heartbeat(seq, now)
+            return
+        self.summary.control_messages += 1
+        if kind == "subscriptions":
+            channels = ", ".join(
+                f"{c.get('name')} {' '.join(c.get('product_ids') or [])}"
+                for c in message.get("channels") or []
+                if isinstance(c, dict)
+            )
+            log.info("subscribed: %s", channels or json.dumps(message)[:300])
+            self._subscribed = True
+        elif kind == "schema":
+            try:
+                self._schema = Level3Schema.from_message(message)
+            except MessageError as e:
+                raise _Refused(f"the level3 channel's schema message cannot be read: {e}") from None
+        elif kind == "error":
+            text = f"{message.get('message', '')}: {message.get('reason', '')}".strip(": ")
+            if not self._subscribed or any(w in text.lower() for w in _AUTH_WORDS):
+                raise _Refused(f"the exchange refused the subscription: {text[:500]}")
+            log.warning("the exchange sent an error: %s", text[:500])
+        else:
+            log.info("message of type %r: %s", message.get("type"), json.dumps(message)[:300])
+
+    def _reject(self, raw: str, reason: str) -> None:
+        """Keep a frame that cannot be stored as an event, under its product when it names one."""
+        found = _PRODUCT_IN_TEXT.search(raw[:4096])
+        product = found.group(1) if found and found.group(1) in self._rejects else self.options.products[0]
+        text = raw.replace("\x00", "\\x00")
+        self._rejects[product].append(Reject(self.summary.frames, text, reason))
+        self._reject_counts[product] += 1
+        self.summary.rejects += 1
+        log.warning("frame %d rejected (%s): %s", self.summary.frames, product, reason)
+        self._wake.set()
+
+    # -- REST books ------------------------------------------------------------------------------
+
+    async def _ticks(self, session: aiohttp.ClientSession) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(0.05)
+            if not self._subscribed:
+                continue  # a book fetched before the subscription may miss what follows it
+            now = loop.time()
+            for product, sync in self._syncs.items():
+                if sync.wants_book(now):
+                    sync.fetching(now)
+                    task = asyncio.create_task(self._guard(self._fetch(session, product)))
+                    self._fetches.add(task)
+                    task.add_done_callback(self._fetches.discard)
+
+    async def _fetch(self, session: aiohttp.ClientSession, product: str) -> None:
+        sync = self._syncs[product]
+        try:
+            raw = await self._get_book(session, product)
+            seq, count = await asyncio.to_thread(_read_book, raw)
+        except (_RestError, MessageError) as e:
+            sync.fetch_failed()
+            log.warning("%s: level-3 book: %s; trying again later", product, e)
+            return
+        used = sync.book(RestBook(seq, raw, count), asyncio.get_running_loop().time())
+        log.info(
+            "%s: level-3 book at sequence %d (%d orders)%s",
+            product,
+            seq,
+            count,
+            "" if used else " is older than the gap it was fetched for; fetching another",
+        )
+        self._wake.set()
+
+    async def _get_book(self, session: aiohttp.ClientSession, product: str) -> str:
+        path = f"/products/{product}/book?level=3"
+        url = self.options.rest_url.rstrip("/") + path
+        problem = ""
+        for attempt in range(self.options.rest_retries + 1):
+            if attempt:
+                await asyncio.sleep(min(5.0, 0.2 * 2**attempt) * (0.5 + self._rng.random() / 2))
+            c = self._credentials
+            stamp = str(int(time.time()))
+            headers = {
+                "CB-ACCESS-KEY": c.key,
+                "CB-ACCESS-SIGN": sign_request(c.secret, stamp, "GET", path),
+                "CB-ACCESS-TIMESTAMP": stamp,
+                "CB-ACCESS-PASSPHRASE": c.passphrase,
+                "Accept": "application/json",
+            }
+            try:
+                timeout = aiohttp.ClientTimeout(total=self.options.rest_timeout)
+                async with session.get(url, headers=headers, timeout=timeout) as response:
+                    body = await response.text()
+                    if response.status == 200:
+                        return body
+                    problem = f"HTTP {response.status}: {body[:200]}"
+                    if response.status not in (408, 425, 429) and response.status < 500:
+                        break  # not worth retrying
+            except (aiohttp.ClientError, OSError, TimeoutError) as e:
+                problem = f"{type(e).__name__}: {e}" if str(e) else f"no answer in {self.options.rest_timeout}s"
+        raise _RestError(f"GET {url} failed: {problem}")
+
+    # -- committing ------------------------------------------------------------------------------
+
+    async def _writer(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            batch, received = self._seal()
+            if not batch.empty:
+                self._in_flight = sum(len(p.rows) for p in batch.streams)
+                await asyncio.to_thread(self._store.commit, batch)
+                self._in_flight = 0
+                committed = asyncio.get_running_loop().time()
+                for product, times in received.items():
+                    self._lags[product].add([committed - t for t in times])
+                self.summary.db_retries = self._store.retries
+            if self._backlog() < self.options.max_pending:
+                self._room.set()
+            if self._closing and batch.empty:
+                return
+            if self._closing:
+                self._wake.set()  # until nothing is left
+
+    def _seal(self) -> tuple[CaptureBatch, dict[str, list[float]]]:
+        batch = CaptureBatch()
+        received: dict[str, list[float]] = {}
+        for product, sync in self._syncs.items():
+            rows, book, resolved = sync.take_ready()
+            rejects, self._rejects[product] = self._rejects[product], []
+            part = StreamBatch(self._stream_ids[product], stream_name(product), rejects=rejects, book=book)
+            part.rows = [(seq, line) for seq, line, _ in rows]
+            part.gaps = sorted(sync.tracker.gaps + resolved)
+            if resolved or book is not None:
+                part.resolved_by = sync.latest_book
+            received[product] = [t for _, _, t in rows]
+            batch.streams.append(part)
+        return batch, received
+
+    # -- reporting -------------------------------------------------------------------------------
+
+    async def _periodic_summary(self) -> None:
+        while True:
+            await asyncio.sleep(self.options.summary_every)
+            self._fill_summary()
+            if self._on_summary is not None:
+                self._on_summary(self.summary)
+
+    def _fill_summary(self) -> None:
+        for part in self.summary.products:
+            sync = self._syncs.get(part.product)
+            if sync is None:
+                continue
+            c = sync.counts
+            part.messages, part.events_stored, part.duplicates = c.messages, c.stored, c.duplicates
+            part.dropped_before_start, part.gaps, part.resyncs, part.stale_books = (
+                c.dropped_before_start,
+                c.gaps,
+                c.resyncs,
+                c.stale_books,
+            )
+            part.open_gaps = len(sync.tracker.gaps)
+            part.state = sync.state
+            part.lag_ms_p50 = self._lags[part.product].percentile(0.50)
+            part.lag_ms_p99 = self._lags[part.product].percentile(0.99)
+            part.rejects = self._reject_counts[part.product]
+            part.awaiting_book = sync.buffered
+        self.summary.db_retries = self._store.retries
+
+
+def _read_book(raw: str) -> tuple[int, int]:
+    """The sequence and order count of a REST level-3 book; MessageError when it is not one."""
+    seq, orders = rest_snapshot_rows(decode(raw))
+    return seq, len(orders)
