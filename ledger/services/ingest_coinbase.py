@@ -257,6 +257,8 @@ class Capture:
         self._closing = False
         self._failure: BaseException | None = None
         self._subscribed = False
+        self._silent = False  # the watchdog closed the connection
+        self._last_frame = 0.0
         self._schema: Level3Schema | None = None
         self._fetches: set[asyncio.Task[None]] = set()
         self._messages = 0  # sequenced feed messages received
@@ -374,14 +376,39 @@ class Capture:
         """Read frames until the connection ends; why it ended."""
         loop = asyncio.get_running_loop()
         limit = self.options.max_messages
+        watchdog = asyncio.create_task(self._watch(ws))
+        try:
+            reason = await self._read_frames(ws, loop, limit)
+        finally:
+            watchdog.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watchdog
+        if self._silent:
+            self._silent = False
+            return f"no message for {self.options.idle_timeout:g}s (heartbeat watchdog)"
+        return reason
+
+    async def _watch(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        """Close a connection that stays silent for ``idle_timeout`` seconds (heartbeats
+        come every second; websocket pings and pongs do not count: a stuck feed answers them)."""
+        loop = asyncio.get_running_loop()
+        self._last_frame = loop.time()
+        while True:
+            await asyncio.sleep(self.options.idle_timeout / 4)
+            if loop.time() - self._last_frame > self.options.idle_timeout and self._room.is_set():
+                self._silent = True
+                await ws.close()
+                return
+
+    async def _read_frames(
+        self, ws: aiohttp.ClientWebSocketResponse, loop: asyncio.AbstractEventLoop, limit: int | None
+    ) -> str:
         while not self._stop.is_set():
             if not self._room.is_set():
                 await self._room.wait()  # the writer is behind: stop reading, the socket pushes back
-            try:
-                message = await ws.receive(timeout=self.options.idle_timeout)
-            except TimeoutError:
-                await ws.close()
-                return f"no message for {self.options.idle_timeout:.0f}s (heartbeat watchdog)"
+                self._last_frame = loop.time()
+            message = await ws.receive()
+            self._last_frame = loop.time()
             if message.type is aiohttp.WSMsgType.TEXT:
                 self._frame(message.data, loop.time())
             elif message.type is aiohttp.WSMsgType.BINARY:

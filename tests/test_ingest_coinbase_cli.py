@@ -1,0 +1,243 @@
+"""``ledger ingest coinbase`` as a process: credentials, a refused subscription, kill -9 and
+restart, SIGTERM, the level3 channel, a silent connection, a restart of PostgreSQL.
+
+The local exchange runs on an event loop in a thread of the test, the capture in a
+subprocess (or, for the watchdog and the level3 channel, in the test's own loop)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Coroutine, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from ledger.services.ingest_coinbase import ApiCredentials, Capture
+from ledger.testing import LocalExchange
+from tests.test_ingest_coinbase import _capture, _check_projection, _options
+
+T = TypeVar("T")
+BOTH = ("BTC-USD", "ETH-USD")
+
+
+class ExchangeThread:
+    """A LocalExchange on its own event loop in a thread, driven from the test."""
+
+    def __init__(self, products: tuple[str, ...], **kw: Any) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._thread.start()
+        self.exchange = LocalExchange(products, **kw)
+        self.run(self.exchange.start())
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 60) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    def call(self, fn: Callable[[], T]) -> T:
+        async def wrapped() -> T:
+            return fn()
+
+        return self.run(wrapped())
+
+    def close(self) -> None:
+        self.run(self.exchange.close())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+
+
+@contextmanager
+def exchange_thread(products: tuple[str, ...], **kw: Any) -> Iterator[ExchangeThread]:
+    ex = ExchangeThread(products, **kw)
+    try:
+        yield ex
+    finally:
+        ex.close()
+
+
+def _env(db_env: dict[str, str], ex: LocalExchange) -> dict[str, str]:
+    c = ex.credentials
+    return db_env | {
+        "LEDGER_COINBASE_KEY": c.key,
+        "LEDGER_COINBASE_SECRET": c.secret,
+        "LEDGER_COINBASE_PASSPHRASE": c.passphrase,
+    }
+
+
+def _start(env: dict[str, str], ex: LocalExchange, *extra: str) -> subprocess.Popen[str]:
+    products = [arg for p in ex.products for arg in ("--product", p)]
+    urls = ["--ws-url", ex.ws_url, "--rest-url", ex.rest_url]
+    return subprocess.Popen(
+        [sys.executable, "-m", "ledger.cli", "ingest", "coinbase", *products, *urls, "--json", *extra],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _wait(condition: Callable[[], bool], timeout: float, what: str, proc: subprocess.Popen[str] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"the capture exited ({proc.returncode}) waiting for {what}: {proc.stderr.read()}")  # type: ignore[union-attr]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def _stored_up_to(engine: Engine, th: ExchangeThread) -> bool:
+    """Each stream has the exchange's last sequence as an event or a book, and no open gap."""
+    with engine.connect() as conn:
+        for product in th.exchange.products:
+            row = conn.execute(
+                sa.text(
+                    "SELECT greatest((SELECT max(seq) FROM events WHERE stream_id = s.id),"
+                    " (SELECT max(seq) FROM source_snapshots WHERE stream_id = s.id)),"
+                    " (SELECT count(*) FROM gaps WHERE stream_id = s.id AND status = 'open')"
+                    " FROM streams s WHERE s.name = :n"
+                ),
+                {"n": f"coinbase:{product}"},
+            ).one_or_none()
+            if row is None or row[0] is None or row[1] or row[0] < th.call(lambda p=product: th.exchange.sequence(p)):
+                return False
+    return True
+
+
+def _count(engine: Engine, sql: str) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(sa.text(sql)).scalar_one())
+
+
+def test_missing_credentials_fail_before_connecting(db_env: dict[str, str]) -> None:
+    env = {k: v for k, v in db_env.items() if not k.startswith("LEDGER_COINBASE_")}
+    env["LEDGER_COINBASE_KEY"] = "k"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ledger.cli",
+            "ingest",
+            "coinbase",
+            "--product",
+            "BTC-USD",
+            "--ws-url",
+            "ws://127.0.0.1:9/",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode != 0
+    assert "LEDGER_COINBASE_SECRET, LEDGER_COINBASE_PASSPHRASE are not set" in done.stderr
+    assert "websocket" not in done.stderr  # it never tried to connect
+
+
+def test_refused_subscription_stops_with_the_exchange_message(db_env: dict[str, str]) -> None:
+    with exchange_thread(("BTC-USD",), seed=3) as th:
+        env = _env(db_env, th.exchange) | {"LEDGER_COINBASE_PASSPHRASE": "not-the-passphrase"}
+        proc = _start(env, th.exchange)
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1, (out, err)
+    assert "the exchange refused the subscription" in err and "invalid passphrase" in err
+    assert "not-the-passphrase" not in err + out and th.exchange.credentials.secret not in err + out
+
+
+def test_kill9_then_restart_continues_the_streams(db_env: dict[str, str], engine: Engine) -> None:
+    with exchange_thread(BOTH, seed=5, heartbeat_interval=0.2) as th:
+        ex = th.exchange
+        env = _env(db_env, ex)
+        proc = _start(env, ex)
+        _wait(lambda: _count(engine, "SELECT count(*) FROM source_snapshots") == 2 or ex.rest_calls >= 2, 30, "books")
+        th.run(ex.run_random_flow(300, rate=1500))
+        _wait(lambda: _count(engine, "SELECT count(*) FROM events") > 100, 30, "events", proc)
+        proc.kill()  # SIGKILL: nothing flushed, nothing cleaned up
+        proc.wait(10)
+        th.run(ex.run_random_flow(200, rate=2000))  # lost while it is down
+        proc = _start(env, ex)
+        _wait(lambda: _stored_up_to(engine, th), 30, "the restart to resync", proc)
+        th.run(ex.run_random_flow(300, rate=1500))
+        _wait(lambda: _stored_up_to(engine, th), 30, "the capture to catch up", proc)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0, err
+        summary = json.loads(out)
+        assert summary["stopped_by"] == "SIGTERM"
+        assert all(p["resyncs"] >= 1 for p in summary["products"])
+        with engine.connect() as conn:
+            statuses = dict(conn.execute(sa.text("SELECT status, count(*) FROM gaps GROUP BY 1")).all())
+        assert statuses.get("snapshot", 0) >= 2 and "open" not in statuses  # the down time, one per stream
+        th.call(lambda: _check_projection(engine, ex, BOTH))
+
+
+def test_sigint_commits_what_was_received(db_env: dict[str, str], engine: Engine) -> None:
+    with exchange_thread(("BTC-USD",), seed=6) as th:
+        proc = _start(_env(db_env, th.exchange), th.exchange)
+        _wait(lambda: th.exchange.rest_calls >= 1, 30, "the first book", proc)
+        th.run(th.exchange.run_random_flow(200, rate=4000))
+        _wait(lambda: _stored_up_to(engine, th), 30, "the capture to catch up", proc)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    summary = json.loads(out)
+    [product] = summary["products"]
+    assert summary["stopped_by"] == "SIGINT"
+    assert product["events_stored"] == _count(engine, "SELECT count(*) FROM events") > 0
+
+
+def test_level3_channel(engine: Engine) -> None:
+    summary, ex = asyncio.run(_capture(engine, BOTH, seed=7, options={"channel": "level3"}, orders=500))
+    assert all(p.events_stored > 0 and p.rejects == 0 for p in summary.products)
+    with engine.connect() as conn:
+        raw = conn.execute(sa.text("SELECT raw FROM events LIMIT 1")).scalar_one()
+    assert raw.startswith("[")  # stored as received: the compact array
+    _check_projection(engine, ex, BOTH)
+
+
+def test_silent_connection_is_detected_and_replaced(engine: Engine) -> None:
+    async def scenario() -> Capture:
+        async with LocalExchange(("BTC-USD",), seed=8, heartbeat_interval=30) as ex:
+            c = ex.credentials
+            options = _options(ex, ("BTC-USD",), idle_timeout=0.4)
+            cap = Capture(engine, options, ApiCredentials(c.key, c.secret, c.passphrase))
+            task = asyncio.create_task(cap.run())
+            await asyncio.sleep(1.5)  # no heartbeat, no trade: the watchdog gives up on the connection
+            cap.stop()
+            await task
+            return cap
+
+    cap = asyncio.run(scenario())
+    assert cap.summary.reconnects >= 2 and cap.summary.connections >= 3
+
+
+@pytest.mark.pgrestart
+def test_postgres_restart_under_capture(db_env: dict[str, str], engine: Engine) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("restarting this machine's PostgreSQL needs root (pg_ctlcluster)")
+    with exchange_thread(BOTH, seed=9, heartbeat_interval=0.2) as th:
+        proc = _start(_env(db_env, th.exchange), th.exchange)
+        _wait(lambda: th.exchange.rest_calls >= 2, 30, "the first books", proc)
+        flow = threading.Thread(target=lambda: th.run(th.exchange.run_random_flow(1500, rate=500), timeout=120))
+        flow.start()
+        time.sleep(1.0)
+        version = sorted(os.listdir("/etc/postgresql"))[-1]
+        subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart"], check=True)
+        flow.join()
+        engine.dispose()
+        _wait(lambda: _stored_up_to(engine, th), 60, "the capture to catch up after the restart", proc)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+        summary = json.loads(out)
+        assert summary["db_retries"] >= 1, err
+        th.call(lambda: _check_projection(engine, th.exchange, BOTH))
