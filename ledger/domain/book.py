@@ -103,7 +103,17 @@ class LevelView(NamedTuple):
 class Book:
     """An L3 book. See the module docstring."""
 
-    __slots__ = ("_crossed", "anomalies", "asks", "best_ask", "best_bid", "bids", "orders")
+    __slots__ = (
+        "_crossed",
+        "anomalies",
+        "asks",
+        "best_ask",
+        "best_ask_level",
+        "best_bid",
+        "best_bid_level",
+        "bids",
+        "orders",
+    )
 
     def __init__(self) -> None:
         self.orders: dict[tuple[Side, str], Order] = {}
@@ -112,6 +122,9 @@ class Book:
         #: The best prices, kept up to date as levels come and go (None: that side is empty).
         self.best_bid: Number | None = None
         self.best_ask: Number | None = None
+        #: The levels at those prices, for readers that check the top after every event.
+        self.best_bid_level: Level | None = None
+        self.best_ask_level: Level | None = None
         self.anomalies: Counter[str] = Counter()
         self._crossed = False
 
@@ -139,8 +152,8 @@ class Book:
             level.orders[order_id] = order
         book.bids = SortedDict(by_side[BUY])
         book.asks = SortedDict(by_side[SELL])
-        book.best_bid = book.bids.peekitem(-1)[0] if book.bids else None
-        book.best_ask = book.asks.peekitem(0)[0] if book.asks else None
+        book.best_bid, book.best_bid_level = book.bids.peekitem(-1) if book.bids else (None, None)
+        book.best_ask, book.best_ask_level = book.asks.peekitem(0) if book.asks else (None, None)
         return book
 
     # -- applying events -------------------------------------------------------------
@@ -286,12 +299,14 @@ class Book:
                 level = self.bids[price] = Level()
                 if self.best_bid is None or price > self.best_bid:
                     self.best_bid = price
+                    self.best_bid_level = level
         else:
             level = self.asks.get(price)
             if level is None:
                 level = self.asks[price] = Level()
                 if self.best_ask is None or price < self.best_ask:
                     self.best_ask = price
+                    self.best_ask_level = level
         level.total += order.size
         level.orders[order.order_id] = order
 
@@ -305,10 +320,10 @@ class Book:
             return
         del book_side[price]
         if order.side == BUY:
-            if price == self.best_bid:
-                self.best_bid = book_side.peekitem(-1)[0] if book_side else None
-        elif price == self.best_ask:
-            self.best_ask = book_side.peekitem(0)[0] if book_side else None
+            if level is self.best_bid_level:
+                self.best_bid, self.best_bid_level = book_side.peekitem(-1) if book_side else (None, None)
+        elif level is self.best_ask_level:
+            self.best_ask, self.best_ask_level = book_side.peekitem(0) if book_side else (None, None)
 
     def _drop(self, order: Order) -> None:
         self._unlink(order)

@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from decimal import localcontext
 from typing import Any
 
-from ledger.domain.book import Book
+from ledger.domain.book import Book, Level, Top
 from ledger.domain.events import EXACT, Number, Side
 from ledger.domain.l1 import L1Tracker
 from ledger.domain.snapshot import ProjectorState
@@ -47,43 +47,70 @@ class StreamProjector:
 
     def _apply(self, rows: Sequence[Sequence[Any]], out: list[L1Row] | None, l1: bool, threshold: int | None) -> int:
         book = self.book
-        observe = self.tracker.observe_book
         add, update, delete, trade = book.add, book.update, book.delete, book.trade
         numbers = self.numbers
+        # The rule of L1Tracker.observe_book, inlined: a row when the top of book differs
+        # from the last row. The best levels after the previous event, and their sizes:
+        # while they are the same objects with the same sizes, the top has not moved
+        # (levels are made per price, and never come back once removed).
+        last: tuple[Any, ...] | None = self.tracker.last
+        seen_bid: Level | None = None
+        seen_ask: Level | None = None
+        seen_bid_size: Any = None
+        seen_ask_size: Any = None
+        bid_price: Any = None
+        ask_price: Any = None
         applied = 0
-        for seq, kind, order_id, side, price_text, size_text, ts in rows:
-            if threshold is not None and book.anomalies.total() > threshold:
-                return applied
-            if kind == "delete":
-                delete(side, order_id)
-            elif kind in _VENUE_KINDS:
-                self._venue_event(seq, kind, order_id, side, price_text, size_text)
-            else:
-                price = numbers.get(price_text)
-                if price is None:
-                    price = self._number(seq, kind, price_text)
-                size = numbers.get(size_text)
-                if size is None:
-                    size = self._number(seq, kind, size_text)
-                if kind == "add":
-                    add(side, order_id, price, size)
-                elif kind == "update":
-                    update(side, order_id, price, size)
-                elif kind == "trade":
-                    trade(side, order_id, size)
+        try:
+            for seq, kind, order_id, side, price_text, size_text, ts in rows:
+                if threshold is not None and book.anomalies.total() > threshold:
+                    return applied
+                if kind == "delete":
+                    delete(side, order_id)
+                elif kind in _VENUE_KINDS:
+                    self._venue_event(seq, kind, order_id, side, price_text, size_text)
                 else:
-                    raise StreamError(f"seq {seq}: the projector does not know the event kind {kind!r}")
-            applied += 1
-            if not l1:
-                continue
-            changed = observe(book)
-            if changed is not None:
-                crossed = changed.bid_price > changed.ask_price
+                    price = numbers.get(price_text)
+                    if price is None:
+                        price = self._number(seq, kind, price_text)
+                    size = numbers.get(size_text)
+                    if size is None:
+                        size = self._number(seq, kind, size_text)
+                    if kind == "add":
+                        add(side, order_id, price, size)
+                    elif kind == "update":
+                        update(side, order_id, price, size)
+                    elif kind == "trade":
+                        trade(side, order_id, size)
+                    else:
+                        raise StreamError(f"seq {seq}: the projector does not know the event kind {kind!r}")
+                applied += 1
+                if not l1:
+                    continue
+                bid_level = book.best_bid_level
+                ask_level = book.best_ask_level
+                if bid_level is None or ask_level is None:
+                    seen_bid = None
+                    continue
+                bid_size = bid_level.total
+                ask_size = ask_level.total
+                if bid_level is not seen_bid or ask_level is not seen_ask:
+                    seen_bid, seen_ask, bid_price, ask_price = bid_level, ask_level, book.best_bid, book.best_ask
+                elif bid_size == seen_bid_size and ask_size == seen_ask_size:
+                    continue
+                seen_bid_size, seen_ask_size = bid_size, ask_size
+                top = (bid_price, bid_size, ask_price, ask_size)
+                if top == last:
+                    continue
+                last = top
+                crossed = bid_price > ask_price
                 if crossed and not self.crossed:
                     book.anomalies["crossed_book"] += 1
                 self.crossed = crossed
                 if out is not None:
-                    out.append((seq, ts, changed.bid_price, changed.bid_size, changed.ask_price, changed.ask_size))
+                    out.append((seq, ts, *top))
+        finally:
+            self.tracker.last = None if last is None else Top(*last)
         return applied
 
     def _venue_event(
