@@ -143,14 +143,17 @@ class EventLog:
         upper = 2**63 - 1 if upto is None else upto
         with driver.cursor(binary=True) as cur:
             while lower < upper:
-                # Walk the primary key even before the table has statistics: a planner that
-                # guesses a few rows would otherwise sort the whole stream for every chunk.
-                cur.execute("SET LOCAL enable_sort = off")
-                cur.execute("SET LOCAL enable_bitmapscan = off")
-                cur.execute("SET LOCAL DateStyle = 'ISO'")
-                cur.execute(_READ_WITH_TIME if with_time else _READ_WITHOUT_TIME, (stream_id, lower, upper, chunk))
+                # One round trip per chunk (a reader that waits on the network waits again
+                # for the GIL when it comes back).
+                with driver.pipeline():
+                    # Walk the primary key even before the table has statistics: a planner that
+                    # guesses a few rows would otherwise sort the whole stream for every chunk.
+                    cur.execute("SET LOCAL enable_sort = off")
+                    cur.execute("SET LOCAL enable_bitmapscan = off")
+                    cur.execute("SET LOCAL DateStyle = 'ISO'")
+                    cur.execute(_READ_WITH_TIME if with_time else _READ_WITHOUT_TIME, (stream_id, lower, upper, chunk))
+                    driver.commit()  # hold no snapshot or lock between chunks
                 rows = cur.fetchall()
-                driver.commit()  # hold no snapshot or lock between chunks
                 if not rows:
                     return
                 yield rows
