@@ -37,7 +37,7 @@ class SyncTiming:
     """How patient a sync is (seconds)."""
 
     grace: float = 0.5  # how long a jump may wait for its missing (perhaps reordered) messages
-    backoff_base: float = 0.25  # the delay before a product's second fetch within a minute
+    backoff_base: float = 0.25  # the delay after a product's first fetch within a window, doubling after each
     backoff_cap: float = 30.0
     backoff_window: float = 60.0  # fetches older than this no longer lengthen the delay
     max_buffer: int = 200_000  # messages buffered while a new stream waits for its first book
@@ -174,8 +174,7 @@ class ProductSync:
         self._fetching = True
         window = self.timing.backoff_window
         self._fetches = [t for t in self._fetches if now - t < window] + [now]
-        recent = len(self._fetches) - 1
-        delay = 0.0 if recent == 0 else min(self.timing.backoff_cap, self.timing.backoff_base * 2 ** (recent - 1))
+        delay = min(self.timing.backoff_cap, self.timing.backoff_base * 2 ** (len(self._fetches) - 1))
         self._next_fetch = now + delay * (0.5 + self._rng.random() / 2)
 
     def fetch_failed(self) -> None:

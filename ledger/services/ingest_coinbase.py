@@ -119,7 +119,7 @@ class CoinbaseOptions:
     reconnect_base: float = 0.5
     reconnect_cap: float = 30.0
     db_retry_for: float = 300.0
-    max_pending: int = 100_000  # messages received and not yet committed before the reader waits
+    max_pending: int = 50_000  # messages received and not yet committed before the reader waits
     summary_every: float = 60.0
     timing: SyncTiming = field(default_factory=SyncTiming)
 
@@ -155,6 +155,8 @@ class CaptureSummary:
     db_retries: int = 0
     seconds: float = 0.0
     stopped_by: str = ""
+    lag_ms_p50: float | None = None  # receipt to commit, all products
+    lag_ms_p99: float | None = None
 
     @property
     def messages_per_second(self) -> float:
@@ -170,6 +172,8 @@ class CaptureSummary:
             "control_messages": self.control_messages,
             "rejects": self.rejects,
             "db_retries": self.db_retries,
+            "lag_ms_p50": self.lag_ms_p50,
+            "lag_ms_p99": self.lag_ms_p99,
             "seconds": round(self.seconds, 3),
             "messages_per_second": round(self.messages_per_second, 1),
             "stopped_by": self.stopped_by,
@@ -249,6 +253,7 @@ class Capture:
         self._rejects: dict[str, list[Reject]] = {p: [] for p in options.products}
         self._reject_counts = dict.fromkeys(options.products, 0)
         self._lags = {p: _Lags() for p in options.products}
+        self._all_lags = _Lags()
         self.summary = CaptureSummary(products=[ProductSummary(p, stream_name(p)) for p in options.products])
         self._stop = asyncio.Event()
         self._wake = asyncio.Event()
@@ -579,7 +584,9 @@ class Capture:
                 self._in_flight = 0
                 committed = asyncio.get_running_loop().time()
                 for product, times in received.items():
-                    self._lags[product].add([committed - t for t in times])
+                    lags = [committed - t for t in times]
+                    self._lags[product].add(lags)
+                    self._all_lags.add(lags)
                 self.summary.db_retries = self._store.retries
             if self._backlog() < self.options.max_pending:
                 self._room.set()
@@ -632,6 +639,8 @@ class Capture:
             part.rejects = self._reject_counts[part.product]
             part.awaiting_book = sync.buffered
         self.summary.db_retries = self._store.retries
+        self.summary.lag_ms_p50 = self._all_lags.percentile(0.50)
+        self.summary.lag_ms_p99 = self._all_lags.percentile(0.99)
 
 
 def _read_book(raw: str) -> tuple[int, int]:
