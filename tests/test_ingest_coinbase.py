@@ -32,6 +32,7 @@ from ledger.services.ingest_coinbase import (
     stream_name,
 )
 from ledger.services.project import project
+from ledger.services.status import stream_status
 from ledger.testing import Faults, LocalExchange
 
 BOTH = ("BTC-USD", "ETH-USD")
@@ -107,6 +108,12 @@ def _engine_orders(ex: LocalExchange, product: str, at: int) -> list[tuple[str, 
 
 def _check_projection(engine: Engine, ex: LocalExchange, products: tuple[str, ...]) -> None:
     summaries = {s.stream: s for s in project(engine)}
+    with engine.connect() as conn:
+        query = "SELECT s.name, count(*) FROM events e JOIN streams s ON s.id = e.stream_id GROUP BY 1"
+        counts = {name: n for name, n in conn.execute(sa.text(query))}
+        for status in stream_status(conn):  # gaps made up for by a REST book are not counted as events
+            assert status.events == counts[status.stream] and status.last_ingest is not None, status
+            assert status.lag_events == 0 and status.lag_seconds == 0, status
     for product in products:
         name = stream_name(product)
         summary = summaries[name]

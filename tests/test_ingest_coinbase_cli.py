@@ -241,3 +241,22 @@ def test_postgres_restart_under_capture(db_env: dict[str, str], engine: Engine) 
         summary = json.loads(out)
         assert summary["db_retries"] >= 1, err
         th.call(lambda: _check_projection(engine, th.exchange, BOTH))
+
+
+def test_status_watch_prints_a_round_per_interval(db_env: dict[str, str], engine: Engine) -> None:
+    with engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO streams (name, source) VALUES ('coinbase:X-USD', 'coinbase')"))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ledger.cli", "status", "--watch", "--interval", "0.2", "--json"],
+        env=db_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(3)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=20)
+    rounds = [json.loads(line) for line in out.splitlines()]
+    assert proc.returncode == 0, err
+    assert len(rounds) >= 3 and all(r[0]["stream"] == "coinbase:X-USD" for r in rounds)
+    assert {"lag_seconds", "latest_snapshot_seq", "last_ingest"} <= rounds[0][0].keys()

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import sys
+import time
+from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from ledger.cli._app import cli, echo_json, fail_on_ledger_error, json_option, open_db
+
+if TYPE_CHECKING:
+    from ledger.services.status import StreamStatus
 
 
 @cli.group()
@@ -71,37 +78,63 @@ def export_l1(stream: str, output: str | None) -> None:
 
 @cli.command()
 @click.argument("stream", required=False)
+@click.option("--watch", is_flag=True, help="Redraw every --interval seconds until Ctrl-C.")
+@click.option(
+    "--interval", type=click.FloatRange(min=0.1), default=1.0, show_default=True, help="Seconds between redraws."
+)
 @json_option
 @fail_on_ledger_error
-def status(stream: str | None, as_json: bool) -> None:
-    """Per stream: events, seq range, open gaps, duplicates, rejects, projector position.
+def status(stream: str | None, watch: bool, interval: float, as_json: bool) -> None:
+    """Per stream: events, seq range, gaps, duplicates, rejects, projector position and lag,
+    latest book snapshot, last ingest activity.
+
+    With --watch it redraws in place on a terminal (a JSON line per round with --json,
+    or a block of text per round when the output is not a terminal).
 
     \b
     Example:
       ledger status
       ledger status csv:l3_data_v3.1 --json
+      ledger status --watch --interval 0.5
     """
     from ledger.services.status import stream_status
 
     with open_db() as database, database.engine.connect() as conn:
-        rows = stream_status(conn, stream)
-    if as_json:
-        echo_json([r.as_dict() for r in rows])
-        return
-    if not rows:
-        click.echo(f"no streams yet in {database.display_url}: run `ledger ingest csv FILE` first")
+        while True:
+            rows = stream_status(conn, stream)
+            conn.rollback()  # a fresh snapshot of the tables for the next round
+            if as_json:
+                click.echo(json.dumps([r.as_dict() for r in rows], default=str, indent=None if watch else 2))
+            else:
+                text = _status_text(rows) or f"no streams yet in {database.display_url}: run `ledger ingest` first"
+                if watch and sys.stdout.isatty():
+                    click.clear()
+                    stamp = f"{datetime.now().astimezone():%Y-%m-%d %H:%M:%S}"
+                    text = f"{stamp}  (every {interval:g}s, Ctrl-C to stop)\n{text}"
+                click.echo(text)
+            if not watch:
+                return
+            try:
+                time.sleep(interval)
+            except KeyboardInterrupt:
+                return
+
+
+def _status_text(rows: list[StreamStatus]) -> str:
+    blocks = []
     for r in rows:
-        click.echo(
+        if r.projected_seq is None:
+            projector = "not run yet"
+        else:
+            lag = f"{r.lag_events} events" + (f" / {r.lag_seconds:.3f}s" if r.lag_seconds is not None else "")
+            projector = f"{r.projector_status} at seq {r.projected_seq}, {lag} behind, {r.l1_rows} L1 rows"
+        snapshot = "none" if r.latest_snapshot_seq is None else f"seq {r.latest_snapshot_seq} ({r.latest_snapshot_at})"
+        blocks.append(
             f"{r.stream}  ({r.source})\n"
-            f"  events {r.events}, seqs {r.first_seq}..{r.last_seq}\n"
+            f"  events {r.events}, seqs {r.first_seq}..{r.last_seq}, last ingest {r.last_ingest or '-'}\n"
             f"  open gaps {r.open_gaps} ({r.missing_seqs} seqs missing), duplicates {r.duplicates}, "
             f"rejects {r.rejects}\n"
-            f"  projector: "
-            + (
-                "not run yet"
-                if r.projected_seq is None
-                else f"{r.projector_status} at seq {r.projected_seq}, {r.lag_events} events behind, {r.l1_rows} L1 rows"
-            )
+            f"  projector: {projector}; latest book snapshot {snapshot}"
             + (f"\n  {r.projector_message}" if r.projector_message else "")
             + (
                 f"\n  {r.skipped_then_filled} gaps the projector skipped have been filled since: "
@@ -110,6 +143,7 @@ def status(stream: str | None, as_json: bool) -> None:
                 else ""
             )
         )
+    return "\n".join(blocks)
 
 
 @cli.command()

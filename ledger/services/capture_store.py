@@ -29,12 +29,25 @@ from ledger.domain.sequencing import GapTracker
 from ledger.errors import DatabaseError, StreamError, first_line
 from ledger.services.coinbase_sync import RestBook
 from ledger.services.ingest_csv import stream_lock_key
-from ledger.storage.log import EventLog, GapStore, Reject, Rejects, SourceSnapshots, Streams
+from ledger.storage.log import (
+    Checkpoint,
+    Checkpoints,
+    EventLog,
+    GapStore,
+    Reject,
+    Rejects,
+    SourceSnapshots,
+    Streams,
+)
+from ledger.storage.notify import notify_appended
 from ledger.storage.schema import events
 
 __all__ = ["CaptureBatch", "CaptureStore", "StreamBatch"]
 
 log = logging.getLogger(__name__)
+
+#: The ``source`` of the capture's rejects and checkpoint rows.
+SOURCE = "websocket"
 
 
 @dataclass
@@ -48,10 +61,11 @@ class StreamBatch:
     gaps: list[tuple[int, int]] = field(default_factory=list)  # the open gaps the rows leave, and those resolved
     book: RestBook | None = None
     resolved_by: int | None = None  # gaps ending at or before this book's seq are resolved by it
+    counts: tuple[int, int, int, int] | None = None  # this run's messages, stored, duplicates, rejects
 
     @property
     def empty(self) -> bool:
-        return not (self.rows or self.rejects or self.book or self.resolved_by is not None)
+        return not (self.rows or self.rejects or self.book or self.resolved_by is not None or self.counts)
 
 
 @dataclass
@@ -75,6 +89,7 @@ class CaptureStore:
         self._conn: Connection | None = None
         self.abort = threading.Event()  # set to give up retrying (a second interrupt)
         self.retries = 0
+        self._base: dict[int, Checkpoint] = {}  # the counts of earlier runs, per stream
 
     # -- opening and closing ---------------------------------------------------------------------
 
@@ -84,9 +99,12 @@ class CaptureStore:
             conn = self._connect()
             trackers = {}
             log_ = EventLog(conn)
+            checkpoints = Checkpoints(conn)
             for name in self.names:
-                low, high = log_.seq_range(self.ids[name])
-                trackers[name] = GapTracker(low, high, self._stored[self.ids[name]])
+                sid = self.ids[name]
+                low, high = log_.seq_range(sid)
+                trackers[name] = GapTracker(low, high, self._stored[sid])
+                self._base[sid] = checkpoints.get(sid, SOURCE) or Checkpoint(0, 0, "", False)
             conn.commit()
             return trackers
         except (sa.exc.DBAPIError, psycopg.Error) as e:
@@ -173,10 +191,11 @@ class CaptureStore:
                 return
             if payload:
                 EventLog(conn).copy_text(payload)
+            notify_appended(conn, [p.stream_id for p in batch.streams if p.rows or p.book is not None])
             gap_store = GapStore(conn)
             stored = dict(self._stored)
             for part in batch.streams:
-                Rejects(conn).add(part.stream_id, "websocket", part.rejects)
+                Rejects(conn).add(part.stream_id, SOURCE, part.rejects)
                 kept = gap_store.reconcile(part.stream_id, stored[part.stream_id], part.gaps)
                 if part.book is not None:
                     SourceSnapshots(conn).save(
@@ -186,7 +205,24 @@ class CaptureStore:
                     gap_store.resolve_by_snapshot(part.stream_id, part.resolved_by)
                     kept = {g: i for g, i in kept.items() if g[1] > part.resolved_by}
                 stored[part.stream_id] = kept
+                if part.counts is not None:
+                    Checkpoints(conn).put(part.stream_id, SOURCE, self._checkpoint(part.stream_id, part.counts))
         self._stored = stored
+
+    def _checkpoint(self, stream_id: int, counts: tuple[int, int, int, int]) -> Checkpoint:
+        """What ``ledger status`` shows of the capture: counts over all runs, and (in
+        ``updated_at``) when it last stored something."""
+        base = self._base[stream_id]
+        messages, stored, duplicates, rejects = counts
+        return Checkpoint(
+            base.lines_done + messages,
+            0,
+            "",
+            False,
+            events_stored=base.events_stored + stored,
+            duplicates=base.duplicates + duplicates,
+            rejects=base.rejects + rejects,
+        )
 
     @staticmethod
     def _landed(conn: Connection, batch: CaptureBatch) -> bool:

@@ -33,6 +33,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import os
 import random
 import re
@@ -254,6 +255,7 @@ class Capture:
         self._reject_counts = dict.fromkeys(options.products, 0)
         self._lags = {p: _Lags() for p in options.products}
         self._all_lags = _Lags()
+        self._counted_at: dict[str, float] = {}
         self.summary = CaptureSummary(products=[ProductSummary(p, stream_name(p)) for p in options.products])
         self._stop = asyncio.Event()
         self._wake = asyncio.Event()
@@ -596,6 +598,7 @@ class Capture:
                 self._wake.set()  # until nothing is left
 
     def _seal(self) -> tuple[CaptureBatch, dict[str, list[float]]]:
+        now = asyncio.get_running_loop().time()
         batch = CaptureBatch()
         received: dict[str, list[float]] = {}
         for product, sync in self._syncs.items():
@@ -606,6 +609,11 @@ class Capture:
             part.gaps = sorted(sync.tracker.gaps + resolved)
             if resolved or book is not None:
                 part.resolved_by = sync.latest_book
+            last = self._counted_at.get(product, -1.0)
+            if (self._closing and last != math.inf) or now - last >= 1.0:  # once a second, and at the end
+                self._counted_at[product] = math.inf if self._closing else now
+                c = sync.counts
+                part.counts = (c.messages, c.stored, c.duplicates, self._reject_counts[product])
             received[product] = [t for _, _, t in rows]
             batch.streams.append(part)
         return batch, received

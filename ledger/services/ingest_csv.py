@@ -38,6 +38,7 @@ from ledger.storage.log import (
     Streams,
     copy_escape,
 )
+from ledger.storage.notify import notify_appended
 
 __all__ = ["IngestSummary", "ingest_csv", "stream_lock_key"]
 
@@ -312,6 +313,7 @@ class _Run:
             with conn.begin():
                 if batch.rows:
                     EventLog(conn).copy_text(b"".join(batch.rows))
+                    notify_appended(conn, [self.stream_id])
                 conflicting = self._conflicting_duplicates(batch)
                 rejects = batch.rejects + conflicting
                 Rejects(conn).add(self.stream_id, self.source, rejects)

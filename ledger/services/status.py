@@ -17,11 +17,18 @@ _STATUS = sa.text(
     """
     SELECT s.id, s.name, s.source,
            ev.first_seq, ev.last_seq,
-           g.open_gaps, g.missing,
+           g.open_gaps, g.missing, g.unfilled,
            (SELECT count(*) FROM rejects r WHERE r.stream_id = s.id) AS rejects,
            (SELECT coalesce(sum(c.duplicates), 0) FROM ingest_checkpoints c WHERE c.stream_id = s.id)
                AS duplicates,
-           (SELECT max(c.updated_at) FROM ingest_checkpoints c WHERE c.stream_id = s.id) AS last_ingest,
+           greatest((SELECT max(c.updated_at) FROM ingest_checkpoints c WHERE c.stream_id = s.id),
+                    (SELECT max(ss.received_at) FROM source_snapshots ss WHERE ss.stream_id = s.id))
+               AS last_ingest,
+           extract(epoch FROM
+             (SELECT e.ts FROM events e WHERE e.stream_id = s.id AND e.seq = ev.last_seq)
+             - (SELECT e.ts FROM events e WHERE e.stream_id = s.id AND e.seq <= p.last_seq
+                 ORDER BY e.seq DESC LIMIT 1)) AS lag_seconds,
+           bs.seq AS snapshot_seq, bs.created_at AS snapshot_at,
            p.last_seq AS projected_seq, p.status AS projector_status, p.message AS projector_message,
            p.l1_rows, p.anomalies, p.gaps_skipped,
            (SELECT coalesce(sum(gg.last_seq - gg.first_seq + 1), 0) FROM gaps gg
@@ -33,9 +40,14 @@ _STATUS = sa.text(
       FROM streams s
       LEFT JOIN LATERAL (SELECT min(e.seq) AS first_seq, max(e.seq) AS last_seq
                            FROM events e WHERE e.stream_id = s.id) ev ON true
-      LEFT JOIN LATERAL (SELECT count(*) AS open_gaps,
-                                coalesce(sum(gg.last_seq - gg.first_seq + 1), 0) AS missing
-                           FROM gaps gg WHERE gg.stream_id = s.id AND gg.status = 'open') g ON true
+      LEFT JOIN LATERAL (SELECT count(*) FILTER (WHERE gg.status = 'open') AS open_gaps,
+                                coalesce(sum(gg.last_seq - gg.first_seq + 1)
+                                         FILTER (WHERE gg.status = 'open'), 0) AS missing,
+                                -- made up for by a source snapshot: resolved, yet not in the log
+                                coalesce(sum(gg.last_seq - gg.first_seq + 1), 0) AS unfilled
+                           FROM gaps gg WHERE gg.stream_id = s.id AND gg.status IN ('open', 'snapshot')) g ON true
+      LEFT JOIN LATERAL (SELECT b.seq, b.created_at FROM book_snapshots b WHERE b.stream_id = s.id
+                          ORDER BY b.seq DESC LIMIT 1) bs ON true
       LEFT JOIN projector_positions p ON p.stream_id = s.id
      WHERE (CAST(:name AS text) IS NULL OR s.name = :name)
      ORDER BY s.name
@@ -45,7 +57,9 @@ _STATUS = sa.text(
 
 @dataclass
 class StreamStatus:
-    """One stream at a glance. ``events`` is derived: the seq range less the open gaps."""
+    """One stream at a glance. ``events`` is derived: the seq range less the gaps not filled
+    (open, or made up for by a source snapshot). ``lag_seconds`` is the event time between
+    the log's last event and the last one projected."""
 
     stream: str
     source: str
@@ -61,6 +75,9 @@ class StreamStatus:
     projector_status: str | None
     projector_message: str | None
     lag_events: int | None
+    lag_seconds: float | None
+    latest_snapshot_seq: int | None
+    latest_snapshot_at: str | None
     l1_rows: int
     anomalies: dict[str, int]
     skipped_then_filled: int  # gaps the projector went across that were filled later: --rebuild
@@ -74,7 +91,7 @@ def stream_status(conn: Connection, name: str | None = None) -> list[StreamStatu
         Streams(conn).get(name)
     out = []
     for r in conn.execute(_STATUS, {"name": name}):
-        events = 0 if r.first_seq is None else int(r.last_seq - r.first_seq + 1 - r.missing)
+        events = 0 if r.first_seq is None else int(r.last_seq - r.first_seq + 1 - r.unfilled)
         lag = None
         if r.projected_seq is not None and r.last_seq is not None:
             lag = max(0, int(r.last_seq - r.projected_seq - r.missing_after_position))
@@ -94,6 +111,9 @@ def stream_status(conn: Connection, name: str | None = None) -> list[StreamStatu
                 projector_status=r.projector_status,
                 projector_message=r.projector_message,
                 lag_events=lag,
+                lag_seconds=None if r.lag_seconds is None else max(0.0, round(float(r.lag_seconds), 6)),
+                latest_snapshot_seq=r.snapshot_seq,
+                latest_snapshot_at=None if r.snapshot_at is None else r.snapshot_at.isoformat(),
                 l1_rows=int(r.l1_rows or 0),
                 anomalies=dict(r.anomalies or {}),
                 skipped_then_filled=int(r.skipped_then_filled),
