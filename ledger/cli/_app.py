@@ -12,7 +12,7 @@ import functools
 import json
 import logging
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
@@ -23,7 +23,16 @@ import sqlalchemy as sa
 from ledger.db import Database, open_database
 from ledger.errors import LedgerError, first_line
 
-__all__ = ["cli", "echo_json", "fail_on_ledger_error", "json_option", "main", "open_db", "progress_bar"]
+__all__ = [
+    "cli",
+    "echo_json",
+    "fail_on_ledger_error",
+    "json_option",
+    "level_table",
+    "main",
+    "open_db",
+    "progress_bar",
+]
 
 F = TypeVar("F", bound=Callable[..., Any])
 log = logging.getLogger("ledger")
@@ -40,6 +49,16 @@ def open_db() -> Iterator[Database]:
             yield db
     except LedgerError as e:
         raise click.ClickException(str(e)) from e
+
+
+def level_table(bids: Sequence[Any], asks: Sequence[Any]) -> list[str]:
+    """Bids and asks (LevelViews, best first) side by side, a header line first."""
+    lines = [f"{'orders':>7} {'bid size':>12} {'bid':>12} | {'ask':<12} {'ask size':<12} {'orders':<7}"]
+    for i in range(max(len(bids), len(asks))):
+        left = f"{bids[i].orders:>7} {bids[i].size!s:>12} {bids[i].price!s:>12}" if i < len(bids) else " " * 33
+        right = f"{asks[i].price!s:<12} {asks[i].size!s:<12} {asks[i].orders:<7}" if i < len(asks) else ""
+        lines.append(f"{left} | {right}".rstrip())
+    return lines
 
 
 def echo_json(data: Any) -> None:

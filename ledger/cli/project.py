@@ -8,7 +8,15 @@ from typing import Any
 
 import click
 
-from ledger.cli._app import cli, echo_json, fail_on_ledger_error, json_option, open_db, progress_bar
+from ledger.cli._app import (
+    cli,
+    echo_json,
+    fail_on_ledger_error,
+    json_option,
+    level_table,
+    open_db,
+    progress_bar,
+)
 
 log = logging.getLogger("ledger")
 
@@ -187,12 +195,7 @@ def book(stream: str, depth: int, at_seq: int | None, at_time: str | None, show_
         for o in b.iter_orders():
             click.echo(f"{'BUY ' if o.side == BUY else 'SELL'} {o.price!s:>14} {o.size!s:>12}  {o.order_id}")
         return
-    bids, asks = b.levels(BUY, depth), b.levels(SELL, depth)
-    click.echo(f"{'orders':>7} {'bid size':>12} {'bid':>12} | {'ask':<12} {'ask size':<12} {'orders':<7}")
-    for i in range(max(len(bids), len(asks))):
-        left = f"{bids[i].orders:>7} {bids[i].size!s:>12} {bids[i].price!s:>12}" if i < len(bids) else " " * 33
-        right = f"{asks[i].price!s:<12} {asks[i].size!s:<12} {asks[i].orders:<7}" if i < len(asks) else ""
-        click.echo(f"{left} | {right}".rstrip())
+    click.echo("\n".join(level_table(b.levels(BUY, depth), b.levels(SELL, depth))))
 
 
 @cli.group()

@@ -16,7 +16,7 @@ from ledger.services.replay import SourceBooks, replay, restore_latest
 from ledger.storage.log import EventLog, Streams
 from ledger.storage.schema import events
 
-__all__ = ["BookView", "book_at", "seq_at_time"]
+__all__ = ["BookView", "book_at", "rebuild", "seq_at_time"]
 
 
 @dataclass
@@ -89,20 +89,27 @@ def book_at(engine: Engine, stream: str, *, at_seq: int | None = None, at_time: 
             target = min(at_seq, high)
         else:
             target = high
+    proj, from_snapshot, missing = rebuild(engine, stream_id, stream, first=low, upto=target)
+    with engine.connect() as conn:
+        seq, ts = _event_at_or_before(conn, stream_id, target)
+    return BookView(stream=stream, seq=seq, time=ts, book=proj.book, from_snapshot=from_snapshot, missing=missing)
+
+
+def rebuild(
+    engine: Engine, stream_id: int, stream: str, *, first: int, upto: int
+) -> tuple[StreamProjector, int | None, list[tuple[int, int]]]:
+    """A projector holding the book after ``upto``, the snapshot it started from (if any)
+    and the gaps crossed without a source snapshot. ``first`` is the stream's first seq."""
     proj = StreamProjector(None)
     sources = SourceBooks(engine, stream_id, stream)
-    replay_after = low - 1
+    replay_after = first - 1
     from_snapshot = None
-    restored = restore_latest(engine, stream_id, stream, at_or_before=target)
+    restored = restore_latest(engine, stream_id, stream, at_or_before=upto)
     if restored is not None:
         state, replay_after = restored
         proj.restore(state)
         from_snapshot = replay_after
     else:
-        sources.start(proj, low)
-    missing = replay(proj, engine, stream_id, sources, after=replay_after, upto=target, l1=False)
-    with engine.connect() as conn:
-        seq, ts = _event_at_or_before(conn, stream_id, target)
-    view = BookView(stream=stream, seq=seq, time=ts, book=proj.book, from_snapshot=from_snapshot, missing=missing)
-    view.book = proj.book
-    return view
+        sources.start(proj, first)
+    missing = replay(proj, engine, stream_id, sources, after=replay_after, upto=upto, l1=False)
+    return proj, from_snapshot, missing

@@ -1,0 +1,56 @@
+"""``ledger watch``: the live top of a stream's book."""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import datetime
+
+import click
+
+from ledger.cli._app import cli, fail_on_ledger_error, json_option, level_table, open_db
+
+
+@cli.command()
+@click.argument("stream")
+@click.option("--depth", type=click.IntRange(min=1), default=10, show_default=True, help="Levels per side.")
+@click.option(
+    "--fps", type=click.FloatRange(min=0.1, max=60), default=10, show_default=True, help="Most redraws per second."
+)
+@json_option
+@fail_on_ledger_error
+def watch(stream: str, depth: int, fps: float, as_json: bool) -> None:
+    """Show a stream's top levels live, redrawn as ingest appends events (Ctrl-C to stop).
+
+    The book is rebuilt at the head of the log (newest snapshot, then replay), then moved
+    on by each new batch, woken by ingest's notifications. A redraw happens only when the
+    top levels change, at most --fps times a second, the latest state winning. When the
+    output is not a terminal, each change is one line (a JSON object with --json).
+
+    \b
+    Example:
+      ledger watch coinbase:BTC-USD --depth 5
+      ledger watch csv:live --json | head
+    """
+    from ledger.services.watch import follow_top
+
+    tty = sys.stdout.isatty() and not as_json
+    with open_db() as database:
+        try:
+            for view in follow_top(database.engine, stream, depth=depth, max_fps=fps):
+                if as_json:
+                    bids = [[str(lv.price), str(lv.size), lv.orders] for lv in view.bids]
+                    asks = [[str(lv.price), str(lv.size), lv.orders] for lv in view.asks]
+                    click.echo(json.dumps({"stream": stream, "seq": view.seq, "bids": bids, "asks": asks}))
+                elif tty:
+                    head = f"{stream} at seq {view.seq}   {datetime.now().astimezone():%H:%M:%S}   (Ctrl-C to stop)"
+                    warning = f"\n{len(view.missing)} gaps crossed: the book may be wrong" if view.missing else ""
+                    click.echo("\x1b[H\x1b[J" + "\n".join([head, *level_table(view.bids, view.asks)]) + warning)
+                else:
+                    left = " ".join(f"{lv.price}x{lv.size}" for lv in view.bids)
+                    right = " ".join(f"{lv.price}x{lv.size}" for lv in view.asks)
+                    click.echo(f"{stream} seq {view.seq}  bids {left or '-'} | asks {right or '-'}")
+        except KeyboardInterrupt:
+            pass
+        except BrokenPipeError:  # `| head` closed the pipe: nothing more to show
+            sys.stderr.close()

@@ -1,0 +1,135 @@
+"""``ledger watch``: a stream's top levels, live, as ingest appends events.
+
+:class:`BookFollower` rebuilds the stream's book at the head of the log once (the newest
+book snapshot, then replay), then advances it by the events after it whenever ingest
+announces new ones (LISTEN/NOTIFY; a slow poll as a fallback). :func:`follow_top` turns
+that into a sequence of :class:`TopView` frames: one per change of the top ``depth``
+levels, never more than ``max_fps`` a second, the latest state winning, so a fast feed
+cannot swamp a terminal. It writes nothing.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from ledger.domain.book import LevelView
+from ledger.services.book_view import rebuild
+from ledger.services.replay import SourceBooks, replay
+from ledger.storage.log import EventLog, Streams
+from ledger.storage.notify import Listener
+from ledger.storage.schema import events
+
+__all__ = ["BookFollower", "TopView", "follow_top"]
+
+
+@dataclass(frozen=True)
+class TopView:
+    """The top levels of one stream after the event at ``seq``."""
+
+    stream: str
+    seq: int
+    bids: tuple[LevelView, ...]
+    asks: tuple[LevelView, ...]
+    missing: tuple[tuple[int, int], ...] = ()  # gaps crossed without a source snapshot
+
+
+class BookFollower:
+    """A stream's book kept at the head of its log (see the module's text)."""
+
+    def __init__(self, engine: Engine, stream: str) -> None:
+        self._engine = engine
+        self.stream = stream
+        with engine.connect() as conn:
+            self.stream_id = Streams(conn).get(stream)
+            low, high = EventLog(conn).seq_range(self.stream_id)
+        self.seq: int | None = None
+        self._first = low
+        self.missing: list[tuple[int, int]] = []
+        self._sources = SourceBooks(engine, self.stream_id, stream)
+        self._proj = None
+        if low is not None and high is not None:
+            self._proj, _, self.missing = rebuild(engine, self.stream_id, stream, first=low, upto=high)
+            self.seq = high
+
+    def advance(self) -> bool:
+        """Apply the events appended since the last call; whether there were any."""
+        with self._engine.connect() as conn:
+            low, high = EventLog(conn).seq_range(self.stream_id)
+        if high is None or low is None or (self.seq is not None and high <= self.seq):
+            return False
+        if self._proj is None or self._first is None or low < self._first or self._gap_filled():
+            # the first events, events older than the book's first, or late events in a gap it
+            # went across: start over
+            self._proj, _, self.missing = rebuild(self._engine, self.stream_id, self.stream, first=low, upto=high)
+            self._first = low
+        else:
+            assert self.seq is not None
+            proj, sources = self._proj, self._sources
+            self.missing += replay(proj, self._engine, self.stream_id, sources, after=self.seq, upto=high, l1=False)
+        self.seq = high
+        return True
+
+    def _gap_filled(self) -> bool:
+        """Whether events have arrived in a gap the book went across."""
+        if not self.missing:
+            return False
+        with self._engine.connect() as conn:
+            return any(
+                conn.execute(
+                    sa.select(sa.literal(1))
+                    .where(events.c.stream_id == self.stream_id, events.c.seq.between(first, last))
+                    .limit(1)
+                ).first()
+                is not None
+                for first, last in self.missing
+            )
+
+    def top(self, depth: int) -> TopView | None:
+        if self._proj is None or self.seq is None:
+            return None
+        book = self._proj.book
+        return TopView(
+            self.stream,
+            self.seq,
+            tuple(book.levels("B", depth)),
+            tuple(book.levels("S", depth)),
+            tuple(self.missing),
+        )
+
+
+def follow_top(
+    engine: Engine,
+    stream: str,
+    *,
+    depth: int,
+    max_fps: float = 10.0,
+    poll: float = 1.0,
+    stop: Callable[[], bool] = lambda: False,
+) -> Iterator[TopView]:
+    """Frames of the stream's top ``depth`` levels as they change (see the module's text).
+    Waits for notifications from ingest; polls every ``poll`` seconds in case one is missed."""
+    follower = BookFollower(engine, stream)
+    shown: tuple[object, ...] | None = None
+    last_frame = 0.0
+    with Listener(engine) as listener:
+        while not stop():
+            view = follower.top(depth)
+            if view is not None and (view.bids, view.asks) != shown:
+                wait = last_frame + 1.0 / max_fps - time.monotonic()
+                if wait > 0:  # too soon: let more events in, then show the latest state
+                    time.sleep(wait)
+                    follower.advance()
+                    view = follower.top(depth)
+                assert view is not None
+                shown = (view.bids, view.asks)
+                last_frame = time.monotonic()
+                yield view
+            woken = listener.wait(poll)
+            if woken and follower.stream_id not in woken:
+                continue
+            follower.advance()
