@@ -51,13 +51,15 @@ ANOMALY_KINDS = (
 class Order:
     """A resting order. Mutable on purpose: the book owns it and updates it in place."""
 
-    __slots__ = ("order_id", "price", "side", "size")
+    __slots__ = ("level", "order_id", "price", "side", "size")
 
     def __init__(self, order_id: str, side: Side, price: Number, size: Number) -> None:
         self.order_id = order_id
         self.side = side
         self.price = price
         self.size = size
+        #: The level the order rests in (set by the book that holds it).
+        self.level: Level | None = None
 
     def __repr__(self) -> str:
         return f"Order({self.order_id!r}, {self.side!r}, {self.price!r}, {self.size!r})"
@@ -150,6 +152,7 @@ class Book:
                 level = levels[price] = Level()
             level.total += size
             level.orders[order_id] = order
+            order.level = level
         book.bids = SortedDict(by_side[BUY])
         book.asks = SortedDict(by_side[SELL])
         book.best_bid, book.best_bid_level = book.bids.peekitem(-1) if book.bids else (None, None)
@@ -190,7 +193,9 @@ class Book:
             return
         if price == order.price and size <= order.size:
             # A size cut keeps the order's place in the queue.
-            self._levels(side)[price].total += size - order.size
+            level = order.level
+            assert level is not None
+            level.total += size - order.size
             order.size = size
             if size <= 0:
                 self._drop(order)
@@ -218,7 +223,9 @@ class Book:
         if size > order.size:
             self.anomalies["trade_exceeds_order"] += 1
             size = order.size
-        self._levels(side)[order.price].total -= size
+        level = order.level
+        assert level is not None
+        level.total -= size
         order.size -= size
         if order.size <= 0:
             self._drop(order)
@@ -309,21 +316,26 @@ class Book:
                     self.best_ask_level = level
         level.total += order.size
         level.orders[order.order_id] = order
+        order.level = level
 
     def _unlink(self, order: Order) -> None:
-        price = order.price
-        book_side = self.bids if order.side == BUY else self.asks
-        level = book_side[price]
+        level = order.level
+        assert level is not None
         del level.orders[order.order_id]
         if level.orders:
             level.total -= order.size
-            return
-        del book_side[price]
-        if order.side == BUY:
+        else:
+            self._remove_level(order.side, order.price, level)
+
+    def _remove_level(self, side: Side, price: Number, level: Level) -> None:
+        if side == BUY:
+            del self.bids[price]
             if level is self.best_bid_level:
-                self.best_bid, self.best_bid_level = book_side.peekitem(-1) if book_side else (None, None)
-        elif level is self.best_ask_level:
-            self.best_ask, self.best_ask_level = book_side.peekitem(0) if book_side else (None, None)
+                self.best_bid, self.best_bid_level = self.bids.peekitem(-1) if self.bids else (None, None)
+        else:
+            del self.asks[price]
+            if level is self.best_ask_level:
+                self.best_ask, self.best_ask_level = self.asks.peekitem(0) if self.asks else (None, None)
 
     def _drop(self, order: Order) -> None:
         self._unlink(order)
