@@ -1,0 +1,386 @@
+"""One stream's projection inside a projector process, and the committer all streams share.
+
+A :class:`StreamRun` holds a stream's book in memory and its position. :meth:`StreamRun.catch_up`
+applies whatever the log holds after the position: a reader thread fetches the next chunk
+while the book applies the current one, and the :class:`Committer` (one thread and one
+connection for all the streams of a process) writes each chunk's L1 rows, skipped gaps,
+snapshot and position in one transaction while the next chunk is applied. A batch run calls
+it once per stream; a following run (:mod:`ledger.services.follow`) calls it again each time
+the stream grows, with the book still in memory.
+
+At a gap the run first looks for a source snapshot (the venue's own book) that makes up
+for it; failing that it stops there and names the missing seqs, unless told to skip gaps.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from sqlalchemy.engine import Engine
+
+from ledger.domain.snapshot import FORMAT_VERSION as SNAPSHOT_FORMAT
+from ledger.domain.snapshot import encode
+from ledger.services.projector import StreamProjector
+from ledger.services.replay import SourceBooks, contiguous, read_ahead, replay, restore_latest
+from ledger.storage.log import EventLog, GapStore
+from ledger.storage.projection import L1Row, L1Rows, Position, Positions, Snapshots
+
+__all__ = ["Committer", "ProjectOptions", "ProjectSummary", "SnapshotTimer", "StreamRun"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ProjectSummary:
+    """What one projector run did to one stream."""
+
+    stream: str
+    status: str = "ok"  # ok | stopped_at_gap | error_threshold | needs_rebuild | empty | busy
+    message: str | None = None
+    events_applied: int = 0
+    l1_rows: int = 0
+    last_seq: int | None = None
+    gaps_skipped: list[tuple[int, int]] = field(default_factory=list)
+    anomalies: dict[str, int] = field(default_factory=dict)
+    from_snapshot: int | None = None  # the seq of the snapshot the run started from
+    snapshots: int = 0  # snapshots taken
+    seconds: float = 0.0
+
+    @property
+    def events_per_second(self) -> float:
+        return self.events_applied / self.seconds if self.seconds > 0 else 0.0
+
+    def as_dict(self) -> dict[str, object]:
+        out = asdict(self)
+        out["events_per_second"] = round(self.events_per_second, 1)
+        out["seconds"] = round(self.seconds, 3)
+        return out
+
+
+@dataclass(frozen=True)
+class ProjectOptions:
+    """How the projector runs; the CLI flags of ``ledger project``."""
+
+    skip_gaps: bool = False
+    error_threshold: int | None = None
+    from_snapshot: bool = True
+    snapshot_every: int | None = 250_000  # events between two snapshots (None: never by count)
+    snapshot_interval: float | None = None  # seconds between two snapshots (None: never by time)
+    chunk: int = 20_000
+
+
+class SnapshotTimer:
+    """Asks for snapshots every ``interval`` seconds (APScheduler). It only counts ticks:
+    each stream takes its snapshot itself, between two chunks of events, when the count
+    moved since its last one, so no thread ever reads a book while it changes."""
+
+    def __init__(self, interval: float | None) -> None:
+        self.ticks = 0
+        self._scheduler: Any = None
+        if interval is not None:
+            from apscheduler.schedulers.background import BackgroundScheduler
+
+            self._scheduler = BackgroundScheduler(daemon=True)
+            self._scheduler.add_job(self._tick, "interval", seconds=interval, id="snapshot")
+            self._scheduler.start()
+
+    def _tick(self) -> None:
+        self.ticks += 1
+
+    def shutdown(self) -> None:
+        if self._scheduler is not None:
+            self._scheduler.shutdown(wait=False)
+            self._scheduler = None
+
+
+def _never() -> bool:
+    return False
+
+
+class StreamRun:
+    """A stream's book and position in this process (see the module's text)."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        stream_id: int,
+        name: str,
+        options: ProjectOptions,
+        committer: Committer,
+        timer: SnapshotTimer,
+        progress: Callable[[str, int], None] | None = None,
+    ) -> None:
+        self.engine = engine
+        self.stream_id = stream_id
+        self.name = name
+        self.options = options
+        self.summary = ProjectSummary(stream=name)
+        self.done = False  # it cannot go on (needs a rebuild, or past its error threshold)
+        self._committer = committer
+        self._timer = timer
+        self._snapshot_tick = timer.ticks
+        self._progress = progress
+        self._proj = StreamProjector(options.error_threshold)
+        self._sources = SourceBooks(engine, stream_id, name)
+        self._pos: Position | None = None
+        self._ready = False  # the book in memory stands at the position
+        self._since_snapshot = 0
+        self._skip_until: int | None = None
+        self._started = time.perf_counter()
+        self._prepare()
+
+    def _prepare(self) -> None:
+        """Read the position; a projection that events older than its start have reached is
+        marked as needing a rebuild."""
+        engine, name, summary = self.engine, self.name, self.summary
+        with engine.connect() as conn:
+            pos = Positions(conn).get(self.stream_id)
+            low, _ = EventLog(conn).seq_range(self.stream_id)
+        self._pos = pos
+        if pos is None:
+            return
+        summary.last_seq = pos.last_seq
+        summary.status, summary.message, summary.anomalies = pos.status, pos.message, dict(pos.anomalies)
+        if low is not None and low < pos.first_seq:
+            # Events older than the projection's start arrived later: its book never saw them.
+            pos.status = "needs_rebuild"
+            pos.message = (
+                f"stream {name!r}: events from seq {low} arrived after the projection began at seq "
+                f"{pos.first_seq}, so its book and L1 rows lack them; run `ledger project --rebuild --stream {name}`"
+            )
+            with engine.begin() as conn:
+                Positions(conn).put(self.stream_id, pos)
+            summary.status, summary.message = pos.status, pos.message
+            self.done = True
+            return
+        if pos.status == "error_threshold" and not self._proj.over_threshold_with(pos.anomalies):
+            pos.status, pos.message = "ok", None  # run again with a higher (or no) threshold
+        elif pos.status == "error_threshold":
+            self.done = True
+
+    def _restore(self) -> None:
+        """Rebuild the book up to the position (from the newest good snapshot when allowed),
+        writing nothing; gaps before the position were dealt with by earlier runs."""
+        pos = self._pos
+        if pos is not None:
+            replay_after = pos.first_seq - 1
+            restored = None
+            if self.options.from_snapshot:
+                restored = restore_latest(self.engine, self.stream_id, self.name, at_or_before=pos.last_seq)
+            if restored is not None:
+                state, replay_after = restored
+                self._proj.restore(state)
+                self.summary.from_snapshot = replay_after
+            else:
+                self._sources.start(self._proj, pos.first_seq)
+            proj, sources = self._proj, self._sources
+            replay(proj, self.engine, self.stream_id, sources, after=replay_after, upto=pos.last_seq, l1=True)
+        self._ready = True
+
+    def catch_up(self, stop: Callable[[], bool] = _never) -> int:
+        """Apply what the log holds after the position (until ``stop`` says so, checked
+        between chunks); the number of events applied."""
+        if self.done:
+            return 0
+        with self.engine.connect() as conn:
+            _, head = EventLog(conn).seq_range(self.stream_id)
+        pos = self._pos
+        if head is None or (pos is not None and head <= pos.last_seq):
+            if pos is not None and head is not None and head < pos.last_seq and not self._ready:
+                log.warning(
+                    "stream %r: the projector position %s is beyond the end of the log (%s): events were "
+                    "removed from the log; run `ledger project --rebuild --stream %s`",
+                    self.name, pos.last_seq, head, self.name,
+                )  # fmt: skip
+            return 0
+        if not self._ready:
+            self._restore()
+        applied = 0
+        chunk = min(self.options.chunk, self.options.snapshot_every or self.options.chunk)
+        for rows in read_ahead(self.engine, self.stream_id, after=None if pos is None else pos.last_seq, chunk=chunk):
+            n, status = self._chunk(rows)
+            applied += n
+            if status != "ok" or stop():
+                break
+        return applied
+
+    def _chunk(self, rows: list[Any]) -> tuple[int, str]:
+        """Apply one chunk of rows and hand its writes to the committer."""
+        proj, name, summary, options = self._proj, self.name, self.summary, self.options
+        out: list[L1Row] = []
+        pos = self._pos
+        if pos is None:
+            pos = self._pos = Position(first_seq=rows[0][0], last_seq=rows[0][0] - 1)
+            if self._sources.start(proj, pos.first_seq):
+                proj.emit_l1(pos.last_seq, None, out)
+        skip_until = self._skip_until
+        if skip_until is not None:
+            if rows[-1][0] <= skip_until:
+                return 0, "ok"
+            rows = [r for r in rows if r[0] > skip_until]
+        skipped: list[tuple[int, int]] = []
+        applied_in_chunk = 0
+        status, message = "ok", None
+        rest = rows
+        while rest:
+            segment, gap = contiguous(rest, pos.last_seq + 1)
+            applied = proj.apply(segment, out)
+            applied_in_chunk += applied
+            if applied:
+                pos.last_seq = segment[applied - 1][0]
+                pos.events_applied += applied
+            if proj.over_threshold():
+                status = "error_threshold"
+                message = (
+                    f"stream {name!r} stopped after seq {pos.last_seq}: {proj.book.anomalies.total()} book "
+                    f"anomalies exceed --error-threshold {options.error_threshold} "
+                    f"({_describe(proj.book.anomalies)})"
+                )
+                self.done = True
+                break
+            if gap is None:
+                break
+            covered = self._sources.reset_at_gap(proj, gap)
+            if covered is not None:  # the venue's own book at `covered` makes up for the gap
+                proj.emit_l1(covered, None, out)
+                pos.last_seq = self._skip_until = covered
+                rest = [r for r in rest[len(segment) :] if r[0] > covered]
+                continue
+            if not options.skip_gaps:
+                status = "stopped_at_gap"
+                message = (
+                    f"stream {name!r} stopped after seq {pos.last_seq}: seqs {gap[0]}..{gap[1]} "
+                    f"({gap[1] - gap[0] + 1}) are missing from the log; ingest them, or run with --skip-gaps"
+                )
+                break
+            skipped.append(gap)
+            pos.gaps_skipped += 1
+            pos.last_seq = gap[1]
+            rest = rest[len(segment) :]
+        unchanged = not (applied_in_chunk or out or skipped) and (pos.status, pos.message) == (status, message)
+        pos.status, pos.message = status, message
+        pos.l1_rows += len(out)
+        pos.anomalies = dict(proj.book.anomalies)
+        self._since_snapshot += applied_in_chunk
+        snapshot = None
+        every = options.snapshot_every
+        timed = self._timer.ticks != self._snapshot_tick
+        if applied_in_chunk and ((every is not None and self._since_snapshot >= every) or timed):
+            self._snapshot_tick = self._timer.ticks
+            self._since_snapshot = 0
+            snapshot = (pos.last_seq, encode(proj.state()), len(proj.book))
+            summary.snapshots += 1
+        if not unchanged:  # a stream waiting at the same gap writes nothing more
+            written = replace(pos, anomalies=dict(pos.anomalies))
+            self._committer.submit(_Job(self.stream_id, out, written, skipped, snapshot))
+        summary.events_applied += applied_in_chunk
+        summary.l1_rows += len(out)
+        summary.gaps_skipped += skipped
+        summary.last_seq = pos.last_seq
+        summary.status, summary.message, summary.anomalies = status, message, dict(pos.anomalies)
+        if self._progress is not None:
+            self._progress(name, applied_in_chunk)
+        return applied_in_chunk, status
+
+    def finish(self) -> ProjectSummary:
+        """The run's summary (after the committer has written its jobs)."""
+        if self._pos is None and not self.done:
+            self.summary.status = "empty"
+        self.summary.seconds = time.perf_counter() - self._started
+        return self.summary
+
+
+@dataclass
+class _Job:
+    """One chunk's writes: its L1 rows, the gaps it skipped, its position, maybe a snapshot."""
+
+    stream_id: int
+    out: list[L1Row]
+    pos: Position
+    skipped: list[tuple[int, int]]
+    snapshot: tuple[int, bytes, int] | None  # seq, payload, order count
+
+
+class Committer(threading.Thread):
+    """Writes each chunk's job in one transaction, in order, on its own connection, while
+    the next chunk is applied. At most two jobs wait."""
+
+    def __init__(self, engine: Engine) -> None:
+        super().__init__(name="ledger-commit", daemon=True)
+        self._engine = engine
+        self._jobs: queue.Queue[_Job | threading.Event | None] = queue.Queue(2)
+        self._error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            with self._engine.connect() as conn:
+                while (job := self._jobs.get()) is not None:
+                    if isinstance(job, threading.Event):
+                        job.set()  # a flush: everything before it is written
+                        continue
+                    if self._error is not None:
+                        continue
+                    try:
+                        with conn.begin():
+                            _write(conn, job)
+                    except BaseException as e:  # handed to the applying thread, which raises it
+                        self._error = e
+        except BaseException as e:
+            self._error = e
+            while (job := self._jobs.get()) is not None:
+                if isinstance(job, threading.Event):
+                    job.set()
+
+    def submit(self, job: _Job) -> None:
+        self._raise_error()
+        self._jobs.put(job)
+
+    def flush(self) -> None:
+        """Wait until every job submitted so far is written; raise what failed."""
+        if self.is_alive():
+            done = threading.Event()
+            self._jobs.put(done)
+            done.wait()
+        self._raise_error()
+
+    def close(self) -> None:
+        if self.is_alive():
+            self._jobs.put(None)
+            self.join()
+        self._raise_error()
+
+    def abandon(self) -> None:
+        """Finish the jobs in hand and stop, keeping quiet: the caller is failing already."""
+        if self.is_alive():
+            self._jobs.put(None)
+            self.join()
+        self._error = None
+
+    def _raise_error(self) -> None:
+        if self._error is not None:
+            error, self._error = self._error, None
+            if self.is_alive():
+                self._jobs.put(None)
+                self.join()
+            raise error
+
+
+def _write(conn: Any, job: _Job) -> None:
+    sid = job.stream_id
+    L1Rows(conn).copy(sid, job.out)
+    for first, last in job.skipped:
+        GapStore(conn).mark_skipped(sid, first, last)
+    if job.snapshot is not None:
+        seq, payload, count = job.snapshot
+        Snapshots(conn).save(sid, seq, payload, format_version=SNAPSHOT_FORMAT, order_count=count)
+    Positions(conn).put(sid, job.pos)
+
+
+def _describe(anomalies: dict[str, int]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(anomalies.items()) if v) or "none"
