@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import signal
 import sys
-from typing import Any
+import threading
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -17,6 +19,11 @@ from ledger.cli._app import (
     open_db,
     progress_bar,
 )
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
+
+    from ledger.services.stream_run import ProjectOptions, ProjectSummary
 
 log = logging.getLogger("ledger")
 
@@ -51,6 +58,19 @@ log = logging.getLogger("ledger")
     help="Also save the book every SECONDS of a long run.",
 )
 @click.option("--rebuild", is_flag=True, help="Drop the streams' L1 rows, snapshots and position first.")
+@click.option(
+    "--follow",
+    is_flag=True,
+    help="After catching up, keep applying new events as ingest appends them, until Ctrl-C or SIGTERM. "
+    "Several followers on one database share the streams.",
+)
+@click.option(
+    "--poll",
+    type=click.FloatRange(min=0.05),
+    default=1.0,
+    show_default=True,
+    help="With --follow: seconds between looks at the log when no notification comes.",
+)
 @json_option
 @fail_on_ledger_error
 def project(
@@ -61,24 +81,28 @@ def project(
     snapshot_every: int,
     snapshot_interval: float | None,
     rebuild: bool,
+    follow: bool,
+    poll: float,
     as_json: bool,
 ) -> None:
     """Replay the event log into books and record every best bid/offer change (L1).
 
     Goes on from where the last run stopped (from its newest book snapshot); nothing is
     written twice. A stream stops at a gap in its seqs (exit code 3) unless --skip-gaps is
-    given.
+    given. With --follow it keeps going as the log grows, woken by ingest (PostgreSQL
+    LISTEN/NOTIFY); a stream waiting at a gap goes on when the gap is filled. Start as many
+    followers as you like: they split the streams between them, and take over the streams
+    of one that stops or dies.
 
     \b
     Example:
       ledger project
       ledger project --stream csv:l3_data_v3 --skip-gaps
       ledger project --rebuild --stream csv:l3_data_v3.1
+      ledger project --follow
     """
     from ledger.services.project import ProjectOptions
-    from ledger.services.project import project as run_project
     from ledger.services.project import rebuild as drop_projection
-    from ledger.services.status import stream_status
 
     options = ProjectOptions(
         skip_gaps=skip_gaps,
@@ -91,21 +115,51 @@ def project(
         if rebuild:
             dropped = drop_projection(database.engine, list(streams) or None)
             log.info("dropped the projection of %s", ", ".join(dropped) or "no stream")
-        total = None
-        if sys.stderr.isatty():
-            with database.engine.connect() as conn:
-                rows = [r for r in stream_status(conn) if not streams or r.stream in streams]
-            total = sum(r.events if r.lag_events is None else r.lag_events for r in rows)
-        with progress_bar(total or None, "projecting") as bar:
-            done = 0
+        if follow:
+            summaries = _follow(database.engine, streams, options, poll)
+        else:
+            summaries = _batch(database.engine, streams, options)
+    _report(summaries, as_json)
+    stopped = ("stopped_at_gap", "error_threshold", "needs_rebuild", "busy")
+    if not follow and any(s.status in stopped for s in summaries):
+        sys.exit(3)
 
-            def advance(_stream: str, applied: int) -> None:
-                nonlocal done
-                done += applied
-                if bar is not None:
-                    bar(done)
 
-            summaries = run_project(database.engine, streams=list(streams) or None, options=options, progress=advance)
+def _follow(engine: Engine, streams: tuple[str, ...], options: ProjectOptions, poll: float) -> list[ProjectSummary]:
+    from ledger.services.follow import FollowOptions, follow
+
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        log.info("following the log; Ctrl-C to stop")
+        return follow(engine, FollowOptions(streams=streams, poll=poll, project=options), stop)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _batch(engine: Engine, streams: tuple[str, ...], options: ProjectOptions) -> list[ProjectSummary]:
+    from ledger.services.project import project as run_project
+    from ledger.services.status import stream_status
+
+    total = None
+    if sys.stderr.isatty():
+        with engine.connect() as conn:
+            rows = [r for r in stream_status(conn) if not streams or r.stream in streams]
+        total = sum(r.events if r.lag_events is None else r.lag_events for r in rows)
+    with progress_bar(total or None, "projecting") as bar:
+        done = 0
+
+        def advance(_stream: str, applied: int) -> None:
+            nonlocal done
+            done += applied
+            if bar is not None:
+                bar(done)
+
+        return run_project(engine, streams=list(streams) or None, options=options, progress=advance)
+
+
+def _report(summaries: list[ProjectSummary], as_json: bool) -> None:
     if as_json:
         echo_json([s.as_dict() for s in summaries])
     else:
@@ -122,8 +176,6 @@ def project(
             )
             if s.message:
                 click.echo(f"  {s.message}", err=True)
-    if any(s.status in ("stopped_at_gap", "error_threshold", "needs_rebuild", "busy") for s in summaries):
-        sys.exit(3)
 
 
 @cli.command()

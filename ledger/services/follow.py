@@ -1,0 +1,204 @@
+"""``ledger project --follow``: keep projecting as ingest appends, sharing streams between processes.
+
+A follower holds the books of its streams in memory and, once caught up, sleeps until ingest
+announces new events (LISTEN/NOTIFY, :mod:`ledger.storage.notify`, or an in-process
+:class:`queue.Queue` of stream ids when ingest runs in the same process), then applies just
+those: an L1 row is committed a few milliseconds after its event. A slow poll (``poll``
+seconds) catches anything a lost notification would leave behind.
+
+Sharing: every follower holds a membership lock (class ``0x1ED8``) on its own connection,
+so the number of live followers on a database is the number of those locks. Every
+``rebalance`` seconds a follower counts them, computes its fair share of the streams
+(rounded up) and takes unowned streams with the projector lock (``pg_try_advisory_lock``,
+the lock ``ledger project`` takes too) up to that share, or hands back streams beyond it
+(after their last writes are committed). A follower that dies loses its connection and
+with it its locks, so the others pick up its streams at their next rebalance. No stream
+is ever projected by two processes at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import psycopg
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from ledger.errors import DatabaseError, first_line
+from ledger.services.project import PROJECT_LOCK_CLASS
+from ledger.services.stream_run import Committer, ProjectOptions, ProjectSummary, SnapshotTimer, StreamRun
+from ledger.storage.log import Streams
+from ledger.storage.notify import Listener
+
+__all__ = ["FollowOptions", "follow"]
+
+log = logging.getLogger(__name__)
+_MEMBER_LOCK_CLASS = 0x1ED8
+
+
+@dataclass(frozen=True)
+class FollowOptions:
+    streams: tuple[str, ...] = ()  # empty: every stream, including those created later
+    poll: float = 1.0  # seconds between looks at the log when no notification comes
+    rebalance: float = 2.0  # seconds between counts of the followers and their shares
+    project: ProjectOptions = field(default_factory=ProjectOptions)
+
+
+def follow(
+    engine: Engine,
+    options: FollowOptions,
+    stop: threading.Event,
+    *,
+    wakeups: queue.Queue[int] | None = None,
+    on_applied: Callable[[str, int], None] | None = None,
+) -> list[ProjectSummary]:
+    """Follow the log until ``stop`` is set; the summaries of the streams followed.
+    ``wakeups`` replaces LISTEN/NOTIFY with stream ids put by an ingest in this process."""
+    follower = _Follower(engine, options, on_applied)
+    try:
+        follower.run(stop, wakeups)
+    except (sa.exc.DBAPIError, psycopg.Error) as e:
+        follower.abandon()
+        raise DatabaseError(
+            f"lost the database while following: {first_line(e)}. Run the same command again: "
+            "every stream goes on from its last committed position"
+        ) from e
+    except BaseException:
+        follower.abandon()
+        raise
+    return follower.close()
+
+
+class _Follower:
+    def __init__(self, engine: Engine, options: FollowOptions, on_applied: Callable[[str, int], None] | None) -> None:
+        self.engine = engine
+        self.options = options
+        self._on_applied = on_applied
+        self._timer = SnapshotTimer(options.project.snapshot_interval)
+        self._committer = Committer(engine)
+        self._committer.start()
+        self._runs: dict[int, StreamRun] = {}
+        self._finished: list[ProjectSummary] = []
+        self._given_up: set[int] = set()  # streams that cannot go on (they need a rebuild, say)
+        self._lock_conn: Connection = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        self._member_key = int(self._lock_conn.execute(sa.text("SELECT pg_backend_pid()")).scalar_one())
+        self._lock_conn.execute(
+            sa.text("SELECT pg_advisory_lock(:c, :o)"), {"c": _MEMBER_LOCK_CLASS, "o": self._member_key}
+        )
+
+    # -- the loop --------------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event, wakeups: queue.Queue[int] | None) -> None:
+        listener = Listener(self.engine) if wakeups is None else None
+        next_balance = 0.0
+        pending: set[int] | None = None  # None: look at every stream
+        try:
+            while not stop.is_set():
+                if time.monotonic() >= next_balance:
+                    self._balance()
+                    next_balance = time.monotonic() + self.options.rebalance
+                    pending = None
+                for sid, run in list(self._runs.items()):
+                    if pending is not None and sid not in pending:
+                        continue
+                    applied = run.catch_up(stop.is_set)
+                    if applied and self._on_applied is not None:
+                        self._on_applied(run.name, applied)
+                    if run.done:
+                        self._given_up.add(sid)
+                        self._release(sid, f"stream {run.name!r} cannot go on: {run.summary.message}")
+                timeout = min(self.options.poll, max(0.0, next_balance - time.monotonic()))
+                pending = _wait(listener, wakeups, timeout, stop) or None
+        finally:
+            if listener is not None:
+                listener.close()
+
+    # -- sharing ---------------------------------------------------------------------------------
+
+    def _balance(self) -> None:
+        """Take or hand back streams so that each live follower has its fair share."""
+        conn = self._lock_conn
+        members = int(
+            conn.execute(
+                sa.text(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted"
+                    " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+                    " AND classid = :c AND objsubid = 2"
+                ),
+                {"c": _MEMBER_LOCK_CLASS},
+            ).scalar_one()
+        )
+        known = {sid: name for sid, name, _ in Streams(conn).all()}
+        wanted = {sid: name for sid, name in known.items() if not self.options.streams or name in self.options.streams}
+        share = math.ceil(len(wanted) / max(1, members))
+        for sid in sorted(self._runs, reverse=True)[: max(0, len(self._runs) - share)]:
+            self._release(sid, f"handing stream {self._runs[sid].name!r} to another follower")
+        if len(self._runs) >= share:
+            return
+        # Start at a different stream in each process, so followers do not race for the same ones.
+        free = sorted(sid for sid in wanted if sid not in self._runs and sid not in self._given_up)
+        offset = self._member_key % len(free) if free else 0
+        for sid in free[offset:] + free[:offset]:
+            if len(self._runs) >= share:
+                break
+            got = conn.execute(sa.text("SELECT pg_try_advisory_lock(:c, :o)"), {"c": PROJECT_LOCK_CLASS, "o": sid})
+            if got.scalar():
+                log.info("following stream %r", wanted[sid])
+                self._runs[sid] = StreamRun(
+                    self.engine, sid, wanted[sid], self.options.project, self._committer, self._timer
+                )
+
+    def _release(self, sid: int, why: str) -> None:
+        run = self._runs.pop(sid)
+        self._committer.flush()  # its writes are committed before another process may take it
+        self._lock_conn.execute(sa.text("SELECT pg_advisory_unlock(:c, :o)"), {"c": PROJECT_LOCK_CLASS, "o": sid})
+        self._finished.append(run.finish())
+        log.info("%s", why)
+
+    # -- ending ----------------------------------------------------------------------------------
+
+    def close(self) -> list[ProjectSummary]:
+        self._committer.close()
+        summaries = self._finished + [run.finish() for run in self._runs.values()]
+        self._runs.clear()
+        self._timer.shutdown()
+        self._lock_conn.execute(sa.text("SELECT pg_advisory_unlock_all()"))  # the connection goes back to a pool
+        self._lock_conn.close()
+        return sorted(summaries, key=lambda s: s.stream)
+
+    def abandon(self) -> None:
+        self._committer.abandon()
+        self._timer.shutdown()
+        self._lock_conn.invalidate()  # ends the session, and its locks with it
+
+
+def _wait(
+    listener: Listener | None, wakeups: queue.Queue[int] | None, timeout: float, stop: threading.Event
+) -> set[int]:
+    """Stream ids announced within ``timeout`` (empty after a quiet timeout, or on stop)."""
+    if listener is not None:
+        deadline = time.monotonic() + timeout
+        while not stop.is_set():  # in short slices, so that a stop is seen quickly
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return set()
+            woken = listener.wait(min(left, 0.25))
+            if woken:
+                return woken
+        return set()
+    assert wakeups is not None
+    try:
+        woken = {wakeups.get(timeout=timeout)}
+    except queue.Empty:
+        return set()
+    while True:
+        try:
+            woken.add(wakeups.get_nowait())
+        except queue.Empty:
+            return woken

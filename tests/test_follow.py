@@ -1,0 +1,185 @@
+"""``ledger project --follow``: live projection equals the batch one, byte for byte; many
+followers split the streams and take over those of one that dies."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from benchmarks.generate_l3 import generate
+from ledger.services.follow import FollowOptions, follow
+from ledger.services.project import project, rebuild
+from ledger.storage.log import Streams
+from ledger.storage.projection import L1Rows
+from tests.test_ingest_coinbase import BOTH, _capture
+
+
+def _csv(n: int, seed: int) -> str:
+    out = io.StringIO()
+    generate(n, seed, out)
+    return out.getvalue()
+
+
+def _export(engine: Engine, stream: str) -> bytes:
+    with engine.connect() as conn:
+        out = io.BytesIO()
+        L1Rows(conn).export_csv(Streams(conn).get(stream), out)
+    return out.getvalue()
+
+
+def _positions(engine: Engine) -> dict[str, int]:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.text("SELECT s.name, p.last_seq FROM projector_positions p JOIN streams s ON s.id = p.stream_id")
+        )
+        return {name: seq for name, seq in rows}
+
+
+def _heads(engine: Engine) -> dict[str, int]:
+    with engine.connect() as conn:
+        query = "SELECT s.name, max(e.seq) FROM events e JOIN streams s ON s.id = e.stream_id GROUP BY 1"
+        rows = conn.execute(sa.text(query))
+        return {name: seq for name, seq in rows}
+
+
+def _wait_caught_up(engine: Engine, timeout: float, procs: Sequence[subprocess.Popen[bytes]] = ()) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        heads, positions = _heads(engine), _positions(engine)
+        if heads and all(positions.get(name) == seq for name, seq in heads.items()):
+            return
+        for proc in procs:
+            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+        assert time.monotonic() < deadline, f"not caught up: heads {heads}, positions {positions}"
+        time.sleep(0.05)
+
+
+def _follower(env: dict[str, str], *extra: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "ledger.cli", "project", "--follow", "--json", "--snapshot-every", "5000", *extra],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+
+def test_follow_while_ingesting_from_stdin_equals_a_batch_run(db_env: dict[str, str], engine: Engine) -> None:
+    text = _csv(30_000, seed=11)
+    header, *lines = text.splitlines(keepends=True)
+    proc = _follower(db_env)
+    ingest = subprocess.Popen(
+        [sys.executable, "-m", "ledger.cli", "ingest", "csv", "-", "--stream", "csv:live", "--flush-interval", "0.1"],
+        env=db_env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert ingest.stdin is not None
+    ingest.stdin.write(header.encode())
+    for start in range(0, len(lines), 1500):  # a trickle: the follower catches up many times
+        ingest.stdin.write("".join(lines[start : start + 1500]).encode())
+        ingest.stdin.flush()
+        time.sleep(0.05)
+    ingest.stdin.close()
+    assert ingest.wait(60) == 0, ingest.stderr.read().decode() if ingest.stderr else ""
+    _wait_caught_up(engine, 60, [proc])
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err.decode()
+    live = _export(engine, "csv:live")
+    # the same file, ingested and projected in batch
+    done = subprocess.run(
+        [sys.executable, "-m", "ledger.cli", "ingest", "csv", "-", "--stream", "csv:batch"],
+        input=text.encode(),
+        env=db_env,
+        capture_output=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    project(engine, streams=["csv:batch"])
+    assert live == _export(engine, "csv:batch") and live.count(b"\n") > 1000
+
+
+def test_two_followers_split_six_streams_and_take_over_from_a_dead_one(db_env: dict[str, str], engine: Engine) -> None:
+    texts = {f"csv:s{i}": _csv(8_000, seed=20 + i) for i in range(6)}
+    first = {name: text[: len(text) // 2] for name, text in texts.items()}
+    a, b = _follower(db_env), _follower(db_env)
+    try:
+        for name, text in first.items():
+            body = text[: text.rindex("\n") + 1]
+            _ingest(db_env, body, name)
+        _wait_caught_up(engine, 60, [a, b])
+        deadline = time.monotonic() + 15  # a follower that started first hands back the excess
+        while sorted(_owners(engine).values()) != [3, 3] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert sorted(_owners(engine).values()) == [3, 3], _owners(engine)  # a fair split
+        a.kill()  # SIGKILL: no goodbye; its streams must move to b
+        a.wait(10)
+        for name, text in texts.items():
+            _ingest(db_env, text, name)  # the rest (the first half again: duplicates)
+        _wait_caught_up(engine, 60, [b])
+        assert sorted(_owners(engine).values()) == [6]
+    finally:
+        for proc in (a, b):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                proc.communicate(timeout=30)
+    assert b.returncode == 0
+    live = {name: _export(engine, name) for name in texts}
+    rebuild(engine)
+    project(engine)
+    for name in texts:  # each L1 row written once (the key forbids twice), and none missing
+        assert live[name] == _export(engine, name), name
+
+
+def _ingest(env: dict[str, str], text: str, stream: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "ledger.cli", "ingest", "csv", "-", "--stream", stream],
+        input=text.encode(),
+        env=env,
+        capture_output=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr.decode()
+
+
+def _owners(engine: Engine) -> dict[int, int]:
+    """How many streams each backend (follower) holds the projector lock of."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.text(
+                "SELECT pid, count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = :c"
+                " AND objsubid = 2 AND granted GROUP BY pid"
+            ),
+            {"c": 0x1ED7},
+        )
+        return {pid: n for pid, n in rows}
+
+
+def test_follow_while_capturing_from_the_exchange_equals_a_batch_run(engine: Engine) -> None:
+    stop = threading.Event()
+    result: list[object] = []
+    options = FollowOptions(poll=0.5)
+    thread = threading.Thread(target=lambda: result.extend(follow(engine, options, stop)))
+    thread.start()
+    try:
+        _, _ex = asyncio.run(_capture(engine, BOTH, seed=12, orders=800))
+        _wait_caught_up(engine, 30)
+    finally:
+        stop.set()
+        thread.join(30)
+    assert result and all(s.status == "ok" for s in result), result  # type: ignore[attr-defined]
+    live = {p: _export(engine, f"coinbase:{p}") for p in BOTH}
+    rebuild(engine)
+    project(engine)
+    for p in BOTH:
+        assert live[p] == _export(engine, f"coinbase:{p}") and live[p].count(b"\n") > 50, p
