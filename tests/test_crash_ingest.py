@@ -70,7 +70,7 @@ def _state(engine: Engine, stream: str) -> dict[str, list[tuple[object, ...]]]:
 def test_killed_ingest_resumes_to_the_undisturbed_result(
     seed: int, database_url: URL, engine: Engine, tmp_path: Path
 ) -> None:
-    path = _messy_file(tmp_path / "messy.csv", copies=10)
+    path = _messy_file(tmp_path / "messy.csv", copies=16)  # long enough for 4 kills on a fast machine
     assert _ingest(database_url, path, "csv:calm").wait(timeout=300) == 0
     rng = random.Random(seed)
     kills = 0
