@@ -23,6 +23,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from ledger.services.ingest_coinbase import ApiCredentials, Capture
+from ledger.services.project import project, rebuild
 from ledger.testing import LocalExchange
 from tests.test_ingest_coinbase import _capture, _check_projection, _options
 
@@ -260,3 +261,48 @@ def test_status_watch_prints_a_round_per_interval(db_env: dict[str, str], engine
     assert proc.returncode == 0, err
     assert len(rounds) >= 3 and all(r[0]["stream"] == "coinbase:X-USD" for r in rounds)
     assert {"lag_seconds", "latest_snapshot_seq", "last_ingest"} <= rounds[0][0].keys()
+
+
+def test_ledger_run_captures_and_projects_live(db_env: dict[str, str], engine: Engine) -> None:
+    with exchange_thread(BOTH, seed=10, heartbeat_interval=0.2) as th:
+        ex = th.exchange
+        products = [arg for p in ex.products for arg in ("--product", p)]
+        urls = ["--ws-url", ex.ws_url, "--rest-url", ex.rest_url]
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "ledger.cli", "run", *products, *urls, "--json", "--snapshot-every", "200"],
+            env=_env(db_env, ex),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        _wait(lambda: ex.rest_calls >= 2, 30, "the first books", proc)
+        th.run(ex.run_random_flow(600, rate=2000))
+        _wait(lambda: _stored_up_to(engine, th), 30, "the capture to catch up", proc)
+        _wait(lambda: _projected_to_head(engine), 30, "the projection to catch up", proc)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    result = json.loads(out)
+    assert result["capture"]["stopped_by"] == "SIGTERM"
+    assert sorted(s["stream"] for s in result["projection"]) == ["coinbase:BTC-USD", "coinbase:ETH-USD"]
+    assert all(s["status"] == "ok" and s["l1_rows"] > 0 for s in result["projection"])
+    live = _l1(engine)
+    rebuild(engine)
+    project(engine)
+    assert _l1(engine) == live  # the live projection equals a batch one over the same log
+
+
+def _projected_to_head(engine: Engine) -> bool:
+    with engine.connect() as conn:
+        behind = conn.execute(
+            sa.text(
+                "SELECT count(*) FROM streams s LEFT JOIN projector_positions p ON p.stream_id = s.id"
+                " WHERE coalesce(p.last_seq, -1) < (SELECT max(seq) FROM events e WHERE e.stream_id = s.id)"
+            )
+        ).scalar_one()
+    return behind == 0
+
+
+def _l1(engine: Engine) -> list[tuple[Any, ...]]:
+    with engine.connect() as conn:
+        return [tuple(r) for r in conn.execute(sa.text("SELECT * FROM l1 ORDER BY stream_id, seq"))]

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
 import click
 
 from ledger.cli._app import cli, echo_json, fail_on_ledger_error, json_option, open_db, progress_bar
 
 if TYPE_CHECKING:
-    from ledger.services.ingest_coinbase import CaptureSummary
+    from ledger.services.ingest_coinbase import ApiCredentials, CaptureSummary, CoinbaseOptions
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 @cli.group()
@@ -117,22 +120,62 @@ def ingest_csv_command(
     click.echo("\n".join(lines))
 
 
+def coinbase_options(func: F) -> F:
+    """The options of a Coinbase capture (``ingest coinbase`` and ``run``)."""
+    options = [
+        click.option(
+            "--product",
+            "products",
+            multiple=True,
+            required=True,
+            metavar="PRODUCT",
+            help="A product id; repeat for more.",
+        ),
+        click.option("--channel", type=click.Choice(["full", "level3"]), default="full", show_default=True),
+        click.option("--ws-url", default=None, help="Websocket feed. Default: Coinbase Exchange's."),
+        click.option("--rest-url", default=None, help="REST API for level-3 books. Default: Coinbase Exchange's."),
+        click.option("--duration", type=click.FloatRange(min=0, min_open=True), help="Stop after this many seconds."),
+        click.option("--max-messages", type=click.IntRange(min=1), help="Stop after this many feed messages."),
+        click.option(
+            "--summary-every",
+            type=click.FloatRange(min=1),
+            default=60,
+            show_default=True,
+            help="Seconds between progress summaries on stderr.",
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def capture_settings(
+    products: tuple[str, ...],
+    channel: str,
+    ws_url: str | None,
+    rest_url: str | None,
+    duration: float | None,
+    max_messages: int | None,
+    summary_every: float,
+) -> tuple[CoinbaseOptions, ApiCredentials]:
+    """The capture's options from the command line, and the API key from the environment."""
+    from ledger.services.ingest_coinbase import REST_URL, WS_URL, ApiCredentials, CoinbaseOptions
+
+    credentials = ApiCredentials.from_env()
+    options = CoinbaseOptions(
+        products=tuple(dict.fromkeys(products)),
+        channel=channel,
+        ws_url=ws_url or WS_URL,
+        rest_url=rest_url or REST_URL,
+        duration=duration,
+        max_messages=max_messages,
+        summary_every=summary_every,
+    )
+    return options, credentials
+
+
 @ingest.command("coinbase")
-@click.option(
-    "--product", "products", multiple=True, required=True, metavar="PRODUCT", help="A product id; repeat for more."
-)
-@click.option("--channel", type=click.Choice(["full", "level3"]), default="full", show_default=True)
-@click.option("--ws-url", default=None, help="Websocket feed. Default: Coinbase Exchange's.")
-@click.option("--rest-url", default=None, help="REST API for level-3 books. Default: Coinbase Exchange's.")
-@click.option("--duration", type=click.FloatRange(min=0, min_open=True), help="Stop after this many seconds.")
-@click.option("--max-messages", type=click.IntRange(min=1), help="Stop after this many feed messages.")
-@click.option(
-    "--summary-every",
-    type=click.FloatRange(min=1),
-    default=60,
-    show_default=True,
-    help="Seconds between progress summaries on stderr.",
-)
+@coinbase_options
 @json_option
 @fail_on_ledger_error
 def ingest_coinbase_command(
@@ -161,28 +204,23 @@ def ingest_coinbase_command(
       ledger ingest coinbase --product BTC-USD --product ETH-USD --duration 3600
       ledger project --stream coinbase:BTC-USD
     """
-    from ledger.services.ingest_coinbase import REST_URL, WS_URL, ApiCredentials, CoinbaseOptions, capture
+    from ledger.services.ingest_coinbase import capture
 
-    credentials = ApiCredentials.from_env()
-    options = CoinbaseOptions(
-        products=tuple(dict.fromkeys(products)),
-        channel=channel,
-        ws_url=ws_url or WS_URL,
-        rest_url=rest_url or REST_URL,
-        duration=duration,
-        max_messages=max_messages,
-        summary_every=summary_every,
-    )
+    options, credentials = capture_settings(products, channel, ws_url, rest_url, duration, max_messages, summary_every)
     with open_db() as database:
-        summary = capture(database.engine, options, credentials, on_summary=_log_progress)
+        summary = capture(database.engine, options, credentials, on_summary=log_capture_progress)
     if as_json:
         echo_json(summary.as_dict())
         return
-    click.echo(
+    click.echo(capture_report(summary))
+
+
+def capture_report(summary: CaptureSummary) -> str:
+    head = (
         f"captured {sum(p.messages for p in summary.products):,} messages in {summary.seconds:.1f}s "
         f"({summary.messages_per_second:,.0f}/s), {summary.reconnects} reconnects, stopped by {summary.stopped_by}"
     )
-    click.echo(_product_table(summary))
+    return head + "\n" + _product_table(summary)
 
 
 def _product_table(summary: CaptureSummary) -> str:
@@ -198,5 +236,5 @@ def _product_table(summary: CaptureSummary) -> str:
     return "\n".join(lines)
 
 
-def _log_progress(summary: CaptureSummary) -> None:
+def log_capture_progress(summary: CaptureSummary) -> None:
     click.echo(_product_table(summary), err=True)

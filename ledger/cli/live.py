@@ -1,4 +1,4 @@
-"""``ledger watch``: the live top of a stream's book."""
+"""``ledger watch`` (the live top of a stream's book) and ``ledger run`` (capture and project)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from datetime import datetime
 
 import click
 
-from ledger.cli._app import cli, fail_on_ledger_error, json_option, level_table, open_db
+from ledger.cli._app import cli, echo_json, fail_on_ledger_error, json_option, level_table, open_db
+from ledger.cli.ingest import capture_report, capture_settings, coinbase_options, log_capture_progress
 
 
 @cli.command()
@@ -54,3 +55,63 @@ def watch(stream: str, depth: int, fps: float, as_json: bool) -> None:
             pass
         except BrokenPipeError:  # `| head` closed the pipe: nothing more to show
             sys.stderr.close()
+
+
+@cli.command()
+@coinbase_options
+@click.option(
+    "--snapshot-every",
+    type=click.IntRange(min=0),
+    default=250_000,
+    show_default=True,
+    help="Save each book every N events (0: never by count).",
+)
+@click.option(
+    "--snapshot-interval",
+    type=click.FloatRange(min=0.1),
+    default=300.0,
+    show_default=True,
+    help="Also save each book every SECONDS.",
+)
+@json_option
+@fail_on_ledger_error
+def run(
+    products: tuple[str, ...],
+    channel: str,
+    ws_url: str | None,
+    rest_url: str | None,
+    duration: float | None,
+    max_messages: int | None,
+    summary_every: float,
+    snapshot_every: int,
+    snapshot_interval: float,
+    as_json: bool,
+) -> None:
+    """Capture Coinbase products and project them live, in one process.
+
+    The capture of `ledger ingest coinbase` and the follower of `ledger project --follow`
+    run side by side: each commit of the capture wakes the follower through a bounded
+    queue, so L1 rows land milliseconds after their events. Watch the books with
+    `ledger watch` and the streams with `ledger status --watch` in other terminals.
+    Stops on --duration, --max-messages, Ctrl-C or SIGTERM.
+
+    \b
+    Example:
+      ledger run --product BTC-USD --product ETH-USD
+      ledger watch coinbase:BTC-USD --depth 5
+    """
+    from ledger.services.live import run_live
+    from ledger.services.stream_run import ProjectOptions
+
+    options, credentials = capture_settings(products, channel, ws_url, rest_url, duration, max_messages, summary_every)
+    project = ProjectOptions(snapshot_every=snapshot_every or None, snapshot_interval=snapshot_interval)
+    with open_db() as database:
+        summary, projected = run_live(database.engine, options, credentials, project, on_summary=log_capture_progress)
+    if as_json:
+        echo_json({"capture": summary.as_dict(), "projection": [s.as_dict() for s in projected]})
+        return
+    click.echo(capture_report(summary))
+    for s in projected:
+        click.echo(
+            f"projected {s.stream}: {s.status}, {s.events_applied} events, {s.l1_rows} L1 rows, at seq {s.last_seq}"
+        )

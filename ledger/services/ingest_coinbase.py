@@ -38,6 +38,7 @@ import os
 import random
 import re
 import signal
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -219,15 +220,19 @@ def capture(
     credentials: ApiCredentials,
     *,
     on_summary: Callable[[CaptureSummary], None] | None = None,
+    on_commit: Callable[[list[int]], None] | None = None,
+    halt: threading.Event | None = None,
 ) -> CaptureSummary:
-    """Run a capture until ``duration``, ``max_messages``, SIGINT/SIGTERM or a fatal error."""
+    """Run a capture until ``duration``, ``max_messages``, SIGINT/SIGTERM, ``halt`` or a
+    fatal error. ``on_commit`` gets the ids of the streams each commit added events to."""
     runner_options: dict[str, Any] = {}
     with contextlib.suppress(ImportError):
         import uvloop
 
         runner_options["loop_factory"] = uvloop.new_event_loop
     with asyncio.Runner(**runner_options) as runner:
-        return runner.run(Capture(engine, options, credentials, on_summary=on_summary).run(handle_signals=True))
+        run = Capture(engine, options, credentials, on_summary=on_summary, on_commit=on_commit, halt=halt)
+        return runner.run(run.run(handle_signals=True))
 
 
 class Capture:
@@ -240,6 +245,8 @@ class Capture:
         credentials: ApiCredentials,
         *,
         on_summary: Callable[[CaptureSummary], None] | None = None,
+        on_commit: Callable[[list[int]], None] | None = None,
+        halt: threading.Event | None = None,
     ) -> None:
         if not options.products:
             raise InputError("name at least one product (--product BTC-USD)")
@@ -248,6 +255,8 @@ class Capture:
         self.options = options
         self._credentials = credentials
         self._on_summary = on_summary
+        self._on_commit = on_commit
+        self._halt = halt
         self._store = CaptureStore(engine, [stream_name(p) for p in options.products], retry_for=options.db_retry_for)
         self._syncs: dict[str, ProductSync] = {}
         self._stream_ids: dict[str, int] = {}
@@ -515,6 +524,9 @@ class Capture:
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(0.05)
+            if self._halt is not None and self._halt.is_set():
+                self.stop("halted")
+                return
             if not self._subscribed:
                 continue  # a book fetched before the subscription may miss what follows it
             now = loop.time()
@@ -584,6 +596,8 @@ class Capture:
                 self._in_flight = sum(len(p.rows) for p in batch.streams)
                 await asyncio.to_thread(self._store.commit, batch)
                 self._in_flight = 0
+                if self._on_commit is not None:
+                    self._on_commit([p.stream_id for p in batch.streams if p.rows or p.book is not None])
                 committed = asyncio.get_running_loop().time()
                 for product, times in received.items():
                     lags = [committed - t for t in times]
