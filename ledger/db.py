@@ -19,6 +19,7 @@ from importlib.resources import files
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import psycopg
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 
@@ -32,6 +33,7 @@ __all__ = [
     "HEAD_REVISION",
     "Database",
     "alembic_config",
+    "connection_lost",
     "current_revision",
     "head_revision",
     "open_database",
@@ -117,6 +119,15 @@ def downgrade(engine: Engine, revision: str) -> None:
         config = alembic_config()
         config.attributes["connection"] = conn
         command.downgrade(config, revision)
+
+
+def connection_lost(error: BaseException) -> bool:
+    """Whether a driver error means the connection (or the server) went away, so that
+    trying again on a new connection may work."""
+    if isinstance(error, sa.exc.DBAPIError) and error.connection_invalidated:
+        return True
+    original = getattr(error, "orig", None) or error
+    return isinstance(original, psycopg.OperationalError | psycopg.InterfaceError)
 
 
 def create_engine(url: URL) -> Engine:

@@ -12,8 +12,9 @@ import threading
 import time
 from collections.abc import Sequence
 
+import pytest
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import URL, Engine
 
 from benchmarks.generate_l3 import generate
 from ledger.services.follow import FollowOptions, follow
@@ -21,6 +22,7 @@ from ledger.services.project import project, rebuild
 from ledger.storage.log import Streams
 from ledger.storage.projection import L1Rows
 from tests.test_ingest_coinbase import BOTH, _capture
+from tests.test_pg_restart import _restart_command, _wait_for_server
 
 
 def _csv(n: int, seed: int) -> str:
@@ -95,6 +97,8 @@ def test_follow_while_ingesting_from_stdin_equals_a_batch_run(db_env: dict[str, 
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err.decode()
+    with engine.connect() as conn:  # snapshots go on being taken while following (every 5,000 events)
+        assert conn.execute(sa.text("SELECT count(*) FROM book_snapshots")).scalar_one() >= 5
     live = _export(engine, "csv:live")
     # the same file, ingested and projected in batch
     done = subprocess.run(
@@ -183,3 +187,29 @@ def test_follow_while_capturing_from_the_exchange_equals_a_batch_run(engine: Eng
     project(engine)
     for p in BOTH:
         assert live[p] == _export(engine, f"coinbase:{p}") and live[p].count(b"\n") > 50, p
+
+
+@pytest.mark.pgrestart
+def test_follower_survives_a_server_restart(db_env: dict[str, str], database_url: URL, engine: Engine) -> None:
+    restart = _restart_command(database_url)
+    if restart is None:
+        pytest.skip("cannot restart this PostgreSQL here: set LEDGER_TEST_PG_RESTART to the command that does")
+    text = _csv(20_000, seed=31)
+    cut = text.index("\n", len(text) // 2) + 1
+    header = text[: text.index("\n") + 1]
+    proc = _follower(db_env)
+    _ingest(db_env, text[:cut], "csv:restart")
+    _wait_caught_up(engine, 60, [proc])
+    subprocess.run(restart, check=True, capture_output=True, timeout=120)
+    engine.dispose()
+    _wait_for_server(engine)
+    _ingest(db_env, header + text[cut:], "csv:restart")
+    _wait_caught_up(engine, 60, [proc])  # the follower came back by itself
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err.decode()
+    assert b"lost the database" in err
+    live = _export(engine, "csv:restart")
+    rebuild(engine)
+    project(engine)
+    assert live == _export(engine, "csv:restart")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -20,12 +19,13 @@ from typing import Any, TypeVar
 
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import URL, Engine
 
 from ledger.services.ingest_coinbase import ApiCredentials, Capture
 from ledger.services.project import project, rebuild
 from ledger.testing import LocalExchange
 from tests.test_ingest_coinbase import _capture, _check_projection, _options
+from tests.test_pg_restart import _restart_command
 
 T = TypeVar("T")
 BOTH = ("BTC-USD", "ETH-USD")
@@ -222,17 +222,17 @@ def test_silent_connection_is_detected_and_replaced(engine: Engine) -> None:
 
 
 @pytest.mark.pgrestart
-def test_postgres_restart_under_capture(db_env: dict[str, str], engine: Engine) -> None:
-    if os.geteuid() != 0:
-        pytest.skip("restarting this machine's PostgreSQL needs root (pg_ctlcluster)")
+def test_postgres_restart_under_capture(db_env: dict[str, str], database_url: URL, engine: Engine) -> None:
+    restart = _restart_command(database_url)
+    if restart is None:
+        pytest.skip("cannot restart this PostgreSQL here: set LEDGER_TEST_PG_RESTART to the command that does")
     with exchange_thread(BOTH, seed=9, heartbeat_interval=0.2) as th:
         proc = _start(_env(db_env, th.exchange), th.exchange)
         _wait(lambda: th.exchange.rest_calls >= 2, 30, "the first books", proc)
         flow = threading.Thread(target=lambda: th.run(th.exchange.run_random_flow(1500, rate=500), timeout=120))
         flow.start()
         time.sleep(1.0)
-        version = sorted(os.listdir("/etc/postgresql"))[-1]
-        subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart"], check=True)
+        subprocess.run(restart, check=True, capture_output=True, timeout=120)
         flow.join()
         engine.dispose()
         _wait(lambda: _stored_up_to(engine, th), 60, "the capture to catch up after the restart", proc)

@@ -25,6 +25,7 @@ import psycopg
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from ledger.db import connection_lost
 from ledger.domain.sequencing import GapTracker
 from ledger.errors import DatabaseError, StreamError, first_line
 from ledger.services.coinbase_sync import RestBook
@@ -159,7 +160,7 @@ class CaptureStore:
             except StreamError:
                 raise
             except (sa.exc.DBAPIError, psycopg.Error) as e:
-                if not _connection_lost(e):
+                if not connection_lost(e):
                     raise DatabaseError(f"storing the capture failed: {first_line(e)}") from e
                 self._drop_connection()
                 uncertain = True
@@ -234,11 +235,3 @@ class CaptureStore:
             ).first()
             is not None
         )
-
-
-def _connection_lost(error: BaseException) -> bool:
-    """Whether a driver error means the connection (or the server) went away."""
-    if isinstance(error, sa.exc.DBAPIError) and error.connection_invalidated:
-        return True
-    original = getattr(error, "orig", None) or error
-    return isinstance(original, psycopg.OperationalError | psycopg.InterfaceError)

@@ -30,6 +30,7 @@ import psycopg
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from ledger.db import connection_lost
 from ledger.errors import DatabaseError, first_line
 from ledger.services.project import PROJECT_LOCK_CLASS
 from ledger.services.stream_run import Committer, ProjectOptions, ProjectSummary, SnapshotTimer, StreamRun
@@ -47,6 +48,7 @@ class FollowOptions:
     streams: tuple[str, ...] = ()  # empty: every stream, including those created later
     poll: float = 1.0  # seconds between looks at the log when no notification comes
     rebalance: float = 2.0  # seconds between counts of the followers and their shares
+    retry_for: float = 300.0  # seconds to keep trying while the database is unreachable
     project: ProjectOptions = field(default_factory=ProjectOptions)
 
 
@@ -59,20 +61,40 @@ def follow(
     on_applied: Callable[[str, int], None] | None = None,
 ) -> list[ProjectSummary]:
     """Follow the log until ``stop`` is set; the summaries of the streams followed.
-    ``wakeups`` replaces LISTEN/NOTIFY with stream ids put by an ingest in this process."""
-    follower = _Follower(engine, options, on_applied)
-    try:
-        follower.run(stop, wakeups)
-    except (sa.exc.DBAPIError, psycopg.Error) as e:
-        follower.abandon()
-        raise DatabaseError(
-            f"lost the database while following: {first_line(e)}. Run the same command again: "
-            "every stream goes on from its last committed position"
-        ) from e
-    except BaseException:
-        follower.abandon()
-        raise
-    return follower.close()
+    ``wakeups`` replaces LISTEN/NOTIFY with stream ids put by an ingest in this process.
+
+    When the database goes away, the follower drops its books and locks, waits with
+    exponential backoff and starts again (books from their snapshots, streams shared anew),
+    for up to ``options.retry_for`` seconds of failed attempts in a row."""
+    delay, failing_since = 0.5, None
+    while True:
+        follower = None
+        started = time.monotonic()
+        try:
+            follower = _Follower(engine, options, on_applied)
+            follower.run(stop, wakeups)
+            return follower.close()
+        except (sa.exc.DBAPIError, psycopg.Error) as e:
+            if follower is not None:
+                follower.abandon()
+            if not connection_lost(e):
+                raise DatabaseError(f"following the log failed: {first_line(e)}") from e
+            now = time.monotonic()
+            if failing_since is None or now - started > 60:  # it had been working: a new outage
+                failing_since, delay = now, 0.5
+            if now - failing_since > options.retry_for or stop.is_set():
+                raise DatabaseError(
+                    f"lost the database while following ({first_line(e)}) and it did not come back within "
+                    f"{options.retry_for:.0f}s. Run the same command again: every stream goes on from its "
+                    "last committed position"
+                ) from e
+            log.warning("lost the database (%s); following again in %.1fs", first_line(e), delay)
+            stop.wait(delay)
+            delay = min(10.0, delay * 2)
+        except BaseException:
+            if follower is not None:
+                follower.abandon()
+            raise
 
 
 class _Follower:

@@ -9,6 +9,7 @@ notification comes or a timeout passes (the slow poll a follower falls back on).
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterable
 
@@ -55,8 +56,9 @@ class Listener:
     def close(self) -> None:
         try:
             self._conn.close()
-        except (sa.exc.DBAPIError, psycopg.Error):
-            self._conn.invalidate()
+        except (sa.exc.DBAPIError, psycopg.Error):  # the server is gone: drop the connection
+            with contextlib.suppress(sa.exc.SQLAlchemyError, psycopg.Error):
+                self._conn.invalidate()
 
     def __enter__(self) -> Listener:
         return self
