@@ -449,6 +449,8 @@ class Capture:
             else:
                 assert isinstance(message, dict)
                 kind = classify(message)
+                if kind == "unknown" and type(message.get("type")) is not str:
+                    raise MessageError("message: type is missing or not a string", field="type")
                 if kind != "event":
                     self._control(kind, message, now)
                     return
