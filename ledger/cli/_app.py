@@ -9,6 +9,7 @@ this package puts them on one click group.
 from __future__ import annotations
 
 import functools
+import gc
 import json
 import logging
 import sys
@@ -122,4 +123,8 @@ def progress_bar(total: int | None, label: str) -> Iterator[Callable[[int], None
 
 
 def main() -> None:
+    # Projecting and ingesting allocate and free millions of small objects (rows, orders,
+    # L1 rows) that hardly ever form cycles: run the cycle collector every 100,000 new
+    # objects rather than every 700, which cost a projection about a tenth of its time.
+    gc.set_threshold(100_000, *gc.get_threshold()[1:])
     cli(prog_name="ledger")
