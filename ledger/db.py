@@ -131,7 +131,10 @@ def connection_lost(error: BaseException) -> bool:
 
 
 def create_engine(url: URL) -> Engine:
-    return sa.create_engine(url, pool_pre_ping=True, pool_size=4, max_overflow=4)
+    # TCP keepalives: a connection whose peer vanished (a dropped network, a dead server) is
+    # noticed within a minute or so, by the server too, which then drops its session's locks.
+    keepalives = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3}
+    return sa.create_engine(url, pool_pre_ping=True, pool_size=4, max_overflow=4, connect_args=keepalives)
 
 
 @contextmanager

@@ -27,8 +27,8 @@ def test_new_stream_buffers_until_the_book_and_the_event_after_it() -> None:
         assert sync.row(seq, seq, 0.1) is Take.BUFFERED
     assert sync.book(_book(101), 0.2)
     assert sync.live
-    rows, book, resolved = sync.take_ready()
-    assert rows == [102] and book is not None and book.seq == 101 and resolved == []
+    rows, books, resolved = sync.take_ready()
+    assert rows == [102] and [b.seq for b in books] == [101] and resolved == []
     assert sync.counts.dropped_before_start == 2
     assert sync.row(103, 103, 0.3) is Take.STORE
     assert sync.row(101, 101, 0.3) is Take.BEFORE_START  # older than the stream's start
@@ -43,8 +43,8 @@ def test_new_stream_book_waits_for_its_next_event_then_refetches_if_it_never_com
     assert not sync.wants_book(0.5)  # still within the grace period
     assert sync.row(51, 51, 0.6) is Take.BUFFERED  # late: the book is usable after all
     assert sync.live
-    rows, book, _ = sync.take_ready()
-    assert book is not None and book.seq == 50 and rows == [51, 53]
+    rows, books, _ = sync.take_ready()
+    assert [b.seq for b in books] == [50] and rows == [51, 53]
     assert sync.tracker.gaps == [(52, 52)]
 
 
@@ -57,8 +57,8 @@ def test_stale_first_book_is_replaced_by_a_newer_one() -> None:
     sync.fetching(1.3)
     assert sync.book(_book(19), 1.4)
     assert sync.live and sync.counts.stale_books == 1
-    rows, book, _ = sync.take_ready()
-    assert book is not None and book.seq == 19 and rows == [20]
+    rows, books, _ = sync.take_ready()
+    assert [b.seq for b in books] == [19] and rows == [20]
 
 
 def test_live_jump_waits_for_late_messages_before_resyncing() -> None:
@@ -82,8 +82,8 @@ def test_live_gap_resolved_by_a_book_at_or_after_its_end() -> None:
     assert sync.wants_book(3.0)
     sync.fetching(3.0)
     assert sync.book(_book(16), 3.1)
-    rows, book, resolved = sync.take_ready()
-    assert rows == [15] and book is not None and book.seq == 16 and resolved == [(11, 14)]
+    rows, books, resolved = sync.take_ready()
+    assert rows == [15] and [b.seq for b in books] == [16] and resolved == [(11, 14)]
     assert sync.tracker.gaps == [] and sync.latest_book == 16
 
 
@@ -126,3 +126,18 @@ def test_backoff_grows_with_each_fetch_in_the_window() -> None:
     spacing = [b - a for a, b in itertools.pairwise(starts)]
     # 1, 2, 4, 8, then capped at 8 seconds, each times a jitter in [0.5, 1)
     assert spacing[0] <= 1.0 and spacing[2] >= 2.0 and spacing[-1] >= 4.0 and max(spacing) <= 8.0
+
+
+def test_first_book_is_kept_when_a_resync_book_follows_before_the_writer_takes_them() -> None:
+    sync = _sync()
+    sync.fetching(0.0)
+    for seq in range(95, 106):
+        sync.row(seq, seq, 0.1)
+    assert sync.book(_book(100), 0.2) and sync.live
+    sync.row(110, 110, 0.3)  # 106..109 lost
+    assert sync.wants_book(1.5)
+    sync.fetching(1.5)
+    assert sync.book(_book(120), 1.6)
+    rows, books, resolved = sync.take_ready()
+    assert [b.seq for b in books] == [100, 120]  # the stream's start, and the resync
+    assert rows == [101, 102, 103, 104, 105, 110] and resolved == [(106, 109)]

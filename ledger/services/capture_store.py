@@ -20,6 +20,7 @@ import random
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 import psycopg
 import sqlalchemy as sa
@@ -41,7 +42,7 @@ from ledger.storage.log import (
     Streams,
 )
 from ledger.storage.notify import notify_appended
-from ledger.storage.schema import events
+from ledger.storage.schema import events, source_snapshots
 
 __all__ = ["CaptureBatch", "CaptureStore", "StreamBatch"]
 
@@ -60,13 +61,13 @@ class StreamBatch:
     rows: list[tuple[int, bytes]] = field(default_factory=list)  # (seq, COPY text line)
     rejects: list[Reject] = field(default_factory=list)
     gaps: list[tuple[int, int]] = field(default_factory=list)  # the open gaps the rows leave, and those resolved
-    book: RestBook | None = None
+    books: list[RestBook] = field(default_factory=list)
     resolved_by: int | None = None  # gaps ending at or before this book's seq are resolved by it
     counts: tuple[int, int, int, int] | None = None  # this run's messages, stored, duplicates, rejects
 
     @property
     def empty(self) -> bool:
-        return not (self.rows or self.rejects or self.book or self.resolved_by is not None or self.counts)
+        return not (self.rows or self.rejects or self.books or self.resolved_by is not None or self.counts)
 
 
 @dataclass
@@ -91,6 +92,8 @@ class CaptureStore:
         self.abort = threading.Event()  # set to give up retrying (a second interrupt)
         self.retries = 0
         self._base: dict[int, Checkpoint] = {}  # the counts of earlier runs, per stream
+        self.latest_books: dict[int, int] = {}  # the newest REST book each stream has, from earlier runs
+        self.reject_source = f"{SOURCE} {datetime.now(UTC):%Y-%m-%dT%H:%M:%SZ}"  # frame numbers count per run
 
     # -- opening and closing ---------------------------------------------------------------------
 
@@ -106,6 +109,11 @@ class CaptureStore:
                 low, high = log_.seq_range(sid)
                 trackers[name] = GapTracker(low, high, self._stored[sid])
                 self._base[sid] = checkpoints.get(sid, SOURCE) or Checkpoint(0, 0, "", False)
+                latest = conn.execute(
+                    sa.select(sa.func.max(source_snapshots.c.seq)).where(source_snapshots.c.stream_id == sid)
+                ).scalar()
+                if latest is not None:
+                    self.latest_books[sid] = int(latest)
             conn.commit()
             return trackers
         except (sa.exc.DBAPIError, psycopg.Error) as e:
@@ -157,8 +165,15 @@ class CaptureStore:
                 conn = self._conn if self._conn is not None else self._connect()
                 self._write(conn, batch, check_landed=uncertain)
                 return
-            except StreamError:
-                raise
+            except StreamError as e:
+                if not uncertain or time.monotonic() + delay > deadline:
+                    raise
+                # After a lost connection the server may not have noticed yet that the old
+                # session is gone, and still holds its locks: wait for it like for the server.
+                log.warning("%s; retrying in %.1fs", e, delay)
+                self.abort.wait(delay)
+                delay = min(5.0, delay * 2) * (0.75 + random.random() / 2)
+                continue
             except (sa.exc.DBAPIError, psycopg.Error) as e:
                 if not connection_lost(e):
                     raise DatabaseError(f"storing the capture failed: {first_line(e)}") from e
@@ -192,16 +207,14 @@ class CaptureStore:
                 return
             if payload:
                 EventLog(conn).copy_text(payload)
-            notify_appended(conn, [p.stream_id for p in batch.streams if p.rows or p.book is not None])
+            notify_appended(conn, [p.stream_id for p in batch.streams if p.rows or p.books])
             gap_store = GapStore(conn)
             stored = dict(self._stored)
             for part in batch.streams:
-                Rejects(conn).add(part.stream_id, SOURCE, part.rejects)
+                Rejects(conn).add(part.stream_id, self.reject_source, part.rejects)
                 kept = gap_store.reconcile(part.stream_id, stored[part.stream_id], part.gaps)
-                if part.book is not None:
-                    SourceSnapshots(conn).save(
-                        part.stream_id, part.book.seq, part.book.raw, order_count=part.book.order_count
-                    )
+                for book in part.books:
+                    SourceSnapshots(conn).save(part.stream_id, book.seq, book.raw, order_count=book.order_count)
                 if part.resolved_by is not None:
                     gap_store.resolve_by_snapshot(part.stream_id, part.resolved_by)
                     kept = {g: i for g, i in kept.items() if g[1] > part.resolved_by}

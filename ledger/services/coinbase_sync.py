@@ -74,10 +74,10 @@ class SyncCounts:
 
 @dataclass
 class _Ready:
-    """What the sync has for the writer: rows in arrival order, a book, gaps it resolved."""
+    """What the sync has for the writer: rows in arrival order, books, gaps they resolved."""
 
     rows: list[Any] = field(default_factory=list)
-    book: RestBook | None = None
+    books: list[RestBook] = field(default_factory=list)  # every one is stored: the first starts the stream
     resolved: list[tuple[int, int]] = field(default_factory=list)
 
 
@@ -92,6 +92,7 @@ class ProductSync:
         timing: SyncTiming | None = None,
         rng: random.Random | None = None,
         now: float = 0.0,
+        latest_book: int = -1,
     ) -> None:
         self.product = product
         self.tracker = tracker
@@ -101,7 +102,7 @@ class ProductSync:
         self.live = tracker.high is not None  # a new stream waits for its first book
         self._buffer: dict[int, tuple[float, Any]] = {}  # seq -> (arrival time, row), new streams only
         self._first_book: RestBook | None = None  # fetched for a new stream, stored with event S + 1
-        self._latest_book = -1  # the seq of the newest book stored (or about to be)
+        self._latest_book = latest_book  # the seq of the newest book stored (or about to be)
         self._gaps_since: float | None = now - self.timing.grace if tracker.gaps else None
         self._heartbeat_seq = -1
         self._heartbeat_at = 0.0
@@ -160,8 +161,12 @@ class ProductSync:
             book = self._first_book
             if book is None:
                 return True
-            waiting = [t for s, (t, _) in self._buffer.items() if s > book.seq]
-            return bool(waiting) and book.seq + 1 not in self._buffer and now - min(waiting) >= self.timing.grace
+            if not self._buffer or book.seq + 1 in self._buffer:
+                return False
+            # Everything buffered is after the book (older rows were dropped); the dict keeps
+            # arrival order, so its first entry has waited longest.
+            first_arrival = next(iter(self._buffer.values()))[0]
+            return now - first_arrival >= self.timing.grace
         grace = 0.0 if self._urgent else self.timing.grace
         if self._gaps_since is not None and now - self._gaps_since >= grace:
             return True
@@ -193,7 +198,7 @@ class ProductSync:
             return False
         tracker.gaps = [g for g in tracker.gaps if g[1] > book.seq]
         self._ready.resolved += covered
-        self._ready.book = book  # a later one supersedes it: it resolves all the gaps this one did
+        self._ready.books.append(book)
         self._latest_book = max(self._latest_book, book.seq)
         self.counts.resyncs += 1
         self._gaps_since = now if tracker.gaps else None
@@ -202,10 +207,10 @@ class ProductSync:
 
     # -- output --------------------------------------------------------------------------------
 
-    def take_ready(self) -> tuple[list[Any], RestBook | None, list[tuple[int, int]]]:
-        """Rows to store (in arrival order), the book to store, and the gaps it resolved."""
+    def take_ready(self) -> tuple[list[Any], list[RestBook], list[tuple[int, int]]]:
+        """Rows to store (in arrival order), the books to store, and the gaps they resolved."""
         ready, self._ready = self._ready, _Ready()
-        return ready.rows, ready.book, ready.resolved
+        return ready.rows, ready.books, ready.resolved
 
     @property
     def ready(self) -> int:
@@ -251,9 +256,8 @@ class ProductSync:
             self.counts.duplicates += 1
             return Take.DUPLICATE
         self._buffer[seq] = (now, row)
-        if len(self._buffer) > self.timing.max_buffer:  # bounded: the oldest go, a later book is needed
-            oldest = min(self._buffer)
-            del self._buffer[oldest]
+        if len(self._buffer) > self.timing.max_buffer:  # bounded: the first arrived go, a later book is needed
+            del self._buffer[next(iter(self._buffer))]
             self.counts.dropped_before_start += 1
         if book is not None and seq == book.seq + 1:
             self._go_live(book, now)
@@ -279,7 +283,7 @@ class ProductSync:
         self._urgent = False
         self._first_book = None
         self._latest_book = book.seq
-        self._ready.book = book
+        self._ready.books.append(book)
         self.counts.resyncs += 1
         buffered, self._buffer = sorted(self._buffer.items()), {}
         for seq, (_, row) in buffered:

@@ -33,7 +33,14 @@ from sqlalchemy.engine import Connection, Engine
 from ledger.db import connection_lost
 from ledger.errors import DatabaseError, first_line
 from ledger.services.project import PROJECT_LOCK_CLASS
-from ledger.services.stream_run import Committer, ProjectOptions, ProjectSummary, SnapshotTimer, StreamRun
+from ledger.services.stream_run import (
+    Committer,
+    LockLost,
+    ProjectOptions,
+    ProjectSummary,
+    SnapshotTimer,
+    StreamRun,
+)
 from ledger.storage.log import Streams
 from ledger.storage.notify import Listener
 
@@ -49,6 +56,7 @@ class FollowOptions:
     poll: float = 1.0  # seconds between looks at the log when no notification comes
     rebalance: float = 2.0  # seconds between counts of the followers and their shares
     retry_for: float = 300.0  # seconds to keep trying while the database is unreachable
+    skip_gaps_older_than: float = 5.0  # with --skip-gaps: a younger gap may still fill, so wait
     project: ProjectOptions = field(default_factory=ProjectOptions)
 
 
@@ -74,10 +82,12 @@ def follow(
             follower = _Follower(engine, options, on_applied)
             follower.run(stop, wakeups)
             return follower.close()
-        except (sa.exc.DBAPIError, psycopg.Error) as e:
+        except (sa.exc.DBAPIError, psycopg.Error, LockLost) as e:
             if follower is not None:
                 follower.abandon()
-            if not connection_lost(e):
+            if stop.is_set():  # stopping anyway: what was committed stands
+                return [] if follower is None else follower.partial()
+            if not isinstance(e, LockLost) and not connection_lost(e):
                 raise DatabaseError(f"following the log failed: {first_line(e)}") from e
             now = time.monotonic()
             if failing_since is None or now - started > 60:  # it had been working: a new outage
@@ -102,17 +112,24 @@ class _Follower:
         self.engine = engine
         self.options = options
         self._on_applied = on_applied
-        self._timer = SnapshotTimer(options.project.snapshot_interval)
-        self._committer = Committer(engine)
-        self._committer.start()
         self._runs: dict[int, StreamRun] = {}
         self._finished: list[ProjectSummary] = []
         self._given_up: set[int] = set()  # streams that cannot go on (they need a rebuild, say)
+        # The connection first: if the database is not there, nothing else is started.
         self._lock_conn: Connection = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
-        self._member_key = int(self._lock_conn.execute(sa.text("SELECT pg_backend_pid()")).scalar_one())
-        self._lock_conn.execute(
-            sa.text("SELECT pg_advisory_lock(:c, :o)"), {"c": _MEMBER_LOCK_CLASS, "o": self._member_key}
-        )
+        try:
+            #: This process's backend on the lock connection: its pid keys the membership
+            #: lock, and the committer checks before each write that it still holds the stream.
+            self.owner = int(self._lock_conn.execute(sa.text("SELECT pg_backend_pid()")).scalar_one())
+            self._lock_conn.execute(
+                sa.text("SELECT pg_advisory_lock(:c, :o)"), {"c": _MEMBER_LOCK_CLASS, "o": self.owner}
+            )
+        except BaseException:
+            self._lock_conn.invalidate()
+            raise
+        self._timer = SnapshotTimer(options.project.snapshot_interval)
+        self._committer = Committer(engine)
+        self._committer.start()
 
     # -- the loop --------------------------------------------------------------------------------
 
@@ -165,7 +182,7 @@ class _Follower:
             return
         # Start at a different stream in each process, so followers do not race for the same ones.
         free = sorted(sid for sid in wanted if sid not in self._runs and sid not in self._given_up)
-        offset = self._member_key % len(free) if free else 0
+        offset = self.owner % len(free) if free else 0
         for sid in free[offset:] + free[:offset]:
             if len(self._runs) >= share:
                 break
@@ -173,7 +190,14 @@ class _Follower:
             if got.scalar():
                 log.info("following stream %r", wanted[sid])
                 self._runs[sid] = StreamRun(
-                    self.engine, sid, wanted[sid], self.options.project, self._committer, self._timer
+                    self.engine,
+                    sid,
+                    wanted[sid],
+                    self.options.project,
+                    self._committer,
+                    self._timer,
+                    owner=self.owner,
+                    skip_gaps_older_than=self.options.skip_gaps_older_than,
                 )
 
     def _release(self, sid: int, why: str) -> None:
@@ -193,6 +217,10 @@ class _Follower:
         self._lock_conn.execute(sa.text("SELECT pg_advisory_unlock_all()"))  # the connection goes back to a pool
         self._lock_conn.close()
         return sorted(summaries, key=lambda s: s.stream)
+
+    def partial(self) -> list[ProjectSummary]:
+        """The summaries so far, of a follower that failed."""
+        return sorted(self._finished + [run.finish() for run in self._runs.values()], key=lambda s: s.stream)
 
     def abandon(self) -> None:
         self._committer.abandon()

@@ -298,7 +298,13 @@ class Capture:
             for product in self.options.products:
                 name = stream_name(product)
                 self._stream_ids[product] = self._store.ids[name]
-                self._syncs[product] = ProductSync(product, trackers[name], timing=self.options.timing, now=loop.time())
+                self._syncs[product] = ProductSync(
+                    product,
+                    trackers[name],
+                    timing=self.options.timing,
+                    now=loop.time(),
+                    latest_book=self._store.latest_books.get(self._store.ids[name], -1),
+                )
             if handle_signals:
                 for sig in (signal.SIGINT, signal.SIGTERM):
                     loop.add_signal_handler(sig, self.stop, sig.name)
@@ -548,6 +554,10 @@ class Capture:
             sync.fetch_failed()
             log.warning("%s: level-3 book: %s; trying again later", product, e)
             return
+        except Exception as e:  # whatever it is, this product tries again later; the others go on
+            sync.fetch_failed()
+            log.warning("%s: level-3 book: %s: %s; trying again later", product, type(e).__name__, e)
+            return
         used = sync.book(RestBook(seq, raw, count), asyncio.get_running_loop().time())
         log.info(
             "%s: level-3 book at sequence %d (%d orders)%s",
@@ -599,7 +609,7 @@ class Capture:
                 await asyncio.to_thread(self._store.commit, batch)
                 self._in_flight = 0
                 if self._on_commit is not None:
-                    self._on_commit([p.stream_id for p in batch.streams if p.rows or p.book is not None])
+                    self._on_commit([p.stream_id for p in batch.streams if p.rows or p.books])
                 committed = asyncio.get_running_loop().time()
                 for product, times in received.items():
                     lags = [committed - t for t in times]
@@ -618,12 +628,12 @@ class Capture:
         batch = CaptureBatch()
         received: dict[str, list[float]] = {}
         for product, sync in self._syncs.items():
-            rows, book, resolved = sync.take_ready()
+            rows, books, resolved = sync.take_ready()
             rejects, self._rejects[product] = self._rejects[product], []
-            part = StreamBatch(self._stream_ids[product], stream_name(product), rejects=rejects, book=book)
+            part = StreamBatch(self._stream_ids[product], stream_name(product), rejects=rejects, books=books)
             part.rows = [(seq, line) for seq, line, _ in rows]
             part.gaps = sorted(sync.tracker.gaps + resolved)
-            if resolved or book is not None:
+            if resolved or books:
                 part.resolved_by = sync.latest_book
             last = self._counted_at.get(product, -1.0)
             if (self._closing and last != math.inf) or now - last >= 1.0:  # once a second, and at the end

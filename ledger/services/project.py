@@ -25,15 +25,20 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from ledger.errors import DatabaseError, StreamError, first_line
-from ledger.services.stream_run import Committer, ProjectOptions, ProjectSummary, SnapshotTimer, StreamRun
+from ledger.services.stream_run import (
+    PROJECT_LOCK_CLASS,
+    Committer,
+    ProjectOptions,
+    ProjectSummary,
+    SnapshotTimer,
+    StreamRun,
+)
 from ledger.storage.log import GapStore, Streams
 from ledger.storage.projection import L1Rows, Positions, Snapshots
 
 __all__ = ["PROJECT_LOCK_CLASS", "ProjectOptions", "ProjectSummary", "project", "rebuild"]
 
 log = logging.getLogger(__name__)
-#: The advisory lock class a projector holds per stream (object: the stream id).
-PROJECT_LOCK_CLASS = 0x1ED7
 
 
 def project(
@@ -99,10 +104,11 @@ def _project_stream(
             return ProjectSummary(
                 stream=name, status="busy", message=f"stream {name!r} is being projected by another process"
             )
+        owner = int(conn.execute(sa.text("SELECT pg_backend_pid()")).scalar_one())
         conn.commit()
         run = None
         try:
-            run = StreamRun(engine, stream_id, name, options, committer, timer, progress)
+            run = StreamRun(engine, stream_id, name, options, committer, timer, progress, owner=owner)
             run.catch_up()
             committer.flush()  # written before the lock goes
         except (sa.exc.DBAPIError, psycopg.Error) as e:

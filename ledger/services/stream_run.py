@@ -22,16 +22,30 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from ledger.domain.snapshot import FORMAT_VERSION as SNAPSHOT_FORMAT
 from ledger.domain.snapshot import encode
+from ledger.errors import StreamError
 from ledger.services.projector import StreamProjector
 from ledger.services.replay import SourceBooks, contiguous, read_ahead, replay, restore_latest
-from ledger.storage.log import EventLog, GapStore
+from ledger.storage.log import EventLog, GapStore, SourceSnapshots
 from ledger.storage.projection import L1Row, L1Rows, Position, Positions, Snapshots
+from ledger.storage.schema import gaps
 
-__all__ = ["Committer", "ProjectOptions", "ProjectSummary", "SnapshotTimer", "StreamRun"]
+__all__ = [
+    "PROJECT_LOCK_CLASS",
+    "Committer",
+    "LockLost",
+    "ProjectOptions",
+    "ProjectSummary",
+    "SnapshotTimer",
+    "StreamRun",
+]
+
+#: The advisory lock class a projector holds per stream (object: the stream id).
+PROJECT_LOCK_CLASS = 0x1ED7
 
 log = logging.getLogger(__name__)
 
@@ -115,8 +129,15 @@ class StreamRun:
         committer: Committer,
         timer: SnapshotTimer,
         progress: Callable[[str, int], None] | None = None,
+        *,
+        owner: int | None = None,
+        skip_gaps_older_than: float = 0.0,
     ) -> None:
         self.engine = engine
+        self._owner = owner  # the backend pid holding the stream's projector lock: writes check it
+        # Following a live log, a gap may fill a moment later (a late event, a resync book):
+        # --skip-gaps then skips only gaps detected at least this many seconds ago.
+        self._skip_age = skip_gaps_older_than
         self.stream_id = stream_id
         self.name = name
         self.options = options
@@ -190,9 +211,13 @@ class StreamRun:
             return 0
         with self.engine.connect() as conn:
             _, head = EventLog(conn).seq_range(self.stream_id)
-        pos = self._pos
+            pos = self._pos
+            # A position past the log is normal at a venue book (a resync) ahead of the events.
+            beyond = pos is not None and head is not None and head < pos.last_seq and not self._ready
+            if beyond and pos is not None:
+                beyond = SourceSnapshots(conn).first_from(self.stream_id, pos.last_seq, upto=pos.last_seq) is None
         if head is None or (pos is not None and head <= pos.last_seq):
-            if pos is not None and head is not None and head < pos.last_seq and not self._ready:
+            if beyond and pos is not None:
                 log.warning(
                     "stream %r: the projector position %s is beyond the end of the log (%s): events were "
                     "removed from the log; run `ledger project --rebuild --stream %s`",
@@ -252,6 +277,14 @@ class StreamRun:
                 pos.last_seq = self._skip_until = covered
                 rest = [r for r in rest[len(segment) :] if r[0] > covered]
                 continue
+            young = options.skip_gaps and self._skip_age > 0 and self._gap_age(gap) < self._skip_age
+            if young:
+                status = "stopped_at_gap"
+                message = (
+                    f"stream {name!r} waits after seq {pos.last_seq}: seqs {gap[0]}..{gap[1]} are missing; "
+                    f"they are skipped if still missing {self._skip_age:g}s after they were detected"
+                )
+                break
             if not options.skip_gaps:
                 status = "stopped_at_gap"
                 message = (
@@ -278,7 +311,7 @@ class StreamRun:
             summary.snapshots += 1
         if not unchanged:  # a stream waiting at the same gap writes nothing more
             written = replace(pos, anomalies=dict(pos.anomalies))
-            self._committer.submit(_Job(self.stream_id, out, written, skipped, snapshot))
+            self._committer.submit(_Job(self.stream_id, out, written, skipped, snapshot, self._owner))
         summary.events_applied += applied_in_chunk
         summary.l1_rows += len(out)
         summary.gaps_skipped += skipped
@@ -287,6 +320,19 @@ class StreamRun:
         if self._progress is not None:
             self._progress(name, applied_in_chunk)
         return applied_in_chunk, status
+
+    def _gap_age(self, gap: tuple[int, int]) -> float:
+        """Seconds since ingest recorded the open gap rows that ``gap`` overlaps (inf: none)."""
+        with self.engine.connect() as conn:
+            age = conn.execute(
+                sa.select(sa.func.extract("epoch", sa.func.now() - sa.func.min(gaps.c.detected_at))).where(
+                    gaps.c.stream_id == self.stream_id,
+                    gaps.c.status == "open",
+                    gaps.c.first_seq <= gap[1],
+                    gaps.c.last_seq >= gap[0],
+                )
+            ).scalar()
+        return float("inf") if age is None else float(age)
 
     def finish(self) -> ProjectSummary:
         """The run's summary (after the committer has written its jobs)."""
@@ -305,6 +351,7 @@ class _Job:
     pos: Position
     skipped: list[tuple[int, int]]
     snapshot: tuple[int, bytes, int] | None  # seq, payload, order count
+    owner: int | None = None  # the backend that must hold the stream's projector lock
 
 
 class Committer(threading.Thread):
@@ -356,7 +403,8 @@ class Committer(threading.Thread):
         self._raise_error()
 
     def abandon(self) -> None:
-        """Finish the jobs in hand and stop, keeping quiet: the caller is failing already."""
+        """Stop without writing the jobs still queued, keeping quiet: the caller is failing."""
+        self._error = self._error or LockLost("abandoned")  # the loop skips jobs once an error is set
         if self.is_alive():
             self._jobs.put(None)
             self.join()
@@ -371,8 +419,22 @@ class Committer(threading.Thread):
             raise error
 
 
+class LockLost(StreamError):
+    """The process no longer holds a stream's projector lock (its lock connection was lost):
+    another may have taken the stream, so nothing more is written for it."""
+
+
+_HOLDS_LOCK = sa.text(
+    "SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted AND pid = :pid AND classid = :c"
+    " AND objid = :o AND objsubid = 2 AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+)
+
+
 def _write(conn: Any, job: _Job) -> None:
     sid = job.stream_id
+    holder = {"pid": job.owner, "c": PROJECT_LOCK_CLASS, "o": sid}
+    if job.owner is not None and conn.execute(_HOLDS_LOCK, holder).first() is None:
+        raise LockLost(f"stream {sid}: this projector lost its lock on the stream; it writes nothing more for it")
     L1Rows(conn).copy(sid, job.out)
     for first, last in job.skipped:
         GapStore(conn).mark_skipped(sid, first, last)

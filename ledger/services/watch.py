@@ -20,7 +20,7 @@ from sqlalchemy.engine import Engine
 from ledger.domain.book import LevelView
 from ledger.services.book_view import rebuild
 from ledger.services.replay import SourceBooks, replay
-from ledger.storage.log import EventLog, Streams
+from ledger.storage.log import EventLog, SourceSnapshots, Streams
 from ledger.storage.notify import Listener
 from ledger.storage.schema import events
 
@@ -62,9 +62,9 @@ class BookFollower:
             low, high = EventLog(conn).seq_range(self.stream_id)
         if high is None or low is None or (self.seq is not None and high <= self.seq):
             return False
-        if self._proj is None or self._first is None or low < self._first or self._gap_filled():
-            # the first events, events older than the book's first, or late events in a gap it
-            # went across: start over
+        if self._proj is None or self._first is None or low < self._first or self._must_rebuild():
+            # the first events, events older than the book's first, late events or a venue book
+            # for a gap it went across, or a venue book ahead of it: start over
             self._proj, _, self.missing = rebuild(self._engine, self.stream_id, self.stream, first=low, upto=high)
             self._first = low
         else:
@@ -74,11 +74,17 @@ class BookFollower:
         self.seq = high
         return True
 
-    def _gap_filled(self) -> bool:
-        """Whether events have arrived in a gap the book went across."""
-        if not self.missing:
-            return False
+    def _must_rebuild(self) -> bool:
+        """Whether an increment would be wrong: events have arrived in a gap the book went
+        across, or a source snapshot (the venue's book) makes up for one, or one lies ahead
+        of the book (a replay resets to it, and the events up to it must not be applied twice)."""
+        assert self.seq is not None
         with self._engine.connect() as conn:
+            snapshots = SourceSnapshots(conn)
+            if snapshots.first_from(self.stream_id, self.seq + 1) is not None:
+                return True
+            if any(snapshots.first_from(self.stream_id, last) is not None for _, last in self.missing):
+                return True
             return any(
                 conn.execute(
                     sa.select(sa.literal(1))
