@@ -213,3 +213,30 @@ def test_follower_survives_a_server_restart(db_env: dict[str, str], database_url
     rebuild(engine)
     project(engine)
     assert live == _export(engine, "csv:restart")
+
+
+def test_a_write_for_a_stream_whose_lock_is_gone_is_refused(engine: Engine) -> None:
+    from ledger.services.stream_run import PROJECT_LOCK_CLASS, Committer, LockLost, _Job
+    from ledger.storage.projection import Position
+
+    with engine.begin() as conn:
+        sid = Streams(conn).ensure("csv:fenced", "csv")
+    holder = engine.connect()
+    owner = int(holder.execute(sa.text("SELECT pg_backend_pid()")).scalar_one())
+    holder.execute(sa.text("SELECT pg_advisory_lock(:c, :o)"), {"c": PROJECT_LOCK_CLASS, "o": sid})
+    holder.commit()
+    row = (1, None, 1, 1, 2, 1)  # seq, ts, bid price and size, ask price and size
+    committer = Committer(engine)
+    committer.start()
+    committer.submit(_Job(sid, [row], Position(first_seq=1, last_seq=1), [], None, owner))
+    committer.flush()  # the holder has the lock: written
+    holder.invalidate()  # the lock connection dies, and the lock with it
+    holder.close()
+    while _owners(engine).get(owner):  # the server ends that session
+        time.sleep(0.01)
+    committer.submit(_Job(sid, [(2, None, 1, 1, 2, 1)], Position(first_seq=1, last_seq=2), [], None, owner))
+    with pytest.raises(LockLost):
+        committer.flush()
+    committer.abandon()
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT seq FROM l1 WHERE stream_id = :s"), {"s": sid}).scalars().all() == [1]
