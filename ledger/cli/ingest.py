@@ -12,7 +12,7 @@ import click
 from ledger.cli._app import cli, echo_json, fail_on_ledger_error, json_option, open_db, progress_bar
 
 if TYPE_CHECKING:
-    from ledger.services.ingest_coinbase import ApiCredentials, CaptureSummary, CoinbaseOptions
+    from ledger.services.capture_types import ApiCredentials, CaptureSummary, CoinbaseOptions
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -159,7 +159,7 @@ def capture_settings(
     summary_every: float,
 ) -> tuple[CoinbaseOptions, ApiCredentials]:
     """The capture's options from the command line, and the API key from the environment."""
-    from ledger.services.ingest_coinbase import REST_URL, WS_URL, ApiCredentials, CoinbaseOptions
+    from ledger.services.capture_types import REST_URL, WS_URL, ApiCredentials, CoinbaseOptions
 
     credentials = ApiCredentials.from_env()
     options = CoinbaseOptions(

@@ -34,22 +34,30 @@ import contextlib
 import json
 import logging
 import math
-import os
 import random
 import re
 import signal
 import threading
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
 from sqlalchemy.engine import Engine
 
-from ledger.errors import ConfigError, InputError, LedgerError
+from ledger.errors import InputError, LedgerError
 from ledger.services.capture_store import CaptureBatch, CaptureStore, StreamBatch
-from ledger.services.coinbase_sync import ProductSync, RestBook, SyncTiming
+from ledger.services.capture_types import (
+    REST_URL,
+    WS_URL,
+    ApiCredentials,
+    CaptureSummary,
+    CoinbaseOptions,
+    Lags,
+    ProductSummary,
+    stream_name,
+)
+from ledger.services.coinbase_sync import ProductSync, RestBook
 from ledger.sources.coinbase import (
     Level3Schema,
     MessageError,
@@ -65,145 +73,23 @@ from ledger.sources.coinbase import (
 )
 from ledger.storage.log import Reject
 
-__all__ = ["ApiCredentials", "CaptureSummary", "CoinbaseOptions", "capture", "stream_name"]
+__all__ = [
+    "REST_URL",
+    "WS_URL",
+    "ApiCredentials",
+    "Capture",
+    "CaptureSummary",
+    "CoinbaseOptions",
+    "ProductSummary",
+    "capture",
+    "stream_name",
+]
 
 log = logging.getLogger(__name__)
 
-WS_URL = "wss://ws-feed.exchange.coinbase.com"
-REST_URL = "https://api.exchange.coinbase.com"
-_CREDENTIAL_VARIABLES = ("LEDGER_COINBASE_KEY", "LEDGER_COINBASE_SECRET", "LEDGER_COINBASE_PASSPHRASE")
 _PRODUCT_IN_TEXT = re.compile(r'"product_id"\s*:\s*"([0-9A-Za-z_.-]{1,64})"')
 _MAX_FRAME = 16 << 20  # bytes; feed messages are far smaller, REST books come over HTTP
 _AUTH_WORDS = ("authenticat", "signature", "passphrase", "api key", "timestamp")
-
-
-def stream_name(product: str) -> str:
-    return f"coinbase:{product}"
-
-
-@dataclass(frozen=True)
-class ApiCredentials:
-    """A Coinbase Exchange API key; the secret and passphrase never appear in a repr or a log."""
-
-    key: str
-    secret: str = field(repr=False)
-    passphrase: str = field(repr=False)
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> ApiCredentials:
-        env = os.environ if environ is None else environ
-        missing = [name for name in _CREDENTIAL_VARIABLES if not env.get(name, "").strip()]
-        if missing:
-            raise ConfigError(
-                f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not set: the full and level3 "
-                "channels need a Coinbase Exchange API key (key, base64 secret, passphrase) in "
-                + ", ".join(_CREDENTIAL_VARIABLES)
-            )
-        key, secret, passphrase = (env[name].strip() for name in _CREDENTIAL_VARIABLES)
-        try:
-            sign_request(secret, "0", "GET", "/")
-        except MessageError:
-            raise ConfigError("LEDGER_COINBASE_SECRET is not valid base64 (its value is not shown)") from None
-        return cls(key, secret, passphrase)
-
-
-@dataclass(frozen=True)
-class CoinbaseOptions:
-    products: tuple[str, ...]
-    channel: str = "full"  # or "level3"
-    ws_url: str = WS_URL
-    rest_url: str = REST_URL
-    duration: float | None = None  # seconds, then stop
-    max_messages: int | None = None  # feed messages, then stop
-    idle_timeout: float = 10.0  # no frame for this long: the connection is dead
-    rest_timeout: float = 10.0
-    rest_retries: int = 4
-    reconnect_base: float = 0.5
-    reconnect_cap: float = 30.0
-    db_retry_for: float = 300.0
-    max_pending: int = 50_000  # messages received and not yet committed before the reader waits
-    summary_every: float = 60.0
-    timing: SyncTiming = field(default_factory=SyncTiming)
-
-
-@dataclass
-class ProductSummary:
-    product: str
-    stream: str
-    messages: int = 0
-    events_stored: int = 0
-    duplicates: int = 0
-    dropped_before_start: int = 0
-    gaps: int = 0
-    resyncs: int = 0
-    stale_books: int = 0
-    rejects: int = 0
-    open_gaps: int = 0
-    awaiting_book: int = 0  # messages of a new stream still waiting for its first book (not stored)
-    state: str = ""
-    lag_ms_p50: float | None = None
-    lag_ms_p99: float | None = None
-
-
-@dataclass
-class CaptureSummary:
-    products: list[ProductSummary]
-    frames: int = 0
-    connections: int = 0
-    reconnects: int = 0
-    heartbeats: int = 0
-    control_messages: int = 0  # subscriptions, errors, status and other messages without a sequence
-    rejects: int = 0
-    db_retries: int = 0
-    seconds: float = 0.0
-    stopped_by: str = ""
-    lag_ms_p50: float | None = None  # receipt to commit, all products
-    lag_ms_p99: float | None = None
-
-    @property
-    def messages_per_second(self) -> float:
-        return sum(p.messages for p in self.products) / self.seconds if self.seconds > 0 else 0.0
-
-    def as_dict(self) -> dict[str, object]:
-        return {
-            "products": [vars(p) for p in self.products],
-            "frames": self.frames,
-            "connections": self.connections,
-            "reconnects": self.reconnects,
-            "heartbeats": self.heartbeats,
-            "control_messages": self.control_messages,
-            "rejects": self.rejects,
-            "db_retries": self.db_retries,
-            "lag_ms_p50": self.lag_ms_p50,
-            "lag_ms_p99": self.lag_ms_p99,
-            "seconds": round(self.seconds, 3),
-            "messages_per_second": round(self.messages_per_second, 1),
-            "stopped_by": self.stopped_by,
-        }
-
-
-class _Lags:
-    """Receipt-to-commit lag samples (seconds), a bounded uniform sample of them."""
-
-    def __init__(self, keep: int = 50_000) -> None:
-        self.samples: list[float] = []
-        self.seen = 0
-        self._keep = keep
-        self._rng = random.Random(0)
-
-    def add(self, values: list[float]) -> None:
-        for value in values:
-            self.seen += 1
-            if len(self.samples) < self._keep:
-                self.samples.append(value)
-            elif (i := self._rng.randrange(self.seen)) < self._keep:
-                self.samples[i] = value
-
-    def percentile(self, q: float) -> float | None:
-        if not self.samples:
-            return None
-        ordered = sorted(self.samples)
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
 
 
 class _RestError(Exception):
@@ -262,8 +148,8 @@ class Capture:
         self._stream_ids: dict[str, int] = {}
         self._rejects: dict[str, list[Reject]] = {p: [] for p in options.products}
         self._reject_counts = dict.fromkeys(options.products, 0)
-        self._lags = {p: _Lags() for p in options.products}
-        self._all_lags = _Lags()
+        self._lags = {p: Lags() for p in options.products}
+        self._all_lags = Lags()
         self._counted_at: dict[str, float] = {}
         self.summary = CaptureSummary(products=[ProductSummary(p, stream_name(p)) for p in options.products])
         self._stop = asyncio.Event()

@@ -18,8 +18,9 @@ from collections.abc import Callable
 
 from sqlalchemy.engine import Engine
 
+from ledger.services.capture_types import ApiCredentials, CaptureSummary, CoinbaseOptions, stream_name
 from ledger.services.follow import FollowOptions, follow
-from ledger.services.ingest_coinbase import ApiCredentials, CaptureSummary, CoinbaseOptions, capture, stream_name
+from ledger.services.ingest_coinbase import capture
 from ledger.services.stream_run import ProjectOptions, ProjectSummary
 
 __all__ = ["run_live"]
