@@ -27,9 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import random
-import secrets
 import signal
 import socket
 import subprocess
@@ -37,16 +35,16 @@ import sys
 import time
 from contextlib import suppress
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import psycopg
 from aiohttp import WSMsgType, web
-from psycopg import sql
-from sqlalchemy.engine import make_url
+
+sys.path.insert(0, str(Path(__file__).parent))
+from scratch import libpq, scratch_database
 
 from ledger.testing import Credentials, MatchingEngine, RandomOrderFlow
-
-DEFAULT_SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 
 
 class ReplayFeed:
@@ -235,19 +233,8 @@ def main() -> None:
     parser.add_argument("--slow-consumer", type=int, default=100_000, help="messages queued before a cut")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    server = make_url(os.environ.get("LEDGER_BENCH_DATABASE_URL") or DEFAULT_SERVER)
-    admin = server.set(drivername="postgresql").render_as_string(hide_password=False)
-    name = f"ledger_bench_{secrets.token_hex(4)}"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    url = server.set(database=name)
-    env = {**os.environ, "LEDGER_DATABASE_URL": url.render_as_string(hide_password=False)}
-    try:
-        subprocess.run([sys.executable, "-m", "ledger.cli", "db", "upgrade"], env=env, check=True, capture_output=True)
-        result = asyncio.run(run(args, url.set(drivername="postgresql").render_as_string(False), env))
-    finally:
-        with psycopg.connect(admin, autocommit=True) as conn, suppress(psycopg.Error):
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+    with scratch_database() as (url, env):
+        result = asyncio.run(run(args, libpq(url), env))
     if args.json:
         print(json.dumps(result))
         return

@@ -19,8 +19,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
-import secrets
 import signal
 import subprocess
 import sys
@@ -29,18 +27,16 @@ import time
 from pathlib import Path
 
 import psycopg
-from psycopg import sql
 from sqlalchemy.engine import make_url
 
 sys.path.insert(0, str(Path(__file__).parent))
 from generate_l3 import generate
+from scratch import libpq, scratch_database
 
 from ledger.db import create_engine
 from ledger.sources.csv_l3 import copy_row
 from ledger.storage.log import EventLog, Streams
 from ledger.storage.notify import notify_appended
-
-DEFAULT_SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 
 
 def _lines(n: int, seed: int) -> list[bytes]:
@@ -146,16 +142,8 @@ def main() -> None:
     parser.add_argument("--tick", type=float, default=0.01, help="seconds between two commits of the writer")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    server = make_url(os.environ.get("LEDGER_BENCH_DATABASE_URL") or DEFAULT_SERVER)
-    admin = server.set(drivername="postgresql").render_as_string(hide_password=False)
-    name = f"ledger_bench_{secrets.token_hex(4)}"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    url = server.set(database=name)
-    env = {**os.environ, "LEDGER_DATABASE_URL": url.render_as_string(hide_password=False)}
-    try:
-        subprocess.run([sys.executable, "-m", "ledger.cli", "db", "upgrade"], env=env, check=True, capture_output=True)
-        dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
+    with scratch_database() as (url, env):
+        dsn = libpq(url)
         for rate in (int(r) for r in args.rates.split(",")):
             r = bench(rate, args.seconds, args.tick, url.render_as_string(hide_password=False), dsn, env)
             if args.json:
@@ -166,9 +154,6 @@ def main() -> None:
                     f"p50 {r['lag_ms_p50']} ms, p99 {r['lag_ms_p99']} ms, max {r['lag_ms_max']} ms; "
                     f"follower peak {r['follower_peak_mib']} MiB"
                 )
-    finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
 if __name__ == "__main__":
