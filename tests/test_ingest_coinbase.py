@@ -85,9 +85,10 @@ async def _capture(
     rate: float = 2000,
     options: dict[str, Any] | None = None,
     during: Callable[[LocalExchange, Capture], Awaitable[None]] | None = None,
+    on_summary: Callable[[CaptureSummary], None] | None = None,
 ) -> tuple[CaptureSummary, LocalExchange]:
     async with LocalExchange(products, seed=seed, faults=faults, heartbeat_interval=0.1) as ex:
-        cap = Capture(engine, _options(ex, products, **(options or {})), _credentials(ex))
+        cap = Capture(engine, _options(ex, products, **(options or {})), _credentials(ex), on_summary=on_summary)
         task = asyncio.create_task(cap.run())
         await _until(lambda: cap._subscribed or task.done(), 10, "the subscription")
         await ex.run_random_flow(orders, rate=rate)
@@ -160,7 +161,11 @@ def _events(engine: Engine) -> list[tuple[Any, ...]]:
 
 
 def test_clean_feed_two_products(engine: Engine) -> None:
-    summary, ex = asyncio.run(_capture(engine, BOTH, seed=1))
+    rounds: list[int] = []
+    summary, ex = asyncio.run(
+        _capture(engine, BOTH, seed=1, options={"summary_every": 0.1}, on_summary=lambda s: rounds.append(s.frames))
+    )
+    assert len(rounds) >= 2 and rounds == sorted(rounds)  # the periodic summary of long runs
     for part in summary.products:
         assert part.gaps == 0 and part.rejects == 0 and part.resyncs == 1, part
         assert part.events_stored == ex.sequence(part.product) - min(_first_seqs(engine)[part.stream]) + 1
