@@ -20,14 +20,16 @@ them back in file order rebuilds the same queues. A payload that is not exactly 
 from __future__ import annotations
 
 import json
+import re
 import zlib
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation, localcontext
+from typing import Any
 
 from ledger.domain.book import ANOMALY_KINDS, Book, Top
-from ledger.domain.events import EXACT, Number, Side
+from ledger.domain.events import BUY, EXACT, SELL, Number, Side
 from ledger.errors import SnapshotError
 
 __all__ = ["FORMAT_VERSION", "ProjectorState", "decode", "encode"]
@@ -35,6 +37,7 @@ __all__ = ["FORMAT_VERSION", "ProjectorState", "decode", "encode"]
 FORMAT_VERSION = 1
 _MAGIC = "ledger-book 1"
 _ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n"})
+_NEEDS_ESCAPE = re.compile(r"[\\\t\n]").search
 
 
 @dataclass
@@ -57,8 +60,25 @@ def encode(state: ProjectorState) -> bytes:
         "anomalies": {k: v for k, v in book.anomalies.items() if v},
     }
     lines = [_MAGIC, json.dumps(header, sort_keys=True)]
-    lines.extend(f"{o.side}\t{o.price}\t{o.size}\t{_escape(o.order_id)}" for o in book.iter_orders())
+    _order_lines(book, lines)
     return zlib.compress("\n".join(lines).encode("utf-8"), 1)
+
+
+def _order_lines(book: Book, out: list[str]) -> None:
+    """Append a line per resting order, bids best first then asks, each level in queue order
+    (the order of :meth:`Book.iter_orders`); a level's price is formatted once."""
+    append = out.append
+    sides: tuple[tuple[str, Any, Iterable[Any]], ...] = (
+        (BUY, book.bids, reversed(book.bids.keys())),
+        (SELL, book.asks, book.asks.keys()),
+    )
+    for side, levels, prices in sides:
+        for price in prices:
+            head = f"{side}\t{price}\t"
+            for order_id, order in levels[price].orders.items():
+                if _NEEDS_ESCAPE(order_id) is not None:
+                    order_id = _escape(order_id)
+                append(f"{head}{order.size}\t{order_id}")
 
 
 def decode(payload: bytes, format_version: int, *, where: str = "snapshot") -> ProjectorState:
