@@ -70,13 +70,17 @@ def _state(engine: Engine, stream: str) -> dict[str, list[tuple[object, ...]]]:
 def test_killed_ingest_resumes_to_the_undisturbed_result(
     seed: int, database_url: URL, engine: Engine, tmp_path: Path
 ) -> None:
-    path = _messy_file(tmp_path / "messy.csv", copies=16)  # long enough for 4 kills on a fast machine
+    path = _messy_file(tmp_path / "messy.csv", copies=16)
+    started = time.monotonic()
     assert _ingest(database_url, path, "csv:calm").wait(timeout=300) == 0
+    calm = time.monotonic() - started
     rng = random.Random(seed)
     kills = 0
     for _ in range(4):
         proc = _ingest(database_url, path, "csv:killed")
-        time.sleep(rng.uniform(0.3, 1.6))
+        # Each run resumes after the last batch of the one before, so four runs of at most a
+        # fifth of an undisturbed run's time are all killed, however fast the machine is.
+        time.sleep(rng.uniform(0.05, 0.2) * calm + 0.2)
         if proc.poll() is not None:
             break
         proc.send_signal(signal.SIGKILL)
