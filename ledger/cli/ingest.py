@@ -132,7 +132,12 @@ def coinbase_options(func: F) -> F:
             help="A product id; repeat for more.",
         ),
         click.option("--channel", type=click.Choice(["full", "level3"]), default="full", show_default=True),
-        click.option("--ws-url", default=None, help="Websocket feed. Default: Coinbase Exchange's."),
+        click.option(
+            "--ws-url",
+            default=None,
+            help="Websocket feed. Default: Coinbase Exchange's wss://ws-feed.exchange.coinbase.com "
+            "(the direct feed, wss://ws-direct.exchange.coinbase.com, takes the same key).",
+        ),
         click.option("--rest-url", default=None, help="REST API for level-3 books. Default: Coinbase Exchange's."),
         click.option("--duration", type=click.FloatRange(min=0, min_open=True), help="Stop after this many seconds."),
         click.option("--max-messages", type=click.IntRange(min=1), help="Stop after this many feed messages."),
