@@ -7,6 +7,13 @@ prints the number of kills survived and every difference found (there should be 
 
     python benchmarks/soak.py --minutes 10
     python benchmarks/soak.py --minutes 2 -n 100000 --seed 3
+    python benchmarks/soak.py --minutes 5 --follow
+
+With ``--follow`` the projection of each round is ``ledger project --follow``, running
+while the ingest runs (both killed at random moments and started again); once the ingest
+is done, a last follower catches up and is stopped with SIGTERM. The data then has rows
+out of order but no missing ones, so the follower waits at each passing gap instead of
+skipping it.
 
 The server: LEDGER_BENCH_DATABASE_URL (an admin URL; a scratch database is created and
 dropped), else postgres on 127.0.0.1.
@@ -23,6 +30,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -73,16 +81,60 @@ def _until_done(args: list[str], env: dict[str, str], rng: random.Random, max_wa
         return kills
 
 
+def _head_projected(url: str, stream: str) -> bool:
+    with psycopg.connect(url.replace("+psycopg", "")) as conn:
+        row = conn.execute(
+            "SELECT (SELECT max(seq) FROM events e WHERE e.stream_id = s.id),"
+            " (SELECT last_seq FROM projector_positions p WHERE p.stream_id = s.id) FROM streams s WHERE s.name = %s",
+            (stream,),
+        ).fetchone()
+    return row is not None and row[0] is not None and row[0] == row[1]
+
+
+def _follow_round(
+    ingest: list[str], follow: list[str], env: dict[str, str], url: str, rng: random.Random, stream: str
+) -> int:
+    """Ingest (killed and resumed) while followers are killed and restarted; then one last
+    follower catches up. Returns the kills."""
+    kills: list[int] = []
+    ingesting = threading.Thread(target=lambda: kills.append(_until_done([*ingest, "--stream", stream], env, rng, 1.5)))
+    ingesting.start()
+    followers = 0
+    cmd = [sys.executable, "-m", "ledger.cli", *follow, "--stream", stream]
+    while ingesting.is_alive():
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0.3, 1.5))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        followers += 1
+    ingesting.join()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    started = time.monotonic()
+    deadline = started + 300
+    # Caught up, and running long enough to have its signal handlers (a SIGTERM while
+    # Python starts ends the process the default way).
+    while not _head_projected(url, stream) or time.monotonic() - started < 2.0:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            err = proc.stderr.read().decode() if proc.stderr else ""
+            raise SystemExit(f"the last follower of {stream} did not catch up:\n{err}")
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    if proc.wait(timeout=60) != 0:
+        raise SystemExit(f"the last follower of {stream} exited with {proc.returncode}")
+    return kills[0] + followers
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=float, default=5.0)
     parser.add_argument("-n", type=int, default=200_000, help="events per round")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--follow", action="store_true", help="project with --follow while ingesting")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="ledger-soak-"))
     data = workdir / "l3.csv"
     with data.open("w", encoding="utf-8", newline="\n") as out:
-        generate(args.n, args.seed, out, swap_rate=0.01, gap_rate=0.0005)
+        generate(args.n, args.seed, out, swap_rate=0.01, gap_rate=0.0 if args.follow else 0.0005)
     server = make_url(os.environ.get("LEDGER_BENCH_DATABASE_URL") or DEFAULT_SERVER)
     admin = server.set(drivername="postgresql").render_as_string(hide_password=False)
     name = f"ledger_soak_{secrets.token_hex(4)}"
@@ -104,8 +156,12 @@ def main() -> None:
         while time.monotonic() < deadline:
             rounds += 1
             stream = f"csv:round{rounds}"
-            kills += _until_done([*ingest, "--stream", stream], env, rng, 1.5)
-            kills += _until_done([*project, "--stream", stream], env, rng, 1.5)
+            if args.follow:
+                follow = ["project", "--follow", "--snapshot-every", "20000", "--poll", "0.2"]
+                kills += _follow_round(ingest, follow, env, url, rng, stream)
+            else:
+                kills += _until_done([*ingest, "--stream", stream], env, rng, 1.5)
+                kills += _until_done([*project, "--stream", stream], env, rng, 1.5)
             with psycopg.connect(url.replace("+psycopg", "")) as conn:
                 got = _digest(conn, stream)
                 for key in reference:
