@@ -25,17 +25,16 @@ import pytest
 from ledger.sources import coinbase
 from ledger.sources.coinbase import (
     CoinbaseRow,
-    Level3Schema,
     MessageError,
     classify,
     copy_row,
     decode,
     decode_frame,
-    level3_to_row,
     rest_snapshot_rows,
-    subscribe_message,
     to_row,
 )
+from ledger.sources.coinbase_auth import subscribe_message
+from ledger.sources.coinbase_level3 import Level3Schema, level3_to_row
 from ledger.testing import LEVEL3_SCHEMA, Credentials, LocalExchange, MatchingEngine, RandomOrderFlow, fixed_clock, sign
 
 REAL = Path(__file__).parent / "data" / "coinbase" / "full_channel_2017-06-25_excerpt.jsonl"

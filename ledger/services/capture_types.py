@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 
 from ledger.errors import ConfigError
 from ledger.services.coinbase_sync import SyncTiming
-from ledger.sources.coinbase import MessageError, sign_request
+from ledger.sources.coinbase import MessageError
+from ledger.sources.coinbase_auth import sign_request
 
 __all__ = [
     "REST_URL",

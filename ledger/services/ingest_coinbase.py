@@ -59,18 +59,16 @@ from ledger.services.capture_types import (
 )
 from ledger.services.coinbase_sync import ProductSync, RestBook
 from ledger.sources.coinbase import (
-    Level3Schema,
     MessageError,
     classify,
     copy_row,
     decode,
     decode_frame,
-    level3_to_row,
     rest_snapshot_rows,
-    sign_request,
-    subscribe_message,
     to_row,
 )
+from ledger.sources.coinbase_auth import sign_request, subscribe_message
+from ledger.sources.coinbase_level3 import Level3Schema, level3_to_row
 from ledger.storage.log import Reject
 
 __all__ = [

@@ -33,11 +33,9 @@ Messages that are not sequenced events give no row (:func:`classify` names them)
 ``heartbeat`` (its sequence is that of the last event), ``subscriptions``, ``error``,
 ``status``, the ``level3`` schema message, and any other type (``unknown``).
 
-The compact ``level3`` channel sends arrays laid out by the schema message that comes
-first on it (:class:`Level3Schema`); :func:`level3_to_row` reads them by field name.
-Its ``match`` and ``change`` carry no side, its ``done`` no side, price or size (NULL),
-and ``noop`` (a message that changes no book) is a row of kind ``noop`` that keeps the
-sequence contiguous.
+The compact ``level3`` channel's arrays are read by :mod:`ledger.sources.coinbase_level3`
+into the same rows; signing the subscribe request and REST calls is
+:mod:`ledger.sources.coinbase_auth`.
 
 Checks: sequence a JSON integer in 0..2**63-1; prices and sizes JSON strings holding a
 plain decimal (at most 20 integer and 18 fractional digits; no exponent; sizes not
@@ -55,19 +53,14 @@ Errors (all from this module)::
 
 :func:`copy_row` makes the row's line for ``COPY events ... FROM STDIN`` (text format, the
 columns of ``EVENT_COPY_COLUMNS``); :func:`rest_snapshot_rows` validates a REST
-``book?level=3`` payload; :func:`subscribe_message` builds the signed subscribe request
-(never log it: it holds the passphrase; the secret itself never leaves the function).
+``book?level=3`` payload.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
-import hmac
 import json
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from datetime import UTC, date, datetime
 from functools import lru_cache
 from typing import Any, Final, Literal, NamedTuple, TypeAlias
@@ -78,17 +71,13 @@ __all__ = [
     "EVENT_KINDS",
     "JSON_LIBRARY",
     "CoinbaseRow",
-    "Level3Schema",
     "MessageClass",
     "MessageError",
     "classify",
     "copy_row",
     "decode",
     "decode_frame",
-    "level3_to_row",
     "rest_snapshot_rows",
-    "sign_request",
-    "subscribe_message",
     "to_row",
 ]
 
@@ -123,7 +112,6 @@ _CLASSES: Final[dict[str, MessageClass]] = {
     "status": "status",
     "level3": "schema",
 }
-_VERIFY_PATH: Final = "/users/self/verify"  # the request path the websocket signature covers
 _NULL: Final = "\\N"
 _ESCAPES: Final = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 
@@ -474,132 +462,6 @@ def to_row(message: Mapping[str, Any], raw: str) -> CoinbaseRow | None:
     )
 
 
-# -- level3 channel ----------------------------------------------------------------------------
-
-
-class _Layout(NamedTuple):
-    """Positions of one compact type's fields; -1 where the type has none."""
-
-    kind: str  # the row kind, "" for a type this module does not store
-    length: int
-    product: int
-    sequence: int
-    time: int
-    order_id: int
-    side: int
-    price: int
-    size: int
-
-
-# The fields each compact type must have besides type, product_id, sequence and time.
-_LEVEL3_REQUIRED: Final[dict[str, tuple[str, ...]]] = {
-    "open": ("order_id", "side", "price", "size"),
-    "change": ("order_id", "price", "size"),
-    "match": ("maker_order_id", "price", "size"),
-    "done": ("order_id",),
-    "noop": (),
-}
-
-
-class Level3Schema:
-    """Where each compact ``level3`` type keeps its fields, from the channel's schema message.
-
-    ``{"type": "level3", "schema": {"open": ["type", "product_id", "sequence", "order_id",
-    "side", "price", "size", "time"], ...}}``: build it once per connection with
-    :meth:`from_message` and pass it to :func:`level3_to_row`. ``type`` must sit at the same
-    position in every layout (it says which layout the rest follows).
-    """
-
-    __slots__ = ("_layouts", "_type_index", "fields")
-
-    def __init__(self, schema: Mapping[str, Sequence[str]]) -> None:
-        where: _Where = ("level3 schema", None, None)
-        if not isinstance(schema, Mapping) or not schema:
-            raise _error(where, "schema", "must be a non-empty JSON object of field lists")
-        layouts: dict[str, _Layout] = {}
-        type_index: int | None = None
-        for kind, names in schema.items():
-            if not isinstance(kind, str) or not isinstance(names, list | tuple):
-                raise _error(where, f"schema[{kind!r}]", "must be a list of field names")
-            if not all(isinstance(n, str) for n in names) or len(set(names)) != len(names):
-                raise _error(where, f"schema[{kind!r}]", f"must list distinct field names: {_show(names)}")
-            position = {name: i for i, name in enumerate(names)}
-            required = ("type", "product_id", "sequence", "time", *_LEVEL3_REQUIRED.get(kind, ()))
-            missing = [name for name in required if name not in position]
-            if missing:
-                raise _error(where, f"schema[{kind!r}]", f"lacks {', '.join(missing)}")
-            if type_index is not None and position["type"] != type_index:
-                raise _error(where, f"schema[{kind!r}]", "puts 'type' where the other layouts do not")
-            type_index = position["type"]
-            order_field = "maker_order_id" if kind == "match" else "order_id"
-            layouts[kind] = _Layout(
-                kind if kind in _LEVEL3_REQUIRED else "",
-                len(names),
-                position["product_id"],
-                position["sequence"],
-                position["time"],
-                position.get(order_field, -1),
-                position.get("side", -1),
-                position.get("price", -1),
-                position.get("size", -1),
-            )
-        assert type_index is not None
-        self._layouts = layouts
-        self._type_index = type_index
-        #: The schema as given: compact type -> field names.
-        self.fields: dict[str, tuple[str, ...]] = {kind: tuple(names) for kind, names in schema.items()}
-
-    @classmethod
-    def from_message(cls, message: Mapping[str, Any]) -> Level3Schema:
-        """From the decoded ``{"type": "level3", "schema": {...}}`` message."""
-        if not isinstance(message, Mapping) or message.get("type") != "level3":
-            raise MessageError("expected the level3 channel's schema message, with type 'level3'", field="type")
-        schema = message.get("schema")
-        if not isinstance(schema, Mapping):
-            raise MessageError("level3 schema message: schema must be a JSON object", field="schema")
-        return cls(schema)
-
-    def __repr__(self) -> str:
-        return f"Level3Schema({self.fields!r})"
-
-
-def level3_to_row(array: Sequence[Any], raw: str, schema: Level3Schema | Mapping[str, Any]) -> CoinbaseRow | None:
-    """The event-log row of one compact ``level3`` array, read by the channel's schema.
-
-    ``schema`` is a :class:`Level3Schema` (fastest: build it once), the schema message, or
-    its ``schema`` object. ``None`` for a type the schema lists but this module does not
-    store; :class:`MessageError` for a type the schema does not list or a bad value.
-    """
-    if not isinstance(schema, Level3Schema):
-        schema = Level3Schema.from_message(schema) if "schema" in schema else Level3Schema(schema)
-    if not isinstance(array, list | tuple):
-        raise MessageError(f"expected a level3 JSON array, found a JSON {_json_kind(array)}")
-    kind = array[schema._type_index] if len(array) > schema._type_index else None
-    layout = schema._layouts.get(kind) if type(kind) is str else None
-    if layout is None:
-        raise MessageError(f"level3 message: type {_show(kind)} is not one the channel's schema lists", field="type")
-    if len(array) != layout.length:
-        raise MessageError(
-            f"level3 {kind} message: has {len(array)} fields, the schema gives {layout.length}", field="type"
-        )
-    if not layout.kind:
-        return None
-    product, seq, time = _head(f"level3 {kind}", array[layout.product], array[layout.sequence], array[layout.time])
-    where = (f"level3 {kind}", product, seq)
-    order_field = "maker_order_id" if kind == "match" else "order_id"
-    return CoinbaseRow(
-        product,
-        seq,
-        layout.kind,
-        None if layout.order_id < 0 else _order_id(array[layout.order_id], order_field, where),
-        None if layout.side < 0 else _side(array[layout.side], "side", where),
-        None if layout.price < 0 else _price(array[layout.price], "price", where),
-        None if layout.size < 0 else _size(array[layout.size], "size", where),
-        time,
-        raw,
-    )
-
-
 # -- storage -----------------------------------------------------------------------------------
 
 
@@ -683,68 +545,3 @@ def _snapshot_entry_error(entry: object, where: _Where) -> MessageError:
     _price(price, "price", where)
     _size(size, "size", where)
     return _error(where, "order_id", f"appears twice in the book: {order_id}")
-
-
-# -- subscribing -------------------------------------------------------------------------------
-
-
-def subscribe_message(
-    product_ids: Sequence[str],
-    channels: Sequence[str | Mapping[str, Any]],
-    key: str,
-    secret: str,
-    passphrase: str,
-    timestamp: str | int,
-) -> dict[str, Any]:
-    """The signed subscribe request for Coinbase Exchange's websocket feed.
-
-    ``signature`` is base64(HMAC-SHA256(base64-decoded ``secret``, ``timestamp + "GET" +
-    "/users/self/verify"``)); ``timestamp`` is Unix seconds (the caller's clock, so this
-    stays pure). The message holds ``key`` and ``passphrase``, never the secret; errors
-    never show any of the three.
-    """
-    if isinstance(product_ids, str) or not product_ids:
-        raise MessageError("product_ids must be a non-empty list of product ids", field="product_ids")
-    for product in product_ids:
-        if type(product) is not str or _PRODUCT(product) is None:
-            raise MessageError(f"product_ids: {_show(product)} is not a product id", field="product_ids")
-    if isinstance(channels, str) or not channels:
-        raise MessageError("channels must be a non-empty list of channel names or objects", field="channels")
-    wanted: list[str | dict[str, Any]] = []
-    for channel in channels:
-        if isinstance(channel, str):
-            wanted.append(channel)
-        elif isinstance(channel, Mapping) and isinstance(channel.get("name"), str):
-            wanted.append(dict(channel))
-        else:
-            raise MessageError(f"channels: {_show(channel)} is neither a name nor a {{'name': ...}} object")
-    if type(timestamp) is int and timestamp >= 0:
-        stamp = str(timestamp)
-    elif type(timestamp) is str and _TIMESTAMP(timestamp) is not None:
-        stamp = timestamp
-    else:
-        raise MessageError(f"timestamp must be Unix seconds, not {_show(timestamp)}", field="timestamp")
-    for name, value in (("key", key), ("secret", secret), ("passphrase", passphrase)):
-        if type(value) is not str or not value:
-            raise MessageError(f"the API {name} must be a non-empty string (its value is not shown)", field=name)
-    return {
-        "type": "subscribe",
-        "product_ids": list(product_ids),
-        "channels": wanted,
-        "signature": sign_request(secret, stamp, "GET", _VERIFY_PATH),
-        "key": key,
-        "passphrase": passphrase,
-        "timestamp": stamp,
-    }
-
-
-def sign_request(secret: str, timestamp: str, method: str, request_path: str, body: str = "") -> str:
-    """Coinbase Exchange's request signature: base64(HMAC-SHA256(base64-decoded ``secret``,
-    ``timestamp + method + request_path + body``)), for the websocket subscribe (``GET
-    /users/self/verify``) and for REST calls (the ``CB-ACCESS-SIGN`` header)."""
-    try:
-        secret_bytes = base64.b64decode(secret, validate=True)
-    except (binascii.Error, ValueError):
-        raise MessageError("the API secret is not valid base64 (its value is not shown)", field="secret") from None
-    message = (timestamp + method.upper() + request_path + body).encode("utf-8")
-    return base64.b64encode(hmac.new(secret_bytes, message, hashlib.sha256).digest()).decode("ascii")
