@@ -1,9 +1,10 @@
 """Test doubles for ledger: a local Coinbase-Exchange-like exchange.
 
-:mod:`ledger.testing.matching` is the pure matching engine that publishes full-channel and
-compact ``level3`` messages; :mod:`ledger.testing.flow` feeds it seeded random orders;
-:mod:`ledger.testing.exchange` serves it over a websocket and the REST level-3 book, with
-faults on demand. Nothing here is used by ledger at run time.
+:mod:`ledger.testing.matching` is the pure matching engine that publishes full-channel
+and compact ``level3`` messages (its types and formats are in :mod:`ledger.testing.market`);
+:mod:`ledger.testing.flow` feeds it seeded random orders; :mod:`ledger.testing.exchange`
+serves it over a websocket and the REST level-3 book, with faults on demand. Nothing here
+is used by ledger at run time.
 """
 
 from ledger.testing.exchange import (
@@ -17,14 +18,13 @@ from ledger.testing.exchange import (
     subscribe_message,
 )
 from ledger.testing.flow import RandomOrderFlow
-from ledger.testing.matching import (
+from ledger.testing.market import (
     LEVEL3_SCHEMA,
     Bbo,
     BookEntry,
     BookView,
     Level3Message,
     Level3Snapshot,
-    MatchingEngine,
     MatchingError,
     Message,
     OrderRejectedError,
@@ -35,6 +35,7 @@ from ledger.testing.matching import (
     format_amount,
     format_time,
 )
+from ledger.testing.matching import MatchingEngine
 
 __all__ = [
     "AUTH_CHANNELS",

@@ -58,16 +58,16 @@ from typing import Any, Final
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from ledger.testing.flow import RandomOrderFlow
-from ledger.testing.matching import (
+from ledger.testing.market import (
     LEVEL3_SCHEMA,
     Bbo,
     BookView,
     Level3Snapshot,
-    MatchingEngine,
     Message,
     format_amount,
     format_time,
 )
+from ledger.testing.matching import MatchingEngine
 
 __all__ = [
     "AUTH_CHANNELS",

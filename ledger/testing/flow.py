@@ -9,7 +9,8 @@ from collections.abc import Iterator, Sequence
 from decimal import Decimal
 from typing import Final
 
-from ledger.testing.matching import _QUANTUM, MatchingEngine, Message
+from ledger.testing.market import _QUANTUM, Message
+from ledger.testing.matching import MatchingEngine
 
 __all__ = ["RandomOrderFlow"]
 
