@@ -7,16 +7,8 @@ serves it over a websocket and the REST level-3 book, with faults on demand. Not
 is used by ledger at run time.
 """
 
-from ledger.testing.exchange import (
-    AUTH_CHANNELS,
-    CHANNELS,
-    ConnectionStats,
-    Credentials,
-    Faults,
-    LocalExchange,
-    sign,
-    subscribe_message,
-)
+from ledger.testing.credentials import Credentials, sign, subscribe_message
+from ledger.testing.exchange import AUTH_CHANNELS, CHANNELS, ConnectionStats, Faults, LocalExchange
 from ledger.testing.flow import RandomOrderFlow
 from ledger.testing.market import (
     LEVEL3_SCHEMA,

@@ -40,16 +40,14 @@ request arrives, before any :attr:`Faults.rest_delay`.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import hashlib
 import hmac
 import json
 import random
 import socket
 import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from types import TracebackType
@@ -57,6 +55,7 @@ from typing import Any, Final
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from ledger.testing.credentials import Credentials, sign
 from ledger.testing.flow import RandomOrderFlow
 from ledger.testing.market import (
     LEVEL3_SCHEMA,
@@ -69,68 +68,14 @@ from ledger.testing.market import (
 )
 from ledger.testing.matching import MatchingEngine
 
-__all__ = [
-    "AUTH_CHANNELS",
-    "CHANNELS",
-    "ConnectionStats",
-    "Credentials",
-    "Faults",
-    "LocalExchange",
-    "sign",
-    "subscribe_message",
-]
+__all__ = ["AUTH_CHANNELS", "CHANNELS", "ConnectionStats", "Faults", "LocalExchange"]
 
 #: Channels the local exchange serves, and those that need a signed subscribe.
 CHANNELS: Final = frozenset({"full", "level3", "heartbeat"})
 AUTH_CHANNELS: Final = frozenset({"full", "level3"})
-#: The request path the websocket signature covers.
-VERIFY_PATH: Final = "/users/self/verify"
 
 _DEFAULT_MIDS: Final = {"BTC-USD": Decimal("2600.00"), "ETH-USD": Decimal("300.00")}
 _REORDER_FLUSH_S: Final = 0.05  # a held (reordered) frame goes out after this long alone
-
-
-def sign(secret: str, timestamp: str, method: str = "GET", request_path: str = VERIFY_PATH, body: str = "") -> str:
-    """Coinbase Exchange's signature: base64(HMAC-SHA256(b64decode(secret), ts + method + path + body))."""
-    digest = hmac.new(base64.b64decode(secret), (timestamp + method + request_path + body).encode(), hashlib.sha256)
-    return base64.b64encode(digest.digest()).decode()
-
-
-@dataclass(frozen=True, slots=True)
-class Credentials:
-    """An API key as Coinbase hands it out: key, base64 secret, passphrase (never in a repr)."""
-
-    key: str
-    secret: str = field(repr=False)
-    passphrase: str = field(repr=False)
-
-    @classmethod
-    def generate(cls, rng: random.Random) -> Credentials:
-        key = f"{rng.getrandbits(128):032x}"
-        secret = base64.b64encode(rng.randbytes(64)).decode()
-        passphrase = "".join(rng.choice("abcdefghijklmnopqrstuvwxyz0123456789") for _ in range(11))
-        return cls(key, secret, passphrase)
-
-
-def subscribe_message(
-    product_ids: Sequence[str],
-    channels: Sequence[str | dict[str, Any]],
-    credentials: Credentials | None = None,
-    *,
-    timestamp: str | None = None,
-    kind: str = "subscribe",
-) -> dict[str, Any]:
-    """A subscribe (or unsubscribe) message, signed when ``credentials`` are given."""
-    message: dict[str, Any] = {"type": kind, "product_ids": list(product_ids), "channels": list(channels)}
-    if credentials is not None:
-        stamp = timestamp if timestamp is not None else str(int(time.time()))
-        message |= {
-            "signature": sign(credentials.secret, stamp),
-            "key": credentials.key,
-            "passphrase": credentials.passphrase,
-            "timestamp": stamp,
-        }
-    return message
 
 
 @dataclass(frozen=True, slots=True)
