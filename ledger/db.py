@@ -131,10 +131,24 @@ def connection_lost(error: BaseException) -> bool:
 
 
 def create_engine(url: URL) -> Engine:
-    # TCP keepalives: a connection whose peer vanished (a dropped network, a dead server) is
-    # noticed within a minute or so, by the server too, which then drops its session's locks.
-    keepalives = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3}
-    return sa.create_engine(url, pool_pre_ping=True, pool_size=4, max_overflow=4, connect_args=keepalives)
+    return sa.create_engine(url, pool_pre_ping=True, pool_size=4, max_overflow=4, connect_args=_keepalives(url))
+
+
+def _keepalives(url: URL) -> dict[str, str | int]:
+    """TCP keepalives on both ends, so that a connection whose peer vanished (a dropped
+    network, a dead client) is noticed within about a minute: by the client, and by the
+    server, which then ends the session and drops its advisory locks (a stream's writer lock
+    would otherwise outlive a dead writer for the server's default two hours). Settings the
+    URL gives itself win; Unix-socket connections ignore all of them."""
+    query = url.query
+    client = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3}
+    args: dict[str, str | int] = {key: value for key, value in client.items() if key not in query}
+    options = query.get("options", "")
+    options = options if isinstance(options, str) else " ".join(options)
+    if "tcp_keepalives" not in options:
+        server = "-c tcp_keepalives_idle=30 -c tcp_keepalives_interval=10 -c tcp_keepalives_count=3"
+        args["options"] = f"{options} {server}".strip()
+    return args
 
 
 @contextmanager

@@ -240,3 +240,24 @@ def test_a_write_for_a_stream_whose_lock_is_gone_is_refused(engine: Engine) -> N
     committer.abandon()
     with engine.connect() as conn:
         assert conn.execute(sa.text("SELECT seq FROM l1 WHERE stream_id = :s"), {"s": sid}).scalars().all() == [1]
+
+
+def test_a_write_that_does_not_follow_on_from_the_stored_position_is_refused(engine: Engine) -> None:
+    from ledger.services.stream_run import Committer, LockLost, _Job
+    from ledger.storage.projection import Position
+
+    with engine.begin() as conn:
+        sid = Streams(conn).ensure("csv:moved", "csv")
+    committer = Committer(engine)
+    committer.start()
+    committer.submit(_Job(sid, [(1, None, 1, 1, 2, 1)], Position(first_seq=1, last_seq=1), [], None, None, None))
+    committer.submit(_Job(sid, [(5, None, 1, 1, 2, 1)], Position(first_seq=1, last_seq=5), [], None, None, 1))
+    committer.flush()
+    # another projector's view: it believes the position is still 1
+    committer.submit(_Job(sid, [(3, None, 1, 1, 2, 1)], Position(first_seq=1, last_seq=3), [], None, None, 1))
+    with pytest.raises(LockLost, match="not 1"):
+        committer.flush()
+    committer.abandon()
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text("SELECT seq FROM l1 WHERE stream_id = :s ORDER BY 1"), {"s": sid})
+        assert rows.scalars().all() == [1, 5]

@@ -66,7 +66,9 @@ def encode(state: ProjectorState) -> bytes:
 
 def _order_lines(book: Book, out: list[str]) -> None:
     """Append a line per resting order, bids best first then asks, each level in queue order
-    (the order of :meth:`Book.iter_orders`); a level's price is formatted once."""
+    (the order of :meth:`Book.iter_orders`). A level's price is formatted once, as the level
+    keeps it: orders whose prices are equal but spelled otherwise (``228.8``, ``228.800``)
+    are written with the level's spelling, which is the one a decoded book keys it by."""
     append = out.append
     sides: tuple[tuple[str, Any, Iterable[Any]], ...] = (
         (BUY, book.bids, reversed(book.bids.keys())),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -16,7 +17,7 @@ from ledger.services.replay import SourceBooks, replay, restore_latest
 from ledger.storage.log import EventLog, Streams
 from ledger.storage.schema import events
 
-__all__ = ["BookView", "book_at", "rebuild", "seq_at_time"]
+__all__ = ["BookView", "Rebuilt", "book_at", "rebuild", "seq_at_time"]
 
 
 @dataclass
@@ -89,17 +90,21 @@ def book_at(engine: Engine, stream: str, *, at_seq: int | None = None, at_time: 
             target = min(at_seq, high)
         else:
             target = high
-    proj, from_snapshot, missing = rebuild(engine, stream_id, stream, first=low, upto=target)
+    proj, from_snapshot, missing, _ = rebuild(engine, stream_id, stream, first=low, upto=target)
     with engine.connect() as conn:
         seq, ts = _event_at_or_before(conn, stream_id, target)
     return BookView(stream=stream, seq=seq, time=ts, book=proj.book, from_snapshot=from_snapshot, missing=missing)
 
 
-def rebuild(
-    engine: Engine, stream_id: int, stream: str, *, first: int, upto: int
-) -> tuple[StreamProjector, int | None, list[tuple[int, int]]]:
-    """A projector holding the book after ``upto``, the snapshot it started from (if any)
-    and the gaps crossed without a source snapshot. ``first`` is the stream's first seq."""
+class Rebuilt(NamedTuple):
+    proj: StreamProjector  # holds the book
+    from_snapshot: int | None  # the seq of the book snapshot it started from, if any
+    missing: list[tuple[int, int]]  # gaps crossed without a source snapshot
+    last: int  # the seq the book stands at: ``upto``, or a later source snapshot it was reset to
+
+
+def rebuild(engine: Engine, stream_id: int, stream: str, *, first: int, upto: int) -> Rebuilt:
+    """The book after ``upto`` (see :class:`Rebuilt`); ``first`` is the stream's first seq."""
     proj = StreamProjector(None)
     sources = SourceBooks(engine, stream_id, stream)
     replay_after = first - 1
@@ -111,5 +116,5 @@ def rebuild(
         from_snapshot = replay_after
     else:
         sources.start(proj, first)
-    missing = replay(proj, engine, stream_id, sources, after=replay_after, upto=upto, l1=False)
-    return proj, from_snapshot, missing
+    replayed = replay(proj, engine, stream_id, sources, after=replay_after, upto=upto, l1=False)
+    return Rebuilt(proj, from_snapshot, replayed.crossed, max(upto, replayed.last))

@@ -93,7 +93,7 @@ class CaptureStore:
         self.retries = 0
         self._base: dict[int, Checkpoint] = {}  # the counts of earlier runs, per stream
         self.latest_books: dict[int, int] = {}  # the newest REST book each stream has, from earlier runs
-        self.reject_source = f"{SOURCE} {datetime.now(UTC):%Y-%m-%dT%H:%M:%SZ}"  # frame numbers count per run
+        self.reject_source = f"{SOURCE} {datetime.now(UTC):%Y-%m-%dT%H:%M:%S.%fZ}"  # frame numbers count per run
 
     # -- opening and closing ---------------------------------------------------------------------
 
@@ -166,7 +166,7 @@ class CaptureStore:
                 self._write(conn, batch, check_landed=uncertain)
                 return
             except StreamError as e:
-                if not uncertain or time.monotonic() + delay > deadline:
+                if not uncertain or time.monotonic() + delay > deadline or self.abort.is_set():
                     raise
                 # After a lost connection the server may not have noticed yet that the old
                 # session is gone, and still holds its locks: wait for it like for the server.

@@ -75,20 +75,22 @@ def follow(
     exponential backoff and starts again (books from their snapshots, streams shared anew),
     for up to ``options.retry_for`` seconds of failed attempts in a row."""
     delay, failing_since = 0.5, None
+    earlier: list[ProjectSummary] = []  # of the followers before a restart
     while True:
         follower = None
         started = time.monotonic()
         try:
             follower = _Follower(engine, options, on_applied)
             follower.run(stop, wakeups)
-            return follower.close()
+            return _merged(earlier + follower.close())
         except (sa.exc.DBAPIError, psycopg.Error, LockLost) as e:
             if follower is not None:
                 follower.abandon()
-            if stop.is_set():  # stopping anyway: what was committed stands
-                return [] if follower is None else follower.partial()
+                earlier += follower.partial()
             if not isinstance(e, LockLost) and not connection_lost(e):
                 raise DatabaseError(f"following the log failed: {first_line(e)}") from e
+            if stop.is_set():  # stopping anyway: what was committed stands
+                return _merged(earlier)
             now = time.monotonic()
             if failing_since is None or now - started > 60:  # it had been working: a new outage
                 failing_since, delay = now, 0.5
@@ -105,6 +107,22 @@ def follow(
             if follower is not None:
                 follower.abandon()
             raise
+
+
+def _merged(summaries: list[ProjectSummary]) -> list[ProjectSummary]:
+    """One summary per stream, adding up those of successive followers (after restarts)."""
+    by_stream: dict[str, ProjectSummary] = {}
+    for s in summaries:
+        before = by_stream.get(s.stream)
+        if before is not None:
+            s.events_applied += before.events_applied
+            s.l1_rows += before.l1_rows
+            s.snapshots += before.snapshots
+            s.gaps_skipped = before.gaps_skipped + s.gaps_skipped
+            s.seconds += before.seconds
+            s.from_snapshot = before.from_snapshot
+        by_stream[s.stream] = s
+    return sorted(by_stream.values(), key=lambda s: s.stream)
 
 
 class _Follower:

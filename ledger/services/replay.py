@@ -10,7 +10,7 @@ import queue
 import threading
 from collections.abc import Iterator
 from decimal import localcontext
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy.engine import Engine
 
@@ -23,7 +23,7 @@ from ledger.sources.csv_l3 import to_number
 from ledger.storage.log import EventLog, SourceSnapshots
 from ledger.storage.projection import Snapshots
 
-__all__ = ["SourceBooks", "contiguous", "read_ahead", "replay", "restore_latest", "source_book"]
+__all__ = ["Replayed", "SourceBooks", "contiguous", "read_ahead", "replay", "restore_latest", "source_book"]
 
 log = logging.getLogger(__name__)
 
@@ -90,9 +90,10 @@ def replay(
     after: int,
     upto: int,
     l1: bool,
-) -> list[tuple[int, int]]:
+) -> Replayed:
     """Apply the log's events in (after, upto] without writing anything, resetting to source
-    snapshots at gaps as a projection run does; return the gaps crossed without one."""
+    snapshots at gaps as a projection run does; return the gaps crossed without one, and the
+    seq the book then stands at (beyond ``upto`` when it was reset to a later source snapshot)."""
     crossed: list[tuple[int, int]] = []
     expected = after + 1
     skip_until = None
@@ -115,7 +116,12 @@ def replay(
                 skip_until = covered
                 expected = covered + 1
                 rest = [r for r in rest[len(segment) :] if r[0] > covered]
-    return crossed
+    return Replayed(crossed, expected - 1)
+
+
+class Replayed(NamedTuple):
+    crossed: list[tuple[int, int]]  # gaps gone across without a source snapshot
+    last: int  # the seq the book stands at
 
 
 def restore_latest(

@@ -32,7 +32,7 @@ from ledger.services.projector import StreamProjector
 from ledger.services.replay import SourceBooks, contiguous, read_ahead, replay, restore_latest
 from ledger.storage.log import EventLog, GapStore, SourceSnapshots
 from ledger.storage.projection import L1Row, L1Rows, Position, Positions, Snapshots
-from ledger.storage.schema import gaps
+from ledger.storage.schema import gaps, projector_positions
 
 __all__ = [
     "PROJECT_LOCK_CLASS",
@@ -150,6 +150,7 @@ class StreamRun:
         self._proj = StreamProjector(options.error_threshold)
         self._sources = SourceBooks(engine, stream_id, name)
         self._pos: Position | None = None
+        self._written: int | None = None  # the position last committed (None: no row yet)
         self._ready = False  # the book in memory stands at the position
         self._since_snapshot = 0
         self._skip_until: int | None = None
@@ -166,6 +167,7 @@ class StreamRun:
         self._pos = pos
         if pos is None:
             return
+        self._written = pos.last_seq
         summary.last_seq = pos.last_seq
         summary.status, summary.message, summary.anomalies = pos.status, pos.message, dict(pos.anomalies)
         if low is not None and low < pos.first_seq:
@@ -311,7 +313,9 @@ class StreamRun:
             summary.snapshots += 1
         if not unchanged:  # a stream waiting at the same gap writes nothing more
             written = replace(pos, anomalies=dict(pos.anomalies))
-            self._committer.submit(_Job(self.stream_id, out, written, skipped, snapshot, self._owner))
+            job = _Job(self.stream_id, out, written, skipped, snapshot, self._owner, self._written)
+            self._committer.submit(job)
+            self._written = written.last_seq
         summary.events_applied += applied_in_chunk
         summary.l1_rows += len(out)
         summary.gaps_skipped += skipped
@@ -352,6 +356,7 @@ class _Job:
     skipped: list[tuple[int, int]]
     snapshot: tuple[int, bytes, int] | None  # seq, payload, order count
     owner: int | None = None  # the backend that must hold the stream's projector lock
+    expected: int | None = None  # the position this job follows on from (None: the stream's first)
 
 
 class Committer(threading.Thread):
@@ -435,6 +440,16 @@ def _write(conn: Any, job: _Job) -> None:
     holder = {"pid": job.owner, "c": PROJECT_LOCK_CLASS, "o": sid}
     if job.owner is not None and conn.execute(_HOLDS_LOCK, holder).first() is None:
         raise LockLost(f"stream {sid}: this projector lost its lock on the stream; it writes nothing more for it")
+    # The fence that closes the race the lock check leaves: the position must still be the
+    # one this job follows on from (the row is locked until the commit).
+    current = conn.execute(
+        sa.select(projector_positions.c.last_seq).where(projector_positions.c.stream_id == sid).with_for_update()
+    ).scalar()
+    if current != job.expected:
+        raise LockLost(
+            f"stream {sid}: its projector position is {current}, not {job.expected} as this projector wrote it; "
+            "another projector has written it, so this one writes nothing more for it"
+        )
     L1Rows(conn).copy(sid, job.out)
     for first, last in job.skipped:
         GapStore(conn).mark_skipped(sid, first, last)

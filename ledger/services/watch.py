@@ -19,6 +19,7 @@ from sqlalchemy.engine import Engine
 
 from ledger.domain.book import LevelView
 from ledger.services.book_view import rebuild
+from ledger.services.projector import StreamProjector
 from ledger.services.replay import SourceBooks, replay
 from ledger.storage.log import EventLog, SourceSnapshots, Streams
 from ledger.storage.notify import Listener
@@ -51,10 +52,10 @@ class BookFollower:
         self._first = low
         self.missing: list[tuple[int, int]] = []
         self._sources = SourceBooks(engine, self.stream_id, stream)
-        self._proj = None
+        self._proj: StreamProjector | None = None
+        self._tried: set[int] = set()  # source snapshots a rebuild has already looked at
         if low is not None and high is not None:
-            self._proj, _, self.missing = rebuild(engine, self.stream_id, stream, first=low, upto=high)
-            self.seq = high
+            self._rebuild(low, high)
 
     def advance(self) -> bool:
         """Apply the events appended since the last call; whether there were any."""
@@ -63,28 +64,36 @@ class BookFollower:
         if high is None or low is None or (self.seq is not None and high <= self.seq):
             return False
         if self._proj is None or self._first is None or low < self._first or self._must_rebuild():
-            # the first events, events older than the book's first, late events or a venue book
-            # for a gap it went across, or a venue book ahead of it: start over
-            self._proj, _, self.missing = rebuild(self._engine, self.stream_id, self.stream, first=low, upto=high)
-            self._first = low
+            # the first events, events older than the book's first, or late events or a new
+            # venue book for a gap it went across: start over
+            self._rebuild(low, high)
         else:
             assert self.seq is not None
             proj, sources = self._proj, self._sources
-            self.missing += replay(proj, self._engine, self.stream_id, sources, after=self.seq, upto=high, l1=False)
-        self.seq = high
+            replayed = replay(proj, self._engine, self.stream_id, sources, after=self.seq, upto=high, l1=False)
+            self.missing += replayed.crossed
+            self.seq = max(high, replayed.last)  # past `high` when reset to a venue book ahead of it
         return True
+
+    def _rebuild(self, low: int, high: int) -> None:
+        self._proj, _, self.missing, self.seq = rebuild(self._engine, self.stream_id, self.stream, first=low, upto=high)
+        self._first = low
+        with self._engine.connect() as conn:  # a venue book the replay did not use is unreadable
+            snapshots = SourceSnapshots(conn)
+            for _, last in self.missing:
+                if (found := snapshots.first_from(self.stream_id, last)) is not None:
+                    self._tried.add(found[0])
 
     def _must_rebuild(self) -> bool:
         """Whether an increment would be wrong: events have arrived in a gap the book went
-        across, or a source snapshot (the venue's book) makes up for one, or one lies ahead
-        of the book (a replay resets to it, and the events up to it must not be applied twice)."""
+        across, or a source snapshot (the venue's book) not tried before makes up for one."""
         assert self.seq is not None
         with self._engine.connect() as conn:
             snapshots = SourceSnapshots(conn)
-            if snapshots.first_from(self.stream_id, self.seq + 1) is not None:
-                return True
-            if any(snapshots.first_from(self.stream_id, last) is not None for _, last in self.missing):
-                return True
+            for _, last in self.missing:
+                found = snapshots.first_from(self.stream_id, last)
+                if found is not None and found[0] not in self._tried:
+                    return True
             return any(
                 conn.execute(
                     sa.select(sa.literal(1))
