@@ -60,7 +60,7 @@ A modify whose new price would cross the opposite best price is rejected
 ``size`` in :meth:`MatchingEngine.modify` is the new remaining size (FIX ``OrderQty``
 counts the executed part too; the engine does not).
 
-The compact ``level3`` channel (:data:`LEVEL3_SCHEMA`) carries the same sequence numbers as
+The compact ``level3`` channel (:data:`~ledger.testing.market.LEVEL3_SCHEMA`) carries the same sequence numbers as
 arrays. The schema is the one Coinbase sends as the first message of that channel, as
 quoted in public client code (a Rust client's test and a feed-handler reference, found
 with the project's search tool; Coinbase's own page was not in the stored corpus)::
@@ -103,13 +103,11 @@ from sortedcontainers import SortedDict
 
 from ledger.testing.market import (
     _ZERO,
-    LEVEL3_SCHEMA,
     Bbo,
     BookEntry,
     BookView,
     Level3Message,
     Level3Snapshot,
-    MatchingError,
     Message,
     OrderRejectedError,
     RestingOrder,
@@ -119,30 +117,11 @@ from ledger.testing.market import (
     _amount,
     _side,
     _utc_now,
-    fixed_clock,
     format_amount,
     format_time,
 )
 
-__all__ = [
-    "LEVEL3_SCHEMA",
-    "Bbo",
-    "BookEntry",
-    "BookView",
-    "Level3Message",
-    "Level3Snapshot",
-    "MatchingEngine",
-    "MatchingError",
-    "Message",
-    "OrderRejectedError",
-    "RestingOrder",
-    "Side",
-    "SnapshotUnavailableError",
-    "UnknownOrderError",
-    "fixed_clock",
-    "format_amount",
-    "format_time",
-]
+__all__ = ["MatchingEngine"]
 
 
 class _Level:
