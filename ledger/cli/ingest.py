@@ -155,6 +155,7 @@ def coinbase_options(func: F) -> F:
 
 
 def capture_settings(
+    *,
     products: tuple[str, ...],
     channel: str,
     ws_url: str | None,
@@ -163,7 +164,8 @@ def capture_settings(
     max_messages: int | None,
     summary_every: float,
 ) -> tuple[CoinbaseOptions, ApiCredentials]:
-    """The capture's options from the command line, and the API key from the environment."""
+    """The capture's options from the command line (the values of :func:`coinbase_options`),
+    and the API key from the environment."""
     from ledger.services.capture_types import REST_URL, WS_URL, ApiCredentials, CoinbaseOptions
 
     credentials = ApiCredentials.from_env()
@@ -183,16 +185,7 @@ def capture_settings(
 @coinbase_options
 @json_option
 @fail_on_ledger_error
-def ingest_coinbase_command(
-    products: tuple[str, ...],
-    channel: str,
-    ws_url: str | None,
-    rest_url: str | None,
-    duration: float | None,
-    max_messages: int | None,
-    summary_every: float,
-    as_json: bool,
-) -> None:
+def ingest_coinbase_command(as_json: bool, **capture_options: Any) -> None:
     """Capture the Coinbase Exchange order-by-order feed of one or more products.
 
     Every message is stored as received in stream coinbase:<PRODUCT>, keyed by its
@@ -209,11 +202,11 @@ def ingest_coinbase_command(
       ledger ingest coinbase --product BTC-USD --product ETH-USD --duration 3600
       ledger project --stream coinbase:BTC-USD
     """
-    from ledger.services.ingest_coinbase import capture
+    from ledger.services.ingest_coinbase import Capture, capture
 
-    options, credentials = capture_settings(products, channel, ws_url, rest_url, duration, max_messages, summary_every)
+    options, credentials = capture_settings(**capture_options)
     with open_db() as database:
-        summary = capture(database.engine, options, credentials, on_summary=log_capture_progress)
+        summary = capture(Capture(database.engine, options, credentials, on_summary=log_capture_progress))
     if as_json:
         echo_json(summary.as_dict())
         return

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from datetime import datetime
+from typing import Any
 
 import click
 
@@ -75,18 +76,7 @@ def watch(stream: str, depth: int, fps: float, as_json: bool) -> None:
 )
 @json_option
 @fail_on_ledger_error
-def run(
-    products: tuple[str, ...],
-    channel: str,
-    ws_url: str | None,
-    rest_url: str | None,
-    duration: float | None,
-    max_messages: int | None,
-    summary_every: float,
-    snapshot_every: int,
-    snapshot_interval: float,
-    as_json: bool,
-) -> None:
+def run(snapshot_every: int, snapshot_interval: float, as_json: bool, **capture_options: Any) -> None:
     """Capture Coinbase products and project them live, in one process.
 
     The capture of `ledger ingest coinbase` and the follower of `ledger project --follow`
@@ -103,7 +93,7 @@ def run(
     from ledger.services.live import run_live
     from ledger.services.stream_run import ProjectOptions
 
-    options, credentials = capture_settings(products, channel, ws_url, rest_url, duration, max_messages, summary_every)
+    options, credentials = capture_settings(**capture_options)
     project = ProjectOptions(snapshot_every=snapshot_every or None, snapshot_interval=snapshot_interval)
     with open_db() as database:
         summary, projected = run_live(database.engine, options, credentials, project, on_summary=log_capture_progress)

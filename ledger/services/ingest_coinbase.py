@@ -98,29 +98,23 @@ class _Refused(LedgerError):
     """The exchange refused the subscription."""
 
 
-def capture(
-    engine: Engine,
-    options: CoinbaseOptions,
-    credentials: ApiCredentials,
-    *,
-    on_summary: Callable[[CaptureSummary], None] | None = None,
-    on_commit: Callable[[list[int]], None] | None = None,
-    halt: threading.Event | None = None,
-) -> CaptureSummary:
-    """Run a capture until ``duration``, ``max_messages``, SIGINT/SIGTERM, ``halt`` or a
-    fatal error. ``on_commit`` gets the ids of the streams each commit added events to."""
+def capture(run: Capture) -> CaptureSummary:
+    """Run a capture in an event loop of its own (uvloop when installed), with SIGINT and
+    SIGTERM stopping it, until it ends (see :class:`Capture`)."""
     runner_options: dict[str, Any] = {}
     with contextlib.suppress(ImportError):
         import uvloop
 
         runner_options["loop_factory"] = uvloop.new_event_loop
     with asyncio.Runner(**runner_options) as runner:
-        run = Capture(engine, options, credentials, on_summary=on_summary, on_commit=on_commit, halt=halt)
         return runner.run(run.run(handle_signals=True))
 
 
 class Capture:
-    """One capture run; :meth:`run` in an event loop (tests run it next to a LocalExchange)."""
+    """One capture run, until ``duration``, ``max_messages``, :meth:`stop` (SIGINT/SIGTERM
+    with :func:`capture`), ``halt`` or a fatal error; :meth:`run` in an event loop (tests run
+    it next to a LocalExchange). ``on_commit`` gets the ids of the streams each commit
+    added events to; ``on_summary`` the summary every ``summary_every`` seconds."""
 
     def __init__(
         self,

@@ -20,7 +20,7 @@ from sqlalchemy.engine import Engine
 
 from ledger.services.capture_types import ApiCredentials, CaptureSummary, CoinbaseOptions, stream_name
 from ledger.services.follow import FollowOptions, follow
-from ledger.services.ingest_coinbase import capture
+from ledger.services.ingest_coinbase import Capture, capture
 from ledger.services.stream_run import ProjectOptions, ProjectSummary
 
 __all__ = ["run_live"]
@@ -63,7 +63,7 @@ def run_live(
     thread = threading.Thread(target=projector, name="ledger-follow", daemon=True)
     thread.start()
     try:
-        summary = capture(engine, options, credentials, on_summary=on_summary, on_commit=woken, halt=failed)
+        summary = capture(Capture(engine, options, credentials, on_summary=on_summary, on_commit=woken, halt=failed))
     finally:
         stop.set()
         thread.join()
