@@ -11,10 +11,12 @@ The CLI turns a ``LedgerError`` into a one-line message and a non-zero exit code
     ├── InputError             an input file or stream cannot be read at all
     │                          (missing, unreadable, wrong header, empty)
     ├── StreamError            a stream is unknown, busy, or cannot go on
+    │   └── UnknowableBook     a book asked for at a seq the log cannot know (in a gap)
     └── SnapshotError          a book snapshot is unreadable or refused
 
 A stream that stops at a gap or at its error threshold is not an error: it is a status
-the projector reports (and the CLI turns into exit code 3).
+the projector reports (and the CLI turns into exit code 3). An error's ``exit_code`` is the
+CLI's exit code for it: 1, or 3 for a stream that cannot answer at that point.
 """
 
 from __future__ import annotations
@@ -27,12 +29,16 @@ __all__ = [
     "LedgerError",
     "SnapshotError",
     "StreamError",
+    "UnknowableBook",
     "first_line",
 ]
 
 
 class LedgerError(Exception):
     """Root of every error ledger raises on purpose."""
+
+    #: The command line's exit code for this error.
+    exit_code: int = 1
 
 
 class ConfigError(LedgerError):
@@ -53,6 +59,14 @@ class InputError(LedgerError):
 
 class StreamError(LedgerError):
     """A stream is unknown, held by another process, or cannot go on."""
+
+
+class UnknowableBook(StreamError):
+    """A book was asked for at a seq inside a gap: the events that lead there are missing
+    from the log, so no book can be shown for it (the message names the gap and the seqs
+    that can be asked for)."""
+
+    exit_code = 3
 
 
 class SnapshotError(LedgerError):

@@ -158,3 +158,121 @@ def test_crossed_book_counted_once_per_crossing() -> None:
     book.apply(Delete(3, "s", SELL))
     assert not book.check_crossed()
     assert book.anomalies["crossed_book"] == 1
+
+
+# -- venues whose fills leave an order resting at size 0 (Coinbase: only `done` removes) ---------
+
+
+class NaiveVenueBook:
+    """A separate reference for the venue rule: a fill or a size change to 0 leaves the order
+    resting at 0 until it is deleted; a level whose total is 0 is no level (not in the levels,
+    not the top), and orders at 0 are not counted in a level's orders, but they are still
+    listed, in queue order, among the book's orders."""
+
+    def __init__(self) -> None:
+        self.orders: dict[tuple[str, str], list[object]] = {}  # key -> [price, size, arrival]
+        self.clock = 0
+
+    def apply(self, e: Event) -> None:
+        self.clock += 1
+        key = (e.side, e.order_id)
+        if isinstance(e, Add):
+            self.orders[key] = [e.price, e.size, self.clock]
+        elif isinstance(e, Update) and key in self.orders:
+            old_price, old_size, arrival = self.orders[key]
+            keeps_place = e.price == old_price and e.size <= old_size
+            self.orders[key] = [e.price, e.size, arrival if keeps_place else self.clock]
+        elif isinstance(e, Delete):
+            self.orders.pop(key, None)
+        elif isinstance(e, Trade) and key in self.orders:
+            self.orders[key][1] -= min(e.size, self.orders[key][1])
+
+    def levels(self, side: str) -> list[LevelView]:
+        totals: dict[object, list[int]] = defaultdict(lambda: [0, 0])
+        for (s, _), (price, size, _) in self.orders.items():
+            if s == side:
+                totals[price][0] += size
+                totals[price][1] += 1 if size else 0
+        prices = sorted((p for p in totals if totals[p][0]), reverse=side == BUY)
+        return [LevelView(p, totals[p][0], totals[p][1]) for p in prices]
+
+    def queue(self) -> list[tuple[str, str, object]]:
+        out = []
+        for side in (BUY, SELL):
+            prices = sorted({p for (s, _), (p, _, _) in self.orders.items() if s == side}, reverse=side == BUY)
+            for price in prices:
+                same = [(arr, k, size) for k, (p, size, arr) in self.orders.items() if k[0] == side and p == price]
+                out += [(*k, size) for _, k, size in sorted(same)]
+        return out
+
+    def top(self) -> Top | None:
+        bids, asks = self.levels(BUY), self.levels(SELL)
+        if not bids or not asks:
+            return None
+        return Top(bids[0].price, bids[0].size, asks[0].price, asks[0].size)
+
+
+def _apply_venue(book: Book, e: Event) -> None:
+    """The venue rule through the book's own operations, as the projector calls them."""
+    if isinstance(e, Trade):
+        book.trade(e.side, e.order_id, e.size, remove_at_zero=False)
+    elif isinstance(e, Update):
+        book.update(e.side, e.order_id, e.price, e.size, remove_at_zero=False)
+    else:
+        book.apply(e)
+
+
+venue_events = st.one_of(
+    st.builds(Add, seq=st.just(0), order_id=ids, side=sides, price=prices, size=sizes),
+    st.builds(Update, seq=st.just(0), order_id=ids, side=sides, price=prices, size=st.integers(0, 50)),
+    st.builds(Delete, seq=st.just(0), order_id=ids, side=sides),
+    st.builds(Trade, seq=st.just(0), order_id=ids, side=sides, price=prices, size=st.integers(1, 60)),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(venue_events, max_size=120))
+def test_orders_at_size_zero_rest_outside_the_levels(seq: list[Event]) -> None:
+    book, naive = Book(), NaiveVenueBook()
+    tracker, expected, got, last = L1Tracker(), [], [], None
+    for event in seq:
+        _apply_venue(book, event)
+        naive.apply(event)
+        assert book.top() == naive.top()
+        assert book.levels(BUY) == naive.levels(BUY)
+        assert book.levels(SELL) == naive.levels(SELL)
+        assert [(o.side, o.order_id, o.size) for o in book.iter_orders()] == naive.queue()
+        top = naive.top()
+        if top is not None and top != last:
+            expected.append(top)
+            last = top
+        row = tracker.observe_book(book)
+        if row is not None:
+            got.append(row)
+    assert got == expected
+    assert len(book) == len(naive.orders)
+
+
+def test_a_fill_to_zero_then_a_refresh_brings_the_order_back_at_the_back_of_its_level() -> None:
+    book = Book()
+    book.apply(Add(1, "ice", SELL, 101, 5))
+    book.apply(Add(2, "b", SELL, 101, 3))
+    book.apply(Add(3, "bid", BUY, 99, 1))
+    book.trade(SELL, "ice", 5, remove_at_zero=False)
+    assert [(o.order_id, o.size) for o in book.iter_orders()] == [("bid", 1), ("ice", 0), ("b", 3)]
+    assert book.levels(SELL) == [LevelView(101, 3, 1)]
+    book.trade(SELL, "b", 3, remove_at_zero=False)  # the whole level at 0: no ask at all
+    assert book.levels(SELL) == [] and book.top() is None and book.best_ask is None
+    book.update(SELL, "ice", 101, 4, remove_at_zero=False)  # the iceberg refreshes
+    assert book.top() == Top(99, 1, 101, 4)
+    assert [(o.order_id, o.size) for o in book.iter_orders()] == [("bid", 1), ("b", 0), ("ice", 4)]
+    book.delete(SELL, "b")
+    book.delete(SELL, "ice")
+    assert not book.idle_asks and not book.asks and len(book) == 1
+
+
+def test_a_book_with_orders_at_size_zero_is_built_and_rebuilt() -> None:
+    book = Book.from_orders([(BUY, "z", 100, 0), (BUY, "a", 99, 2), (SELL, "y", 101, 0), (SELL, "s", 101, 3)])
+    assert book.top() == Top(99, 2, 101, 3)
+    assert [(o.order_id, o.size) for o in book.iter_orders()] == [("z", 0), ("a", 2), ("y", 0), ("s", 3)]
+    assert book.levels(SELL) == [LevelView(101, 3, 1)]

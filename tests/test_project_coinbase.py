@@ -71,3 +71,64 @@ def test_projected_book_and_l1_equal_the_exchange(channel: str, seed: int) -> No
             expected.append((bbo.sequence, *top))
     assert [(seq, bid, bs, ask, asz) for seq, _ts, bid, bs, ask, asz in out] == expected
     assert not proj.book.anomalies, proj.book.anomalies
+
+
+def test_an_order_matched_to_zero_rests_until_done_and_a_change_refreshes_it() -> None:
+    """Coinbase removes an order only with its done: an iceberg matched down to 0 and then
+    refreshed by a change (old_size 0, new_size 4) is still there, at the back of its level."""
+    proj = StreamProjector(None)
+    out: list[Any] = []
+    rows = [
+        (1, "open", "bid", BUY, "99.00", "1.0", None),
+        (2, "open", "ice", SELL, "101.00", "2.0", None),
+        (3, "open", "other", SELL, "101.00", "3.0", None),
+        (4, "match", "ice", SELL, "101.00", "2.0", None),  # ice at 0: level 101 now 3.0
+        (5, "match", "other", SELL, "101.00", "3.0", None),  # the level's total is 0: no ask
+        (6, "change", "ice", SELL, None, "4.0", None),  # the refresh
+        (7, "done", "other", SELL, "101.00", "0", None),
+        (8, "done", "ice", SELL, "101.00", "0", None),
+    ]
+    proj.apply(rows[:4], out)
+    assert [(o.order_id, o.size) for o in proj.book.iter_orders()] == [
+        ("bid", Decimal("1.0")),
+        ("ice", Decimal("0.0")),
+        ("other", Decimal("3.0")),
+    ]
+    proj.apply(rows[4:5], out)
+    assert proj.book.top() is None and len(proj.book) == 3
+    proj.apply(rows[5:6], out)
+    assert [o.order_id for o in proj.book.iter_orders()] == ["bid", "other", "ice"]
+    proj.apply(rows[6:], out)
+    assert [o.order_id for o in proj.book.iter_orders()] == ["bid"]
+    # L1: at 3 (ask 2.0), at 4 (ask 3.0), nothing at 5 (no ask), at 6 (ask 4.0); none after.
+    assert [(seq, ask, asz) for seq, _ts, _b, _bs, ask, asz in out] == [
+        (2, Decimal("101.00"), Decimal("2.0")),
+        (3, Decimal("101.00"), Decimal("5.0")),
+        (4, Decimal("101.00"), Decimal("3.0")),
+        (6, Decimal("101.00"), Decimal("4.0")),
+    ]
+    assert not proj.book.anomalies
+
+
+def test_a_rest_book_listing_an_order_at_size_zero_is_a_valid_book() -> None:
+    """A REST level-3 book taken between a match and its done lists the order at size 0."""
+    import json
+
+    from ledger.services.replay import source_book
+
+    raw = json.dumps(
+        {
+            "sequence": 10,
+            "bids": [["99.00", "1.5", "b1"]],
+            "asks": [["101.00", "0.00000000", "z"], ["101.00", "2.0", "a1"], ["102.00", "0", "y"]],
+        }
+    )
+    book = source_book(raw, where="test")
+    assert [(o.order_id, o.size) for o in book.iter_orders()] == [
+        ("b1", Decimal("1.5")),
+        ("z", Decimal("0E-8")),
+        ("a1", Decimal("2.0")),
+        ("y", 0),
+    ]
+    assert book.top() == (Decimal("99.00"), Decimal("1.5"), Decimal("101.00"), Decimal("2.0"))
+    assert [lv.price for lv in book.levels(SELL)] == [Decimal("101.00")]

@@ -86,3 +86,28 @@ def test_damage_is_refused_with_a_reason(mangle, version: int, says: str | None)
     with pytest.raises(SnapshotError) as err:
         decode(payload, version, where="stream s, book snapshot at seq 7")
     assert says in str(err.value) and "stream s, book snapshot at seq 7" in str(err.value)
+
+
+def test_orders_resting_at_size_zero_survive_a_round_trip() -> None:
+    book = Book()
+    book.apply(Add(1, "z", SELL, 101, 5))
+    book.apply(Add(2, "s", SELL, 101, 3))
+    book.apply(Add(3, "w", SELL, 102, 1))
+    book.apply(Add(4, "b", BUY, 99, 2))
+    book.trade(SELL, "z", 5, remove_at_zero=False)  # rests at 0 in a level that has size
+    book.trade(SELL, "w", 1, remove_at_zero=False)  # rests at 0 alone: its level is idle
+    back = decode(encode(ProjectorState(book=book, l1_last=book.top())), FORMAT_VERSION).book
+    assert (
+        _orders(back)
+        == _orders(book)
+        == [
+            (BUY, "b", 99, 2),
+            (SELL, "z", 101, 0),
+            (SELL, "s", 101, 3),
+            (SELL, "w", 102, 0),
+        ]
+    )
+    assert back.top() == book.top() == Top(99, 2, 101, 3)
+    assert back.levels(SELL) == book.levels(SELL)
+    back.update(SELL, "w", 102, 4, remove_at_zero=False)
+    assert back.levels(SELL)[1].size == 4

@@ -72,7 +72,9 @@ def fail_on_ledger_error(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except LedgerError as e:
-            raise click.ClickException(str(e)) from e
+            failure = click.ClickException(str(e))
+            failure.exit_code = e.exit_code
+            raise failure from e
         except (sa.exc.DBAPIError, psycopg.Error) as e:  # the one boundary for driver errors
             raise click.ClickException(f"database error: {first_line(e)}") from e
 

@@ -5,6 +5,16 @@ side, a :class:`sortedcontainers.SortedDict` of price -> :class:`Level` (total s
 level's orders in queue order), so the best bid/ask and the top N levels are cheap after
 every event.
 
+An order may rest at size 0: Coinbase takes an order off the book only with its ``done``,
+so a ``match`` that fills it leaves it resting at 0 (a ``change`` may give it size again,
+as an iceberg's refresh does, and a REST book may list it). Such an order is in
+:attr:`Book.orders` and in :meth:`Book.iter_orders` (so ``ledger book --orders`` and the
+book snapshots keep it), but a level whose total is 0 is not a level anyone trades
+against: it is kept out of the sorted maps (in :attr:`Book.idle_bids` /
+:attr:`Book.idle_asks`), so it is never a best level, never in :meth:`Book.levels` and
+never makes an L1 row. Whether a fill or a size change to 0 removes the order is the
+venue's rule, given by the caller (``remove_at_zero``): the L3 CSV format removes it.
+
 Operations the book cannot carry out (an unknown order, a trade larger than the order, an
 add of an id already resting) do not raise: they are counted in :attr:`Book.anomalies` and
 applied as sensibly as possible, so that a projector can report them and decide, with an
@@ -79,10 +89,14 @@ class Order:
 
 @dataclass(slots=True)
 class Level:
-    """One price level: its total size and its orders in queue (time priority) order."""
+    """One price level: its total size and its orders in queue (time priority) order.
+
+    ``idle`` is True while the level's total is 0 (every order in it rests at size 0): it is
+    then kept out of the side's sorted map, see the module docstring."""
 
     total: Number = 0
     orders: dict[str, Order] = field(default_factory=dict)
+    idle: bool = False
 
 
 class Top(NamedTuple):
@@ -114,6 +128,8 @@ class Book:
         "best_bid",
         "best_bid_level",
         "bids",
+        "idle_asks",
+        "idle_bids",
         "orders",
     )
 
@@ -127,6 +143,9 @@ class Book:
         #: The levels at those prices, for readers that check the top after every event.
         self.best_bid_level: Level | None = None
         self.best_ask_level: Level | None = None
+        #: Levels whose total is 0 (only orders resting at size 0), by price: not in the maps.
+        self.idle_bids: dict[Number, Level] = {}
+        self.idle_asks: dict[Number, Level] = {}
         self.anomalies: Counter[str] = Counter()
         self._crossed = False
 
@@ -134,7 +153,8 @@ class Book:
     def from_orders(cls, orders: Iterable[tuple[Side, str, Number, Number]]) -> Book:
         """A book holding ``orders`` (side, id, price, size), each level's queue in the
         order given. Faster than adding them one by one; raises ValueError on a repeated
-        (side, id), a bad side or a size that is not positive."""
+        (side, id), a bad side or a negative size. An order of size 0 is kept (see the
+        module docstring): a Coinbase REST book lists orders matched to 0 before their done."""
         book = cls()
         by_side: dict[str, dict[Number, Level]] = {BUY: {}, SELL: {}}
         resting = book.orders
@@ -144,7 +164,7 @@ class Book:
                 raise ValueError(f"bad side {side!r}")
             if (side, order_id) in resting:
                 raise ValueError(f"order {order_id!r} ({side}) appears twice")
-            if not size > 0:
+            if size < 0:
                 raise ValueError(f"order {order_id!r} has size {size}")
             order = resting[(side, order_id)] = Order(order_id, side, price, size)
             level = levels.get(price)
@@ -153,6 +173,11 @@ class Book:
             level.total += size
             level.orders[order_id] = order
             order.level = level
+        for side, idle in ((BUY, book.idle_bids), (SELL, book.idle_asks)):
+            levels = by_side[side]
+            for price in [p for p, level in levels.items() if not level.total]:
+                level = idle[price] = levels.pop(price)
+                level.idle = True
         book.bids = SortedDict(by_side[BUY])
         book.asks = SortedDict(by_side[SELL])
         book.best_bid, book.best_bid_level = book.bids.peekitem(-1) if book.bids else (None, None)
@@ -186,24 +211,29 @@ class Book:
         orders[key] = order = Order(order_id, side, price, size)
         self._link(order)
 
-    def update(self, side: Side, order_id: str, price: Number, size: Number) -> None:
+    def update(self, side: Side, order_id: str, price: Number, size: Number, *, remove_at_zero: bool = True) -> None:
+        """Set a resting order's price and size. A size cut at the same price keeps the
+        order's place in the queue; anything else sends it to the back of its (new) level.
+        At size 0 the order is removed, or with ``remove_at_zero=False`` rests at 0."""
         order = self.orders.get((side, order_id))
         if order is None:
             self.anomalies["update_unknown_order"] += 1
             return
         if price == order.price and size <= order.size:
-            # A size cut keeps the order's place in the queue.
+            if size <= 0 and remove_at_zero:
+                self._drop(order)
+                return
             level = order.level
             assert level is not None
             level.total += size - order.size
             order.size = size
-            if size <= 0:
-                self._drop(order)
+            if not level.total:
+                self._idle(level, order.side, order.price)
             return
         self._unlink(order)
         order.price = price
         order.size = size
-        if size <= 0:
+        if size <= 0 and remove_at_zero:
             del self.orders[(side, order_id)]
         else:
             self._link(order)
@@ -215,7 +245,9 @@ class Book:
             return
         self._unlink(order)
 
-    def trade(self, side: Side, order_id: str, size: Number) -> None:
+    def trade(self, side: Side, order_id: str, size: Number, *, remove_at_zero: bool = True) -> None:
+        """Take ``size`` off a resting order (a fill). At 0 the order is removed, or with
+        ``remove_at_zero=False`` it rests at size 0 until the venue removes it."""
         order = self.orders.get((side, order_id))
         if order is None:
             self.anomalies["trade_unknown_order"] += 1
@@ -227,8 +259,10 @@ class Book:
         assert level is not None
         level.total -= size
         order.size -= size
-        if order.size <= 0:
+        if order.size <= 0 and remove_at_zero:
             self._drop(order)
+        elif not level.total:
+            self._idle(level, side, order.price)
 
     def side_of(self, order_id: str) -> Side | None:
         """The side an order id rests on, for venues whose messages do not always say."""
@@ -271,7 +305,8 @@ class Book:
         return Top(bid, self.bids[bid].total, ask, self.asks[ask].total)
 
     def levels(self, side: Side, depth: int | None = None) -> list[LevelView]:
-        """The best ``depth`` levels of one side (all when None), best first."""
+        """The best ``depth`` levels of one side (all when None), best first. A level whose
+        total is 0 is not one; orders resting at size 0 are not counted in a level's orders."""
         book_side = self._levels(side)
         prices = reversed(book_side.keys()) if side == BUY else iter(book_side.keys())
         out: list[LevelView] = []
@@ -279,16 +314,32 @@ class Book:
             if depth is not None and len(out) >= depth:
                 break
             level = book_side[price]
-            out.append(LevelView(price, level.total, len(level.orders)))
+            count = len(level.orders)
+            if count > 1 or not level.total:
+                count = sum(1 for order in level.orders.values() if order.size)
+            out.append(LevelView(price, level.total, count))
         return out
 
     def iter_orders(self) -> Iterator[Order]:
-        """Every resting order: bids best first, then asks best first, each level in queue order."""
+        """Every resting order (those at size 0 too): bids best first, then asks best first,
+        each level in queue order."""
         for side in (BUY, SELL):
-            book_side = self._levels(side)
-            prices = reversed(book_side.keys()) if side == BUY else iter(book_side.keys())
+            for _, level in self.all_levels(side):
+                yield from level.orders.values()
+
+    def all_levels(self, side: Side) -> Iterator[tuple[Number, Level]]:
+        """Every level of one side, best first, idle ones (total 0) included in price order."""
+        book_side = self._levels(side)
+        idle = self.idle_bids if side == BUY else self.idle_asks
+        if not idle:
+            prices: Iterable[Number] = reversed(book_side.keys()) if side == BUY else book_side.keys()
             for price in prices:
-                yield from book_side[price].orders.values()
+                yield price, book_side[price]
+            return
+        merged = sorted([*book_side.keys(), *idle.keys()], reverse=side == BUY)
+        for price in merged:
+            level = book_side.get(price)
+            yield price, (idle[price] if level is None else level)
 
     def __len__(self) -> int:
         return len(self.orders)
@@ -303,17 +354,41 @@ class Book:
         if order.side == BUY:
             level = self.bids.get(price)
             if level is None:
-                level = self.bids[price] = Level()
-                if self.best_bid is None or price > self.best_bid:
-                    self.best_bid = price
-                    self.best_bid_level = level
+                level = self.idle_bids.pop(price, None) if self.idle_bids else None
+                if level is None:
+                    level = Level()
+                level.total += order.size
+                level.orders[order.order_id] = order
+                order.level = level
+                if level.total:
+                    level.idle = False
+                    self.bids[price] = level
+                    if self.best_bid is None or price > self.best_bid:
+                        self.best_bid = price
+                        self.best_bid_level = level
+                else:
+                    level.idle = True
+                    self.idle_bids[price] = level
+                return
         else:
             level = self.asks.get(price)
             if level is None:
-                level = self.asks[price] = Level()
-                if self.best_ask is None or price < self.best_ask:
-                    self.best_ask = price
-                    self.best_ask_level = level
+                level = self.idle_asks.pop(price, None) if self.idle_asks else None
+                if level is None:
+                    level = Level()
+                level.total += order.size
+                level.orders[order.order_id] = order
+                order.level = level
+                if level.total:
+                    level.idle = False
+                    self.asks[price] = level
+                    if self.best_ask is None or price < self.best_ask:
+                        self.best_ask = price
+                        self.best_ask_level = level
+                else:
+                    level.idle = True
+                    self.idle_asks[price] = level
+                return
         level.total += order.size
         level.orders[order.order_id] = order
         order.level = level
@@ -324,8 +399,21 @@ class Book:
         del level.orders[order.order_id]
         if level.orders:
             level.total -= order.size
+            if not level.total:
+                self._idle(level, order.side, order.price)
+        elif level.idle:
+            del (self.idle_bids if order.side == BUY else self.idle_asks)[order.price]
         else:
             self._remove_level(order.side, order.price, level)
+
+    def _idle(self, level: Level, side: Side, price: Number) -> None:
+        """A level whose total fell to 0 while orders (at size 0) still rest in it leaves
+        its sorted map for the idle ones (a no-op if it is idle already)."""
+        if level.idle:
+            return
+        self._remove_level(side, price, level)
+        level.idle = True
+        (self.idle_bids if side == BUY else self.idle_asks)[price] = level
 
     def _remove_level(self, side: Side, price: Number, level: Level) -> None:
         if side == BUY:

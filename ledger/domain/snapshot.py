@@ -70,14 +70,10 @@ def _order_lines(book: Book, out: list[str]) -> None:
     keeps it: orders whose prices are equal but spelled otherwise (``228.8``, ``228.800``)
     are written with the level's spelling, which is the one a decoded book keys it by."""
     append = out.append
-    sides: tuple[tuple[str, Any, Iterable[Any]], ...] = (
-        (BUY, book.bids, reversed(book.bids.keys())),
-        (SELL, book.asks, book.asks.keys()),
-    )
-    for side, levels, prices in sides:
-        for price in prices:
+    for side in (BUY, SELL):
+        for price, level in book.all_levels(side):
             head = f"{side}\t{price}\t"
-            for order_id, order in levels[price].orders.items():
+            for order_id, order in level.orders.items():
                 if _NEEDS_ESCAPE(order_id) is not None:
                     order_id = _escape(order_id)
                 append(f"{head}{order.size}\t{order_id}")

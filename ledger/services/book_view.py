@@ -11,10 +11,10 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from ledger.domain.book import Book
-from ledger.errors import StreamError
+from ledger.errors import StreamError, UnknowableBook
 from ledger.services.projector import StreamProjector
-from ledger.services.replay import SourceBooks, replay, restore_latest
-from ledger.storage.log import EventLog, Streams
+from ledger.services.replay import SourceBook, SourceBooks, replay, restore_latest
+from ledger.storage.log import EventLog, GapStore, Streams
 from ledger.storage.schema import events
 
 __all__ = ["BookView", "Rebuilt", "book_at", "rebuild", "seq_at_time"]
@@ -76,24 +76,48 @@ def _event_at_or_before(conn: Connection, stream_id: int, seq: int) -> tuple[int
 
 def book_at(engine: Engine, stream: str, *, at_seq: int | None = None, at_time: datetime | None = None) -> BookView:
     """The book of ``stream`` after the event at ``at_seq`` (or the last one at or before
-    ``at_time``; or the newest event when neither is given)."""
+    ``at_time``; or the newest event when neither is given).
+
+    No book is shown for a seq the log cannot know: between a gap and the venue's book
+    (source snapshot) that resolved it, the events are missing, so a seq there raises
+    :class:`~ledger.errors.UnknowableBook` naming the gap and that book's seq. A gap at the
+    end of the log that ingest recorded as resolved by a later venue book (a loss only a
+    heartbeat showed) makes that book the newest point of the stream."""
     with engine.connect() as conn:
         stream_id = Streams(conn).get(stream)
         low, high = EventLog(conn).seq_range(stream_id)
         if low is None or high is None:
             raise StreamError(f"stream {stream!r} has no events yet")
+        tail = GapStore(conn).tail_resolved(stream_id, high + 1)
+        head = high if tail is None else tail
         if at_time is not None:
             target = seq_at_time(conn, stream_id, at_time)
         elif at_seq is not None:
             if at_seq < low:
                 raise StreamError(f"stream {stream!r} starts at seq {low}; seq {at_seq} is before it")
-            target = min(at_seq, high)
+            target = min(at_seq, head)
         else:
-            target = high
-    proj, from_snapshot, missing, _ = rebuild(engine, stream_id, stream, first=low, upto=target)
+            target = head
+    if tail is not None and high < target < tail:
+        raise _unknowable(stream, target, high + 1, tail)
+    proj, from_snapshot, missing, last, resets = rebuild(engine, stream_id, stream, first=low, upto=target)
+    for (first, _), venue_book in resets:
+        if venue_book.seq > target:
+            raise _unknowable(stream, target, first, venue_book.seq)
     with engine.connect() as conn:
         seq, ts = _event_at_or_before(conn, stream_id, target)
+    for _, venue_book in resets:
+        if venue_book.seq == last and seq < last:  # the book is the venue's, at a seq no event has
+            seq, ts = last, venue_book.received_at
     return BookView(stream=stream, seq=seq, time=ts, book=proj.book, from_snapshot=from_snapshot, missing=missing)
+
+
+def _unknowable(stream: str, target: int, first: int, book_seq: int) -> UnknowableBook:
+    return UnknowableBook(
+        f"stream {stream!r}: no book can be shown at seq {target}: seqs from {first} are missing from the log, "
+        f"and the venue's book at seq {book_seq} ends that gap; ask for seq {first - 1} or earlier, "
+        f"or {book_seq} or later"
+    )
 
 
 class Rebuilt(NamedTuple):
@@ -101,6 +125,7 @@ class Rebuilt(NamedTuple):
     from_snapshot: int | None  # the seq of the book snapshot it started from, if any
     missing: list[tuple[int, int]]  # gaps crossed without a source snapshot
     last: int  # the seq the book stands at: ``upto``, or a later source snapshot it was reset to
+    resets: list[tuple[tuple[int, int], SourceBook]]  # gaps made up for by the venue's books
 
 
 def rebuild(engine: Engine, stream_id: int, stream: str, *, first: int, upto: int) -> Rebuilt:
@@ -117,4 +142,4 @@ def rebuild(engine: Engine, stream_id: int, stream: str, *, first: int, upto: in
     else:
         sources.start(proj, first)
     replayed = replay(proj, engine, stream_id, sources, after=replay_after, upto=upto, l1=False)
-    return Rebuilt(proj, from_snapshot, replayed.crossed, max(upto, replayed.last))
+    return Rebuilt(proj, from_snapshot, replayed.crossed, max(upto, replayed.last), replayed.resets)

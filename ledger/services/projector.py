@@ -118,8 +118,11 @@ class StreamProjector:
     ) -> None:
         """Coinbase full-channel (and level3) events, as the exchange documents them:
         ``open`` rests an order; ``match`` takes size off the maker; ``done`` removes the
-        order if it rests (it often never did); ``change`` sets a resting order's new size
-        and, for ``modify_order``, its new price, and is ignored for orders not on the book;
+        order if it rests (it often never did), and nothing else removes one: an order
+        matched down to 0 rests at size 0 (outside the levels and L1) until its ``done``;
+        ``change`` sets a resting order's new size (giving a size-0 order size again, as an
+        iceberg's refresh does) and, for ``modify_order``, its new price, and is ignored for
+        orders not on the book;
         ``received``, ``activate`` and ``noop`` leave the book alone. The compact level3
         channel leaves out the side of done, match and change: it is looked up by id."""
         book = self.book
@@ -138,11 +141,11 @@ class StreamProjector:
             if resting is None:
                 book.anomalies["trade_unknown_order"] += 1
             else:
-                book.trade(resting, order_id, self._number(seq, kind, size_text))
+                book.trade(resting, order_id, self._number(seq, kind, size_text), remove_at_zero=False)
         elif kind == "change" and resting is not None:
             order = book.orders[(resting, order_id)]
             price = order.price if price_text is None else self._number(seq, kind, price_text)
-            book.update(resting, order_id, price, self._number(seq, kind, size_text))
+            book.update(resting, order_id, price, self._number(seq, kind, size_text), remove_at_zero=False)
 
     def _number(self, seq: int, kind: str, text: str | None) -> Number:
         if text is None:

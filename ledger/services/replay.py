@@ -10,6 +10,7 @@ import queue
 import threading
 from collections.abc import Iterator
 from decimal import localcontext
+from datetime import datetime
 from typing import Any, NamedTuple
 
 from sqlalchemy.engine import Engine
@@ -20,50 +21,80 @@ from ledger.domain.snapshot import ProjectorState, decode
 from ledger.errors import SnapshotError
 from ledger.services.projector import StreamProjector
 from ledger.sources.csv_l3 import to_number
-from ledger.storage.log import EventLog, SourceSnapshots
+from ledger.storage.log import EventLog, GapStore, SourceSnapshots
 from ledger.storage.projection import Snapshots
 
-__all__ = ["Replayed", "SourceBooks", "contiguous", "read_ahead", "replay", "restore_latest", "source_book"]
+__all__ = [
+    "Replayed",
+    "SourceBook",
+    "SourceBooks",
+    "contiguous",
+    "read_ahead",
+    "replay",
+    "restore_latest",
+    "source_book",
+]
 
 log = logging.getLogger(__name__)
+
+
+class SourceBook(NamedTuple):
+    """A venue's book a projection was reset to: its seq, and when it was received (the
+    time of the L1 row written there)."""
+
+    seq: int
+    received_at: datetime | None
 
 
 class SourceBooks:
     """The venue's own books (source snapshots) of one stream, as the projector uses them:
     a stream starts from the one just before its first event, and a gap is made up for by
     the earliest one at or after its last missing seq (the events up to it are then
-    skipped). The same rule, applied again on a replay, rebuilds the same book."""
+    skipped). A gap at the end of the log (a loss that only a heartbeat showed, so no later
+    event exists yet) is made up for by the book that ingest recorded as resolving it. The
+    same rules, applied again on a replay, rebuild the same book."""
 
     def __init__(self, engine: Engine, stream_id: int, name: str) -> None:
         self._engine = engine
         self._stream_id = stream_id
         self._name = name
 
-    def start(self, proj: StreamProjector, first_seq: int) -> bool:
+    def start(self, proj: StreamProjector, first_seq: int) -> SourceBook | None:
         """Load the source snapshot at ``first_seq - 1`` if there is one."""
-        found = self._load(first_seq - 1, upto=first_seq - 1)
-        if found is None:
-            return False
-        proj.reset(found[1])
-        return True
+        return self._reset(proj, self._load(first_seq - 1, upto=first_seq - 1))
 
-    def reset_at_gap(self, proj: StreamProjector, gap: tuple[int, int]) -> int | None:
-        """Reset to the earliest source snapshot covering ``gap``; its seq, or None."""
-        found = self._load(gap[1])
+    def reset_at_gap(self, proj: StreamProjector, gap: tuple[int, int]) -> SourceBook | None:
+        """Reset to the earliest source snapshot covering ``gap``; None when there is none."""
+        return self._reset(proj, self._load(gap[1]))
+
+    def tail(self, expected: int) -> int | None:
+        """The seq of the venue book that ingest recorded as resolving a gap that begins at
+        ``expected`` (the seq after the last one applied), whether or not events follow."""
+        with self._engine.connect() as conn:
+            return GapStore(conn).tail_resolved(self._stream_id, expected)
+
+    def reset_at_tail(self, proj: StreamProjector, expected: int, *, upto: int | None = None) -> SourceBook | None:
+        """Reset to the book of :meth:`tail` when there is one (at or before ``upto``)."""
+        at = self.tail(expected)
+        if at is None or (upto is not None and at > upto):
+            return None
+        return self._reset(proj, self._load(at, upto=at))
+
+    @staticmethod
+    def _reset(proj: StreamProjector, found: tuple[SourceBook, Book] | None) -> SourceBook | None:
         if found is None:
             return None
         proj.reset(found[1])
         return found[0]
 
-    def _load(self, seq: int, *, upto: int | None = None) -> tuple[int, Book] | None:
+    def _load(self, seq: int, *, upto: int | None = None) -> tuple[SourceBook, Book] | None:
         with self._engine.connect() as conn:
             found = SourceSnapshots(conn).first_from(self._stream_id, seq, upto=upto)
         if found is None:
             return None
-        at, raw = found
-        where = f"stream {self._name!r}, source snapshot at seq {at}"
+        where = f"stream {self._name!r}, source snapshot at seq {found.seq}"
         try:
-            return at, source_book(raw, where=where)
+            return SourceBook(found.seq, found.received_at), source_book(found.raw, where=where)
         except SnapshotError as e:
             log.warning("%s; not used", e)
             return None
@@ -92,9 +123,11 @@ def replay(
     l1: bool,
 ) -> Replayed:
     """Apply the log's events in (after, upto] without writing anything, resetting to source
-    snapshots at gaps as a projection run does; return the gaps crossed without one, and the
-    seq the book then stands at (beyond ``upto`` when it was reset to a later source snapshot)."""
+    snapshots at gaps as a projection run does; return the gaps crossed without one, the
+    resets to source snapshots, and the seq the book then stands at (beyond ``upto`` when it
+    was reset to a later source snapshot)."""
     crossed: list[tuple[int, int]] = []
+    resets: list[tuple[tuple[int, int], SourceBook]] = []
     expected = after + 1
     skip_until = None
     for rows in read_ahead(engine, stream_id, after=after, upto=upto, chunk=20_000, with_time=False):
@@ -112,16 +145,23 @@ def replay(
                 rest = rest[len(segment) :]
             else:
                 if l1:
-                    proj.emit_l1(covered, None, None)
-                skip_until = covered
-                expected = covered + 1
-                rest = [r for r in rest[len(segment) :] if r[0] > covered]
-    return Replayed(crossed, expected - 1)
+                    proj.emit_l1(covered.seq, None, None)
+                resets.append((gap, covered))
+                skip_until = covered.seq
+                expected = covered.seq + 1
+                rest = [r for r in rest[len(segment) :] if r[0] > covered.seq]
+    while expected <= upto and (tail := sources.reset_at_tail(proj, expected, upto=upto)) is not None:
+        if l1:
+            proj.emit_l1(tail.seq, None, None)
+        resets.append(((expected, tail.seq), tail))
+        expected = tail.seq + 1
+    return Replayed(crossed, expected - 1, resets)
 
 
 class Replayed(NamedTuple):
     crossed: list[tuple[int, int]]  # gaps gone across without a source snapshot
     last: int  # the seq the book stands at
+    resets: list[tuple[tuple[int, int], SourceBook]]  # (gap, the source snapshot that made up for it)
 
 
 def restore_latest(

@@ -218,6 +218,8 @@ class StreamRun:
             beyond = pos is not None and head is not None and head < pos.last_seq and not self._ready
             if beyond and pos is not None:
                 beyond = SourceSnapshots(conn).first_from(self.stream_id, pos.last_seq, upto=pos.last_seq) is None
+        if pos is not None and not beyond and (head is None or head <= pos.last_seq) and self._tail():
+            return 0
         if head is None or (pos is not None and head <= pos.last_seq):
             if beyond and pos is not None:
                 log.warning(
@@ -237,6 +239,31 @@ class StreamRun:
                 break
         return applied
 
+    def _tail(self) -> bool:
+        """At the end of the log: reset to the venue book that ingest recorded as resolving a
+        gap right after the position (a loss only a heartbeat showed: no event follows it
+        yet), and commit the position there with its L1 row. True when it did."""
+        pos = self._pos
+        assert pos is not None
+        if self._sources.tail(pos.last_seq + 1) is None:
+            return False
+        if not self._ready:
+            self._restore()
+        out: list[L1Row] = []
+        book = self._sources.reset_at_tail(self._proj, pos.last_seq + 1)
+        if book is None:
+            return False
+        self._proj.emit_l1(book.seq, book.received_at, out)
+        pos.last_seq = self._skip_until = book.seq
+        pos.l1_rows += len(out)
+        pos.anomalies = dict(self._proj.book.anomalies)
+        written = replace(pos, anomalies=dict(pos.anomalies))
+        self._committer.submit(_Job(self.stream_id, out, written, [], None, self._owner, self._written))
+        self._written = written.last_seq
+        self.summary.l1_rows += len(out)
+        self.summary.last_seq = pos.last_seq
+        return True
+
     def _chunk(self, rows: list[Any]) -> tuple[int, str]:
         """Apply one chunk of rows and hand its writes to the committer."""
         proj, name, summary, options = self._proj, self.name, self.summary, self.options
@@ -244,8 +271,8 @@ class StreamRun:
         pos = self._pos
         if pos is None:
             pos = self._pos = Position(first_seq=rows[0][0], last_seq=rows[0][0] - 1)
-            if self._sources.start(proj, pos.first_seq):
-                proj.emit_l1(pos.last_seq, None, out)
+            if (start := self._sources.start(proj, pos.first_seq)) is not None:
+                proj.emit_l1(pos.last_seq, start.received_at, out)
         skip_until = self._skip_until
         if skip_until is not None:
             if rows[-1][0] <= skip_until:
@@ -275,9 +302,9 @@ class StreamRun:
                 break
             covered = self._sources.reset_at_gap(proj, gap)
             if covered is not None:  # the venue's own book at `covered` makes up for the gap
-                proj.emit_l1(covered, None, out)
-                pos.last_seq = self._skip_until = covered
-                rest = [r for r in rest[len(segment) :] if r[0] > covered]
+                proj.emit_l1(covered.seq, covered.received_at, out)
+                pos.last_seq = self._skip_until = covered.seq
+                rest = [r for r in rest[len(segment) :] if r[0] > covered.seq]
                 continue
             young = options.skip_gaps and self._skip_age > 0 and self._gap_age(gap) < self._skip_age
             if young:

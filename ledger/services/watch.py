@@ -76,7 +76,9 @@ class BookFollower:
         return True
 
     def _rebuild(self, low: int, high: int) -> None:
-        self._proj, _, self.missing, self.seq = rebuild(self._engine, self.stream_id, self.stream, first=low, upto=high)
+        self._proj, _, self.missing, self.seq, _ = rebuild(
+            self._engine, self.stream_id, self.stream, first=low, upto=high
+        )
         self._first = low
         with self._engine.connect() as conn:  # a venue book the replay did not use is unreadable
             snapshots = SourceSnapshots(conn)

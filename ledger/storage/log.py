@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -28,6 +28,7 @@ __all__ = [
     "Reject",
     "Rejects",
     "SourceSnapshots",
+    "StoredSourceSnapshot",
     "Streams",
     "copy_escape",
 ]
@@ -263,6 +264,16 @@ class GapStore:
             .values(status="snapshot", resolved_by_seq=seq, resolved_at=sa.func.now())
         ).rowcount
 
+    def tail_resolved(self, stream_id: int, first_seq: int) -> int | None:
+        """The seq of the venue book that resolved a gap beginning at ``first_seq`` (None:
+        no such gap). A loss seen only by a heartbeat has no later event in the log: this
+        row is then the only sign that the stream goes on at that book."""
+        return self._conn.execute(
+            sa.select(sa.func.max(gaps.c.resolved_by_seq)).where(
+                gaps.c.stream_id == stream_id, gaps.c.status == "snapshot", gaps.c.first_seq == first_seq
+            )
+        ).scalar()
+
     def clear_skipped(self, stream_id: int) -> None:
         """Forget that the projector skipped this stream's gaps (before a rebuild)."""
         self._conn.execute(
@@ -353,12 +364,20 @@ class SourceSnapshots:
         stmt = pg_insert(source_snapshots).values(stream_id=stream_id, seq=seq, raw=raw, order_count=order_count)
         return bool(self._conn.execute(stmt.on_conflict_do_nothing()).rowcount)
 
-    def first_from(self, stream_id: int, seq: int, *, upto: int | None = None) -> tuple[int, str] | None:
-        """(seq, raw) of the earliest snapshot at or after ``seq`` (and at or before ``upto``)."""
-        query = sa.select(source_snapshots.c.seq, source_snapshots.c.raw).where(
+    def first_from(self, stream_id: int, seq: int, *, upto: int | None = None) -> StoredSourceSnapshot | None:
+        """The earliest snapshot at or after ``seq`` (and at or before ``upto``)."""
+        query = sa.select(source_snapshots.c.seq, source_snapshots.c.raw, source_snapshots.c.received_at).where(
             source_snapshots.c.stream_id == stream_id, source_snapshots.c.seq >= seq
         )
         if upto is not None:
             query = query.where(source_snapshots.c.seq <= upto)
         row = self._conn.execute(query.order_by(source_snapshots.c.seq).limit(1)).one_or_none()
-        return None if row is None else (int(row.seq), row.raw)
+        return None if row is None else StoredSourceSnapshot(int(row.seq), row.raw, row.received_at)
+
+
+class StoredSourceSnapshot(NamedTuple):
+    """A venue's book as stored: its seq, the payload as received, and when it was received."""
+
+    seq: int
+    raw: str
+    received_at: datetime
