@@ -23,10 +23,9 @@ import json
 import re
 import zlib
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation, localcontext
-from typing import Any
 
 from ledger.domain.book import ANOMALY_KINDS, Book, Top
 from ledger.domain.events import BUY, EXACT, SELL, Number, Side

@@ -9,8 +9,8 @@ import logging
 import queue
 import threading
 from collections.abc import Iterator
-from decimal import localcontext
 from datetime import datetime
+from decimal import localcontext
 from typing import Any, NamedTuple
 
 from sqlalchemy.engine import Engine
