@@ -177,3 +177,16 @@ def test_a_loss_only_a_heartbeat_showed_moves_the_projection_to_the_venue_book(
             conn.execute(sa.text("SELECT seq, ts, bid_price, bid_size, ask_price, ask_size FROM l1 ORDER BY seq")).all()
             == before
         )
+
+
+def test_an_l1_row_without_a_time_is_exported_with_an_empty_time(engine: Engine, db_env: dict[str, str]) -> None:
+    """Rows an older version wrote at a venue book had no time: never COPY's ``\\N`` in the CSV."""
+    with engine.begin() as conn:
+        sid = Streams(conn).ensure(STREAM, "coinbase")
+        conn.execute(
+            sa.text("INSERT INTO l1 VALUES (:s, 5, NULL, 1.5, 2, 1.75, 3), (:s, 6, :t, 1.5, 2, 1.8, 3)"),
+            {"s": sid, "t": RECEIVED[0]},
+        )
+    out = CliRunner().invoke(cli, ["export", "l1", STREAM, "-o", "-"])
+    assert out.exit_code == 0, out.output
+    assert out.output.splitlines()[1:] == [",1.5,1.75,2,3,5", "2026-11-30 12:00:00.000000 UTC,1.5,1.8,2,3,6"]

@@ -31,10 +31,12 @@ L1_HEADER = "time,bid_price,ask_price,bid_size,ask_size,seq_num"
 L1Row = tuple[int, datetime | str | None, Number, Number, Number, Number]
 _NULL = "\\N"
 
-# The export format of DESIGN.md, produced by PostgreSQL itself: time with six fractional
-# digits and " UTC", numbers in their shortest exact decimal form (trim_scale).
+# The export format of the L1 CSV (docs: time with six fractional digits and " UTC",
+# numbers in their shortest exact decimal form, trim_scale), produced by PostgreSQL itself.
+# Every row written now has a time; a row an older version wrote without one (at a venue's
+# book) is exported with an empty time field, never COPY's NULL marker.
 _EXPORT = (
-    "COPY (SELECT to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || ' UTC',"
+    "COPY (SELECT coalesce(to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || ' UTC', ''),"
     " trim_scale(bid_price), trim_scale(ask_price), trim_scale(bid_size), trim_scale(ask_size), seq"
     " FROM l1 WHERE stream_id = %s ORDER BY seq) TO STDOUT"
 )
