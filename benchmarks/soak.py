@@ -2,8 +2,10 @@
 
 Each round ingests a generated L3 file into a new stream and projects it, killing each
 command with SIGKILL at random moments and starting it again until it completes; then it
-compares the round's events, gaps, rejects and L1 export with an undisturbed run's. It
-prints the number of kills survived and every difference found (there should be none).
+compares the round's events, gaps, rejects and L1 export with an undisturbed run's. The
+undisturbed run's L1 is itself compared with an expectation independent of ledger's code,
+the naive model of tests/naive_l1.py. It prints the number of kills survived and every
+difference found (there should be none).
 
     python benchmarks/soak.py --minutes 10
     python benchmarks/soak.py --minutes 2 -n 100000 --seed 3
@@ -39,8 +41,11 @@ from psycopg import sql
 from sqlalchemy.engine import make_url
 
 sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(1, str(Path(__file__).parents[1]))
 from bench_csv import DEFAULT_SERVER
 from generate_l3 import generate
+
+from tests.naive_l1 import assert_same_l1, export_lines, naive_l1_of_file
 
 _STATE = {
     "events": "SELECT seq, kind, order_id, side, price, size, ts, raw FROM events WHERE stream_id = %s ORDER BY seq",
@@ -152,6 +157,13 @@ def main() -> None:
         _until_done([*project, "--stream", "csv:calm"], env, rng, float("inf"))
         with psycopg.connect(url.replace("+psycopg", "")) as conn:
             reference = _digest(conn, "csv:calm")
+        # The undisturbed run, which every round must equal, against the naive model.
+        calm_l1 = workdir / "l1_calm.csv"
+        _until_done(["export", "l1", "csv:calm", "-o", str(calm_l1)], env, rng, float("inf"))
+        try:
+            assert_same_l1(export_lines(calm_l1.read_bytes()), naive_l1_of_file(data))
+        except AssertionError as e:
+            differences.append(f"the undisturbed run's L1 is not the naive model's: {e}")
         deadline = time.monotonic() + args.minutes * 60
         while time.monotonic() < deadline:
             rounds += 1
