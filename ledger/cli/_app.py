@@ -12,6 +12,7 @@ import functools
 import gc
 import json
 import logging
+import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -32,11 +33,61 @@ __all__ = [
     "level_table",
     "main",
     "open_db",
+    "printable",
+    "printable_text",
     "progress_bar",
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
 log = logging.getLogger("ledger")
+
+
+# Human output shows text that came from input (rejected lines, stream and file names,
+# reasons quoting a field) as it is, except what a terminal would act on instead of
+# showing: C0 and C1 control characters and DEL become visible escapes (``\x1b``, ``\t``,
+# ``\n``), as do the Unicode line separators and the bidirectional overrides, which can
+# make a line show something else than it holds. So a line holding ``ESC ]0;...BEL``
+# cannot retitle the terminal. Printable non-ASCII text (accented letters) stays as it is.
+# JSON output escapes by itself.
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+_NAMED = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
+
+
+def _escape(match: re.Match[str]) -> str:
+    char = match.group()
+    if char in _NAMED:
+        return _NAMED[char]
+    return f"\\x{ord(char):02x}" if ord(char) <= 0xFF else f"\\u{ord(char):04x}"
+
+
+def printable(value: object) -> str:
+    """``value`` as text safe to print in human output: one line, controls escaped
+    (see the rule above)."""
+    text = str(value)
+    return _UNSAFE.sub(_escape, text) if _UNSAFE.search(text) else text
+
+
+def printable_text(text: str) -> str:
+    """A message of several lines (an error, a log record with its traceback): each line
+    made :func:`printable`, the line breaks kept."""
+    return "\n".join(printable(line) for line in text.split("\n"))
+
+
+class _PrintableFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return printable_text(super().format(record))
+
+
+class _Cli(click.Group):
+    """The ``ledger`` group: an error message (a ClickException, which is also what a
+    LedgerError becomes) is made printable before click shows it, whichever command raised it."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.ClickException as e:
+            e.message = printable_text(e.message)  # type: ignore[misc]  # typed Final, a plain attribute
+            raise
 
 
 def json_option(func: F) -> F:
@@ -81,7 +132,7 @@ def fail_on_ledger_error(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("-v", "--verbose", is_flag=True, help="Log more (SQL-level details stay off).")
 @click.version_option(package_name="ledger")
 def cli(verbose: bool) -> None:
@@ -95,11 +146,9 @@ def cli(verbose: bool) -> None:
       ledger project
       ledger export l1 csv:l3_data_v3.1 -o l1.csv
     """
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="ledger: %(message)s",
-        stream=sys.stderr,
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_PrintableFormatter("ledger: %(message)s"))
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler])
     for noisy in ("alembic", "sqlalchemy", "psycopg"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # After a lost connection the pool logs each failed reset with a traceback; the command

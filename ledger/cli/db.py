@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ledger.cli._app import cli, fail_on_ledger_error, open_db
+from ledger.cli._app import cli, fail_on_ledger_error, open_db, printable
 
 
 @cli.group()
@@ -43,7 +43,7 @@ def db_url() -> None:
       ledger db url
     """
     with open_db() as database:
-        click.echo(database.display_url)
+        click.echo(printable(database.display_url))
         if database.embedded:
             click.echo(
                 "(embedded PostgreSQL: it runs while a ledger command uses it; "

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
 import click
 
-from ledger.cli._app import cli, echo_json, fail_on_ledger_error, json_option, open_db, progress_bar
+from ledger.cli._app import cli, echo_json, fail_on_ledger_error, json_option, open_db, printable, progress_bar
 
 if TYPE_CHECKING:
     from ledger.services.capture_types import ApiCredentials, CaptureSummary, CoinbaseOptions
@@ -99,8 +99,9 @@ def ingest_csv_command(
     if as_json:
         echo_json(summary.as_dict())
         return
+    name = printable(summary.stream)
     lines = [
-        f"stream {summary.stream}: {summary.lines} lines read from {file}"
+        f"stream {name}: {summary.lines} lines read from {printable(file)}"
         + (f" (resumed at line {summary.resumed_from_line})" if summary.resumed_from_line else ""),
         f"  events stored   {summary.events_stored}",
         f"  duplicates      {summary.duplicates}"
@@ -114,9 +115,9 @@ def ingest_csv_command(
         f"  speed           {summary.events_per_second:,.0f} lines/s in {summary.seconds:.2f}s",
     ]
     for sample in summary.reject_samples[:10]:
-        lines.append(f"  rejected line {sample['line']}: {sample['reason']}")
+        lines.append(f"  rejected line {sample['line']}: {printable(sample['reason'])}")
     if summary.rejects > 10:
-        lines.append(f"  (see all with: ledger rejects {summary.stream})")
+        lines.append(f"  (see all with: ledger rejects {name})")
     click.echo("\n".join(lines))
 
 
@@ -227,7 +228,7 @@ def _product_table(summary: CaptureSummary) -> str:
     for p in summary.products:
         lag = "-" if p.lag_ms_p50 is None else f"{p.lag_ms_p50:.0f}/{p.lag_ms_p99:.0f}"
         lines.append(
-            f"  {p.product:<12} {p.messages:>10,} {p.events_stored:>10,} {p.duplicates:>6,} {p.gaps:>5,} "
+            f"  {printable(p.product):<12} {p.messages:>10,} {p.events_stored:>10,} {p.duplicates:>6,} {p.gaps:>5,} "
             f"{p.resyncs:>7,} {p.rejects:>7,} {lag:>15}  {p.state}"
             + (f" ({p.awaiting_book:,} waiting for a first book, not stored)" if p.awaiting_book else "")
         )

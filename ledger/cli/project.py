@@ -17,6 +17,7 @@ from ledger.cli._app import (
     json_option,
     level_table,
     open_db,
+    printable,
     progress_bar,
 )
 
@@ -170,12 +171,12 @@ def _report(summaries: list[ProjectSummary], as_json: bool) -> None:
             started = f", restarted from the snapshot at seq {s.from_snapshot}" if s.from_snapshot else ""
             anomalies = ", ".join(f"{k} {v}" for k, v in sorted(s.anomalies.items()) if v)
             click.echo(
-                f"stream {s.stream}: {s.status}, {s.events_applied} events applied, {s.l1_rows} L1 rows "
+                f"stream {printable(s.stream)}: {s.status}, {s.events_applied} events applied, {s.l1_rows} L1 rows "
                 f"({s.events_per_second:,.0f} events/s){skipped}{started}, position {s.last_seq}"
                 + (f"; anomalies: {anomalies}" if anomalies else "")
             )
             if s.message:
-                click.echo(f"  {s.message}", err=True)
+                click.echo(f"  {printable(s.message)}", err=True)
 
 
 @cli.command()
@@ -239,13 +240,14 @@ def book(stream: str, depth: int, at_seq: int | None, at_time: str | None, show_
         echo_json(data)
         return
     when_text = "" if view.time is None else f" ({view.time.isoformat()})"
-    click.echo(f"{view.stream} after seq {view.seq}{when_text}: {len(b)} resting orders")
+    click.echo(f"{printable(view.stream)} after seq {view.seq}{when_text}: {len(b)} resting orders")
     if view.missing:
         gaps = ", ".join(f"{a}..{z}" for a, z in view.missing[:5])
         click.echo(f"  warning: {len(view.missing)} gaps crossed, the book may be wrong: {gaps}", err=True)
     if show_orders:
         for o in b.iter_orders():
-            click.echo(f"{'BUY ' if o.side == BUY else 'SELL'} {o.price!s:>14} {o.size!s:>12}  {o.order_id}")
+            side = "BUY " if o.side == BUY else "SELL"
+            click.echo(f"{side} {o.price!s:>14} {o.size!s:>12}  {printable(o.order_id)}")
         return
     click.echo("\n".join(level_table(b.levels(BUY, depth), b.levels(SELL, depth))))
 
@@ -281,7 +283,7 @@ def snapshots_list(stream: str, as_json: bool) -> None:
         echo_json([{**i.__dict__, "created_at": i.created_at.isoformat()} for i in infos])
         return
     if not infos:
-        click.echo(f"{stream}: no snapshots")
+        click.echo(f"{printable(stream)}: no snapshots")
     for i in infos:
         click.echo(
             f"seq {i.seq}  {i.order_count} orders  {i.size} bytes  v{i.format_version}  "
@@ -311,4 +313,4 @@ def snapshots_prune(streams: tuple[str, ...], keep: int, keep_every: int | None)
             Streams(conn).get(name)
         for name in streams or sorted(known):
             gone = Snapshots(conn).prune(known[name], keep=keep, keep_every=keep_every)
-            click.echo(f"{name}: deleted {gone} snapshots")
+            click.echo(f"{printable(name)}: deleted {gone} snapshots")

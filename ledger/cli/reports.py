@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from ledger.cli._app import cli, echo_json, fail_on_ledger_error, json_option, open_db
+from ledger.cli._app import cli, echo_json, fail_on_ledger_error, json_option, open_db, printable
 
 if TYPE_CHECKING:
     from ledger.services.status import StreamStatus
@@ -73,7 +73,7 @@ def export_l1(stream: str, output: str | None) -> None:
             raise click.ClickException(f"cannot write {target}: {e.strerror or e}") from None
         finally:
             tmp.unlink(missing_ok=True)
-    click.echo(f"wrote {count} L1 rows of {stream} to {target.resolve()}")
+    click.echo(f"wrote {count} L1 rows of {printable(stream)} to {printable(target.resolve())}")
 
 
 @cli.command()
@@ -106,7 +106,10 @@ def status(stream: str | None, watch: bool, interval: float, as_json: bool) -> N
             if as_json:
                 click.echo(json.dumps([r.as_dict() for r in rows], default=str, indent=None if watch else 2))
             else:
-                text = _status_text(rows) or f"no streams yet in {database.display_url}: run `ledger ingest` first"
+                text = (
+                    _status_text(rows)
+                    or f"no streams yet in {printable(database.display_url)}: run `ledger ingest` first"
+                )
                 if watch and sys.stdout.isatty():
                     click.clear()
                     stamp = f"{datetime.now().astimezone():%Y-%m-%d %H:%M:%S}"
@@ -123,6 +126,7 @@ def status(stream: str | None, watch: bool, interval: float, as_json: bool) -> N
 def _status_text(rows: list[StreamStatus]) -> str:
     blocks = []
     for r in rows:
+        name = printable(r.stream)
         if r.projected_seq is None:
             projector = "not run yet"
         else:
@@ -130,15 +134,15 @@ def _status_text(rows: list[StreamStatus]) -> str:
             projector = f"{r.projector_status} at seq {r.projected_seq}, {lag} behind, {r.l1_rows} L1 rows"
         snapshot = "none" if r.latest_snapshot_seq is None else f"seq {r.latest_snapshot_seq} ({r.latest_snapshot_at})"
         blocks.append(
-            f"{r.stream}  ({r.source})\n"
+            f"{name}  ({printable(r.source)})\n"
             f"  events {r.events}, seqs {r.first_seq}..{r.last_seq}, last ingest {r.last_ingest or '-'}\n"
             f"  open gaps {r.open_gaps} ({r.missing_seqs} seqs missing), duplicates {r.duplicates}, "
             f"rejects {r.rejects}\n"
             f"  projector: {projector}; latest book snapshot {snapshot}"
-            + (f"\n  {r.projector_message}" if r.projector_message else "")
+            + (f"\n  {printable(r.projector_message)}" if r.projector_message else "")
             + (
                 f"\n  {r.skipped_then_filled} gaps the projector skipped have been filled since: "
-                f"`ledger project --rebuild --stream {r.stream}` includes them"
+                f"`ledger project --rebuild --stream {name}` includes them"
                 if r.skipped_then_filled
                 else ""
             )
@@ -167,7 +171,7 @@ def gaps(stream: str, include_closed: bool, as_json: bool) -> None:
         echo_json(rows)
         return
     if not rows:
-        click.echo(f"{stream}: no {'' if include_closed else 'open '}gaps")
+        click.echo(f"{printable(stream)}: no {'' if include_closed else 'open '}gaps")
     for g in rows:
         skipped = " (skipped by the projector)" if g["projector_skipped_at"] else ""
         click.echo(f"{g['first_seq']}..{g['last_seq']}  {g['missing']} missing  {g['status']}{skipped}")
@@ -193,6 +197,7 @@ def rejects(stream: str, limit: int | None, as_json: bool) -> None:
         echo_json(rows)
         return
     if not rows:
-        click.echo(f"{stream}: no rejects")
+        click.echo(f"{printable(stream)}: no rejects")
     for r in rows:
-        click.echo(f"{r['source']}:{r['line_no']}: {r['reason']}\n    {r['raw']}")
+        source, reason, raw = printable(r["source"]), printable(r["reason"]), printable(r["raw"])
+        click.echo(f"{source}:{r['line_no']}: {reason}\n    {raw}")
