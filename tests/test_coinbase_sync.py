@@ -141,3 +141,30 @@ def test_first_book_is_kept_when_a_resync_book_follows_before_the_writer_takes_t
     rows, books, resolved = sync.take_ready()
     assert [b.seq for b in books] == [100, 120]  # the stream's start, and the resync
     assert rows == [101, 102, 103, 104, 105, 110] and resolved == [(106, 109)]
+
+
+def test_a_loss_seen_only_by_a_heartbeat_is_a_gap_even_with_no_message_after_it() -> None:
+    sync = _sync(GapTracker(1, 10))
+    sync.heartbeat(12, 0.0)  # 11 and 12, the last messages of a quiet feed, were lost
+    assert sync.wants_book(1.1)
+    sync.fetching(1.1)
+    assert sync.book(_book(14), 1.2)  # the exchange went on to 14 meanwhile
+    rows, books, resolved = sync.take_ready()
+    assert rows == [] and [b.seq for b in books] == [14]
+    assert resolved == [(11, 14)]  # recorded and resolved by the book, though nothing follows it
+    assert sync.tracker.high == 14 and not sync.tracker.gaps and not sync.wants_book(10.0)
+    assert sync.row(13, 13, 2.0) is Take.DUPLICATE  # covered by the book: not stored
+    assert sync.row(15, 15, 2.0) is Take.STORE
+    assert sync.take_ready() == ([15], [], [])  # no second gap for the same loss
+
+
+def test_a_swapped_pair_is_late_not_a_gap() -> None:
+    sync = _sync(GapTracker(1, 10))
+    assert sync.row(12, 12, 0.0) is Take.STORE
+    assert sync.row(11, 11, 0.01) is Take.STORE  # the feed swapped 11 and 12
+    assert sync.row(14, 14, 0.02) is Take.STORE
+    assert sync.row(13, 13, 0.03) is Take.STORE
+    assert sync.counts.late == 2 and sync.counts.stored == 4
+    rows, books, resolved = sync.take_ready()
+    assert rows == [12, 11, 14, 13] and books == [] and resolved == []
+    assert not sync.tracker.gaps and not sync.wants_book(5.0)

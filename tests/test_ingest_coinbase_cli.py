@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -21,9 +23,10 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, Engine
 
-from ledger.services.ingest_coinbase import ApiCredentials, Capture
+from ledger.errors import ConfigError
+from ledger.services.ingest_coinbase import ApiCredentials, Capture, CoinbaseOptions
 from ledger.services.project import project, rebuild
-from ledger.testing import LocalExchange
+from ledger.testing import Credentials, LocalExchange
 from tests.test_ingest_coinbase import _capture, _check_projection, _options
 from tests.test_pg_restart import _restart_command
 
@@ -306,3 +309,73 @@ def _projected_to_head(engine: Engine) -> bool:
 def _l1(engine: Engine) -> list[tuple[Any, ...]]:
     with engine.connect() as conn:
         return [tuple(r) for r in conn.execute(sa.text("SELECT * FROM l1 ORDER BY stream_id, seq"))]
+
+
+def _fake_key_env(db_env: dict[str, str]) -> dict[str, str]:
+    key = Credentials.generate(random.Random(0))
+    return db_env | {
+        "LEDGER_COINBASE_KEY": key.key,
+        "LEDGER_COINBASE_SECRET": key.secret,
+        "LEDGER_COINBASE_PASSPHRASE": key.passphrase,
+    }
+
+
+@pytest.mark.parametrize(
+    ("urls", "option"),
+    [
+        (["--ws-url", "ws://192.0.2.10:8080/"], "--ws-url"),
+        (["--rest-url", "http://192.0.2.10"], "--rest-url"),
+        (["--ws-url", "ws://feed.example.com/", "--rest-url", "https://api.example.com"], "--ws-url"),
+    ],
+)
+def test_plaintext_urls_to_another_host_are_refused_before_connecting(
+    db_env: dict[str, str], engine: Engine, urls: list[str], option: str
+) -> None:
+    env = _fake_key_env(db_env)
+    done = subprocess.run(
+        [sys.executable, "-m", "ledger.cli", "ingest", "coinbase", "--product", "BTC-USD", *urls, "--duration", "3"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode != 0
+    assert option in done.stderr and "plain text" in done.stderr and "unencrypted" in done.stderr, done.stderr
+    assert "websocket" not in done.stderr and "stopped by" not in done.stdout  # it never tried to connect
+    assert env["LEDGER_COINBASE_PASSPHRASE"] not in done.stderr + done.stdout
+    assert _count(engine, "SELECT count(*) FROM streams") == 0
+
+
+@pytest.mark.parametrize(
+    "url", ["ws://127.0.0.1:9/", "ws://127.1.2.3:9/", "ws://[::1]:9/", "ws://localhost:9/", "wss://ws.example.com/"]
+)
+def test_plaintext_is_allowed_to_loopback_and_tls_anywhere(url: str) -> None:
+    options = CoinbaseOptions(products=("BTC-USD",), ws_url=url, rest_url=url.replace("ws", "http", 1))
+    assert options.ws_url == url
+    with pytest.raises(ConfigError, match="--rest-url"):
+        CoinbaseOptions(products=("BTC-USD",), ws_url=url, rest_url="http://10.1.2.3/")
+
+
+def test_a_feed_never_reached_fails_with_the_connection_error_and_leaves_no_stream(
+    db_env: dict[str, str], engine: Engine
+) -> None:
+    with socket.socket() as closed:  # bound, never listening: every connection is refused
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+        done = subprocess.run(
+            [
+                sys.executable,
+                *("-m", "ledger.cli", "ingest", "coinbase", "--product", "BTC-USD", "--duration", "2"),
+                *("--ws-url", f"ws://127.0.0.1:{port}/", "--rest-url", f"http://127.0.0.1:{port}"),
+            ],
+            env=_fake_key_env(db_env),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert done.returncode == 1, (done.stdout, done.stderr)
+    error = done.stderr.strip().splitlines()[-1]
+    assert "nothing was received" in error and f"127.0.0.1:{port}" in error, done.stderr
+    assert "Cannot connect" in error or "refused" in error.lower(), error  # the last connection error
+    assert "stopped by" not in done.stdout
+    assert _count(engine, "SELECT count(*) FROM streams") == 0

@@ -223,13 +223,15 @@ def capture_report(summary: CaptureSummary) -> str:
 
 
 def _product_table(summary: CaptureSummary) -> str:
-    head = f"  {'product':<12} {'messages':>10} {'stored':>10} {'dups':>6} {'gaps':>5} {'resyncs':>7} "
+    # gaps: the gap rows the run created (as `ledger gaps --all` lists them); late: messages
+    # that came after a later one and closed its jump, which is no gap.
+    head = f"  {'product':<12} {'messages':>10} {'stored':>10} {'dups':>6} {'gaps':>5} {'late':>5} {'resyncs':>7} "
     lines = [head + f"{'rejects':>7} {'lag p50/p99 ms':>15}  state"]
     for p in summary.products:
         lag = "-" if p.lag_ms_p50 is None else f"{p.lag_ms_p50:.0f}/{p.lag_ms_p99:.0f}"
         lines.append(
             f"  {printable(p.product):<12} {p.messages:>10,} {p.events_stored:>10,} {p.duplicates:>6,} {p.gaps:>5,} "
-            f"{p.resyncs:>7,} {p.rejects:>7,} {lag:>15}  {p.state}"
+            f"{p.late:>5,} {p.resyncs:>7,} {p.rejects:>7,} {lag:>15}  {p.state}"
             + (f" ({p.awaiting_book:,} waiting for a first book, not stored)" if p.awaiting_book else "")
         )
     return "\n".join(lines)

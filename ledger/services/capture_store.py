@@ -4,7 +4,11 @@
 lock (the advisory lock a CSV ingest takes too, so two writers never share a stream) and
 loads their sequencing state. :meth:`CaptureStore.commit` writes one :class:`CaptureBatch`
 in one transaction: the events by COPY, then per stream its rejects, its gap rows
-reconciled with the tracker, and a REST book with the gaps it resolves.
+reconciled with the tracker, and a REST book with the gaps it resolves. A book is stored
+with the moment its response was received (``received_at``, the capture's clock in UTC),
+not the moment it was written. :attr:`CaptureStore.gap_rows` counts the gap rows each
+stream's commits created, so the capture's summary says exactly what ``ledger gaps``
+lists for the run.
 
 When the connection is lost (the server restarts, the network drops), the commit is
 retried with exponential backoff and jitter until ``retry_for`` seconds have passed: a new
@@ -24,6 +28,7 @@ from datetime import UTC, datetime
 
 import psycopg
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Connection, Engine
 
 from ledger.db import connection_lost
@@ -38,11 +43,10 @@ from ledger.storage.log import (
     GapStore,
     Reject,
     Rejects,
-    SourceSnapshots,
     Streams,
 )
 from ledger.storage.notify import notify_appended
-from ledger.storage.schema import events, source_snapshots
+from ledger.storage.schema import events, gaps, source_snapshots
 
 __all__ = ["CaptureBatch", "CaptureStore", "StreamBatch"]
 
@@ -93,6 +97,7 @@ class CaptureStore:
         self.retries = 0
         self._base: dict[int, Checkpoint] = {}  # the counts of earlier runs, per stream
         self.latest_books: dict[int, int] = {}  # the newest REST book each stream has, from earlier runs
+        self.gap_rows: dict[int, int] = {}  # gap rows this run's commits created, per stream
         self.reject_source = f"{SOURCE} {datetime.now(UTC):%Y-%m-%dT%H:%M:%S.%fZ}"  # frame numbers count per run
 
     # -- opening and closing ---------------------------------------------------------------------
@@ -107,6 +112,13 @@ class CaptureStore:
             for name in self.names:
                 sid = self.ids[name]
                 low, high = log_.seq_range(sid)
+                # A gap may end after the last event: the lost tail of a quiet feed, resolved
+                # by a book with nothing after it. The log accounts for every seq up to it.
+                accounted = conn.execute(
+                    sa.select(sa.func.max(gaps.c.last_seq)).where(gaps.c.stream_id == sid)
+                ).scalar()
+                if high is not None and accounted is not None and accounted > high:
+                    high = int(accounted)
                 trackers[name] = GapTracker(low, high, self._stored[sid])
                 self._base[sid] = checkpoints.get(sid, SOURCE) or Checkpoint(0, 0, "", False)
                 latest = conn.execute(
@@ -210,11 +222,14 @@ class CaptureStore:
             notify_appended(conn, [p.stream_id for p in batch.streams if p.rows or p.books])
             gap_store = GapStore(conn)
             stored = dict(self._stored)
+            created: dict[int, int] = {}
             for part in batch.streams:
                 Rejects(conn).add(part.stream_id, self.reject_source, part.rejects)
+                before = set(stored[part.stream_id].values())
                 kept = gap_store.reconcile(part.stream_id, stored[part.stream_id], part.gaps)
+                created[part.stream_id] = len(set(kept.values()) - before)  # the rows reconcile inserted
                 for book in part.books:
-                    SourceSnapshots(conn).save(part.stream_id, book.seq, book.raw, order_count=book.order_count)
+                    _save_book(conn, part.stream_id, book)
                 if part.resolved_by is not None:
                     gap_store.resolve_by_snapshot(part.stream_id, part.resolved_by)
                     kept = {g: i for g, i in kept.items() if g[1] > part.resolved_by}
@@ -222,6 +237,8 @@ class CaptureStore:
                 if part.counts is not None:
                     Checkpoints(conn).put(part.stream_id, SOURCE, self._checkpoint(part.stream_id, part.counts))
         self._stored = stored
+        for sid, n in created.items():  # counted once the transaction is committed
+            self.gap_rows[sid] = self.gap_rows.get(sid, 0) + n
 
     def _checkpoint(self, stream_id: int, counts: tuple[int, int, int, int]) -> Checkpoint:
         """What ``ledger status`` shows of the capture: counts over all runs, and (in
@@ -248,3 +265,20 @@ class CaptureStore:
             ).first()
             is not None
         )
+
+
+def _save_book(conn: Connection, stream_id: int, book: RestBook) -> None:
+    """Store a REST book (once per seq). Rule: its ``received_at`` is the moment its response
+    was received, on the capture's clock (timezone-aware UTC), not the insert time: the
+    projector dates the L1 row written at the book with it."""
+    values: dict[str, object] = {
+        "stream_id": stream_id,
+        "seq": book.seq,
+        "raw": book.raw,
+        "order_count": book.order_count,
+    }
+    if book.received_at is not None:
+        if book.received_at.tzinfo is None:
+            raise ValueError(f"the book at seq {book.seq} has a naive received_at: give a timezone-aware time")
+        values["received_at"] = book.received_at.astimezone(UTC)
+    conn.execute(pg_insert(source_snapshots).values(**values).on_conflict_do_nothing())

@@ -6,10 +6,12 @@ and ``ledger run`` can build options without loading aiohttp.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 from ledger.errors import ConfigError
 from ledger.services.coinbase_sync import SyncTiming
@@ -24,6 +26,7 @@ __all__ = [
     "CoinbaseOptions",
     "Lags",
     "ProductSummary",
+    "check_url",
     "stream_name",
 ]
 
@@ -80,6 +83,49 @@ class CoinbaseOptions:
     summary_every: float = 60.0
     timing: SyncTiming = field(default_factory=SyncTiming)
 
+    def __post_init__(self) -> None:
+        check_url(self.ws_url, "--ws-url", secure=("wss", "https"), plain=("ws", "http"))
+        check_url(self.rest_url, "--rest-url", secure=("https",), plain=("http",))
+
+
+def check_url(url: str, option: str, *, secure: tuple[str, ...], plain: tuple[str, ...]) -> None:
+    """Refuse a URL the capture's API key must not be sent to (a ConfigError naming ``option``).
+
+    Rule: the subscription and every REST call carry the key, the passphrase and a
+    signature, so they go over TLS (a ``secure`` scheme) only; plain text (a ``plain``
+    scheme) is allowed to a loopback host alone (127.0.0.0/8, ::1, localhost), such as a
+    local test exchange. The message shows the scheme and host only, never a user or
+    password the URL may hold.
+    """
+    try:
+        parts = urlsplit(url)
+        host, port = parts.hostname or "", parts.port
+    except ValueError as e:
+        raise ConfigError(f"{option}: not a valid URL ({e})") from None
+    scheme = parts.scheme.lower()
+    shown = f"[{host}]" if ":" in host else host
+    where = f"{scheme}://{shown}" + (f":{port}" if port is not None else "") if host else repr(scheme + ":")
+    if scheme not in secure + plain or not host:
+        raise ConfigError(f"{option}: {where} is not a {secure[0]}:// URL with a host")
+    if scheme in plain and not _loopback(host):
+        raise ConfigError(
+            f"{option} {where} is plain text ({scheme}://): the API key and passphrase would be sent "
+            f"unencrypted to {host}. Use {secure[0]}://; {scheme}:// is allowed only to this machine "
+            "(127.0.0.1, ::1, localhost)"
+        )
+
+
+def _loopback(host: str) -> bool:
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False  # a name other than localhost may resolve anywhere
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback
+
 
 @dataclass
 class ProductSummary:
@@ -89,7 +135,8 @@ class ProductSummary:
     events_stored: int = 0
     duplicates: int = 0
     dropped_before_start: int = 0
-    gaps: int = 0
+    gaps: int = 0  # gap rows this run created: what `ledger gaps STREAM --all` lists for it
+    late: int = 0  # messages that came after a later one and filled its jump: reordered, not lost
     resyncs: int = 0
     stale_books: int = 0
     rejects: int = 0

@@ -14,7 +14,12 @@ tick; the sync says which rows to store and when a REST book is wanted.
   with its gap; if the missing messages do not arrive within the grace period (they may
   only be reordered), a REST book at or after the gap's end is fetched and stored, and
   the gaps it covers are resolved by it. A heartbeat whose sequence is ahead of the last
-  message received means the tail was lost on a quiet feed, and also asks for a book.
+  message received means the tail was lost on a quiet feed, and also asks for a book;
+  that loss is a gap like any other, from the message after the last one received to
+  the book's sequence, recorded and resolved by the book even if no message follows.
+* **Late is not lost**: a message that fills a jump (the feed swapped two messages) is
+  counted as ``late``; only what the writer records as a gap row is a gap (the store
+  counts those).
 * **Backoff**: fetches for a product are spaced by an exponential delay with jitter that
   grows with each fetch in the last minute, so a flapping product cannot cause a storm;
   its other products are not affected.
@@ -25,6 +30,7 @@ from __future__ import annotations
 import enum
 import random
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from ledger.domain.sequencing import Arrival, GapTracker, classify
@@ -45,11 +51,14 @@ class SyncTiming:
 
 @dataclass(frozen=True)
 class RestBook:
-    """A REST level-3 book as fetched: its sequence, its text as received, how many orders."""
+    """A REST level-3 book as fetched: its sequence, its text as received, how many orders,
+    and when its response was received (timezone-aware UTC; None: not known, the database
+    then dates it when it is stored)."""
 
     seq: int
     raw: str
     order_count: int
+    received_at: datetime | None = None
 
 
 class Take(enum.Enum):
@@ -67,7 +76,7 @@ class SyncCounts:
     stored: int = 0
     duplicates: int = 0
     dropped_before_start: int = 0
-    gaps: int = 0
+    late: int = 0  # messages that arrived after a later one, filling a jump (reordered, not lost)
     resyncs: int = 0  # REST books fetched and used
     stale_books: int = 0  # REST books too old for what they were fetched for
 
@@ -137,8 +146,12 @@ class ProductSync:
             tracker.observe(seq)
             if arrival is Arrival.JUMP:
                 self._jumped(now)
-            elif arrival is Arrival.LATE and not tracker.gaps:
-                self._gaps_since = None
+            elif arrival is Arrival.LATE:
+                # Late, not lost: counted apart from gaps. A jump it closes before the writer
+                # takes it never becomes a gap row (a swapped pair is not a gap).
+                self.counts.late += 1
+                if not tracker.gaps:
+                    self._gaps_since = None
         self._ready.rows.append(row)
         self.counts.stored += 1
         return Take.STORE
@@ -191,12 +204,20 @@ class ProductSync:
         if not self.live:
             return self._first(book, now)
         tracker = self.tracker
+        high = tracker.high if tracker.high is not None else -1
         covered = [g for g in tracker.gaps if g[1] <= book.seq]
-        tail = self._heartbeat_seq > max(tracker.high or -1, self._latest_book)
-        if not covered and not (tail and book.seq >= self._heartbeat_seq):
+        tail = self._heartbeat_seq > max(high, self._latest_book) and book.seq >= self._heartbeat_seq
+        if not covered and not tail:
             self.counts.stale_books += 1  # older than the gaps' ends: the projector could not use it
             return False
         tracker.gaps = [g for g in tracker.gaps if g[1] > book.seq]
+        if tail:
+            # Rule: a loss seen only by a heartbeat is a gap like any other. The messages after
+            # the last one received, up to the book, are missing from the log: that run is a
+            # gap resolved by this book (even if no message ever follows it), and the stream
+            # goes on from the book (a message at or below it arriving later is not stored).
+            covered.append((high + 1, book.seq))
+            tracker.high = book.seq
         self._ready.resolved += covered
         self._ready.books.append(book)
         self._latest_book = max(self._latest_book, book.seq)
@@ -236,9 +257,8 @@ class ProductSync:
     # -- internals -------------------------------------------------------------------------------
 
     def _jumped(self, now: float) -> None:
-        self.counts.gaps += 1
         gap = self.tracker.gaps[-1]
-        if gap[1] <= self._latest_book:  # a book already stored covers it (the lost tail of a quiet feed)
+        if gap[1] <= self._latest_book:  # a book already stored covers it (fetched for an earlier gap)
             self.tracker.gaps.pop()
             self._ready.resolved.append(gap)
             if not self.tracker.gaps:

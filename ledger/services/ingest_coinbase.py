@@ -24,6 +24,9 @@ Failures and what happens:
   exchange, then a reconnect and resync);
 * the exchange refusing the subscription (bad credentials, unknown product): stop with
   its message;
+* the feed unreachable: reconnect until stopped; if nothing at all was received, the run
+  fails with the last connection error, and no stream was created (the streams are
+  created, locked and read only when the first frame arrives);
 * SIGINT or SIGTERM: stop reading, commit what was received, print the summary.
 """
 
@@ -40,11 +43,13 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
 from sqlalchemy.engine import Engine
 
+from ledger.domain.sequencing import GapTracker
 from ledger.errors import InputError, LedgerError
 from ledger.services.capture_store import CaptureBatch, CaptureStore, StreamBatch
 from ledger.services.capture_types import (
@@ -96,6 +101,10 @@ class _RestError(Exception):
 
 class _Refused(LedgerError):
     """The exchange refused the subscription."""
+
+
+class _Unreachable(LedgerError):
+    """Nothing was ever received from the feed."""
 
 
 def capture(run: Capture) -> CaptureSummary:
@@ -151,6 +160,10 @@ class Capture:
         self._closing = False
         self._failure: BaseException | None = None
         self._subscribed = False
+        self._opened = False  # the store: opened when the first frame arrives
+        self._opening: asyncio.Future[dict[str, GapTracker]] | None = None
+        self._last_error = ""  # why the last connection attempt ended
+        self._attempts = 0  # connection attempts that ended
         self._silent = False  # the watchdog closed the connection
         self._last_frame = 0.0
         self._schema: Level3Schema | None = None
@@ -171,18 +184,7 @@ class Capture:
     async def run(self, *, handle_signals: bool = False) -> CaptureSummary:
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
-        trackers = await asyncio.to_thread(self._store.open)
         try:
-            for product in self.options.products:
-                name = stream_name(product)
-                self._stream_ids[product] = self._store.ids[name]
-                self._syncs[product] = ProductSync(
-                    product,
-                    trackers[name],
-                    timing=self.options.timing,
-                    now=loop.time(),
-                    latest_book=self._store.latest_books.get(self._store.ids[name], -1),
-                )
             if handle_signals:
                 for sig in (signal.SIGINT, signal.SIGTERM):
                     loop.add_signal_handler(sig, self.stop, sig.name)
@@ -191,12 +193,41 @@ class Capture:
             if handle_signals:
                 for sig in (signal.SIGINT, signal.SIGTERM):
                     loop.remove_signal_handler(sig)
+            if self._opening is not None:
+                await asyncio.wait([self._opening])  # an open under way when stopped ends first
             await asyncio.to_thread(self._store.close)
             self.summary.seconds = time.perf_counter() - started
             self._fill_summary()
         if self._failure is not None:
             raise self._failure
+        if self.summary.frames == 0 and self._last_error:
+            # Rule: a capture that never received anything failed, whatever stopped it; it
+            # says why with the last connection error, and leaves no (empty) stream behind.
+            attempts = self._attempts
+            raise _Unreachable(
+                f"nothing was received from {self.options.ws_url} in {self.summary.seconds:.1f}s "
+                f"({attempts} connection attempt{'s' if attempts != 1 else ''}); the last one: "
+                f"{self._last_error}. No stream was created"
+            )
         return self.summary
+
+    async def _open(self) -> None:
+        """Create, lock and read the streams, and start each product's sync: when the first
+        frame arrives, so that a feed never reached leaves no stream behind."""
+        loop = asyncio.get_running_loop()
+        self._opening = asyncio.ensure_future(asyncio.to_thread(self._store.open))
+        trackers = await asyncio.shield(self._opening)  # a stop meanwhile waits for it, then closes
+        self._opened = True
+        for product in self.options.products:
+            name = stream_name(product)
+            self._stream_ids[product] = self._store.ids[name]
+            self._syncs[product] = ProductSync(
+                product,
+                trackers[name],
+                timing=self.options.timing,
+                now=loop.time(),
+                latest_book=self._store.latest_books.get(self._store.ids[name], -1),
+            )
 
     async def _run_tasks(self) -> None:
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.options.rest_timeout)
@@ -256,8 +287,10 @@ class Capture:
                 reason = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
             finally:
                 self._subscribed = False
+            self._attempts += 1
             if self._stop.is_set():
                 return
+            self._last_error = reason
             if self.summary.frames > frames_before or time.monotonic() - opened > 60:
                 attempt = 0
             delay = min(options.reconnect_cap, options.reconnect_base * 2**attempt) * (0.5 + self._rng.random() / 2)
@@ -308,6 +341,8 @@ class Capture:
                 await self._room.wait()  # the writer is behind: stop reading, the socket pushes back
                 self._last_frame = loop.time()
             message = await ws.receive()
+            if not self._opened and message.type in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
+                await self._open()  # the first frame: now there is something to store
             self._last_frame = loop.time()
             if message.type is aiohttp.WSMsgType.TEXT:
                 self._frame(message.data, loop.time())
@@ -426,7 +461,7 @@ class Capture:
     async def _fetch(self, session: aiohttp.ClientSession, product: str) -> None:
         sync = self._syncs[product]
         try:
-            raw = await self._get_book(session, product)
+            raw, received_at = await self._get_book(session, product)
             seq, count = await asyncio.to_thread(_read_book, raw)
         except (_RestError, MessageError) as e:
             sync.fetch_failed()
@@ -436,7 +471,7 @@ class Capture:
             sync.fetch_failed()
             log.warning("%s: level-3 book: %s: %s; trying again later", product, type(e).__name__, e)
             return
-        used = sync.book(RestBook(seq, raw, count), asyncio.get_running_loop().time())
+        used = sync.book(RestBook(seq, raw, count, received_at), asyncio.get_running_loop().time())
         log.info(
             "%s: level-3 book at sequence %d (%d orders)%s",
             product,
@@ -446,7 +481,8 @@ class Capture:
         )
         self._wake.set()
 
-    async def _get_book(self, session: aiohttp.ClientSession, product: str) -> str:
+    async def _get_book(self, session: aiohttp.ClientSession, product: str) -> tuple[str, datetime]:
+        """The text of a REST level-3 book and the moment its response was received (UTC)."""
         path = f"/products/{product}/book?level=3"
         url = self.options.rest_url.rstrip("/") + path
         problem = ""
@@ -467,7 +503,9 @@ class Capture:
                 async with session.get(url, headers=headers, timeout=timeout) as response:
                     body = await response.text()
                     if response.status == 200:
-                        return body
+                        # When the book was received, on this machine's clock: the time of the
+                        # L1 row the projector writes at it (stored in source_snapshots.received_at).
+                        return body, datetime.now(UTC)
                     problem = f"HTTP {response.status}: {body[:200]}"
                     if response.status not in (408, 425, 429) and response.status < 500:
                         break  # not worth retrying
@@ -538,12 +576,11 @@ class Capture:
                 continue
             c = sync.counts
             part.messages, part.events_stored, part.duplicates = c.messages, c.stored, c.duplicates
-            part.dropped_before_start, part.gaps, part.resyncs, part.stale_books = (
-                c.dropped_before_start,
-                c.gaps,
-                c.resyncs,
-                c.stale_books,
-            )
+            part.dropped_before_start, part.resyncs, part.stale_books = c.dropped_before_start, c.resyncs, c.stale_books
+            # Gaps are the gap rows this run created (what `ledger gaps --all` lists); a message
+            # that came late and closed its jump before it was written is counted as late.
+            part.gaps = self._store.gap_rows.get(self._stream_ids[part.product], 0)
+            part.late = c.late
             part.open_gaps = len(sync.tracker.gaps)
             part.state = sync.state
             part.lag_ms_p50 = self._lags[part.product].percentile(0.50)
