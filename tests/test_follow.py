@@ -4,19 +4,24 @@ followers split the streams and take over those of one that dies."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
+import logging
+import secrets
 import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, Engine
 
 from benchmarks.generate_l3 import generate
+from ledger.db import create_engine
+from ledger.errors import DatabaseError
 from ledger.services.follow import FollowOptions, follow
 from ledger.services.project import project, rebuild
 from ledger.storage.log import Streams
@@ -261,3 +266,128 @@ def test_a_write_that_does_not_follow_on_from_the_stored_position_is_refused(eng
     with engine.connect() as conn:
         rows = conn.execute(sa.text("SELECT seq FROM l1 WHERE stream_id = :s ORDER BY 1"), {"s": sid})
         assert rows.scalars().all() == [1, 5]
+
+
+@contextlib.contextmanager
+def _role(engine: Engine, database_url: URL) -> Iterator[tuple[URL, str, str]]:
+    """A login role that may read and write every ledger table: its URL, name and password."""
+    role, password = f"ledger_follow_{secrets.token_hex(4)}", secrets.token_hex(12)
+    with engine.begin() as conn:
+        conn.execute(sa.text(f"CREATE ROLE {role} LOGIN PASSWORD '{password}'"))
+        conn.execute(sa.text(f'GRANT CONNECT ON DATABASE "{database_url.database}" TO {role}'))
+        conn.execute(sa.text(f"GRANT USAGE ON SCHEMA public TO {role}"))
+        conn.execute(sa.text(f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role}"))
+        conn.execute(sa.text(f"GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {role}"))
+    try:
+        yield database_url.set(username=role, password=password), role, password
+    finally:
+        with engine.begin() as conn:
+            conn.execute(sa.text(f"DROP OWNED BY {role}"))
+            conn.execute(sa.text(f"DROP ROLE {role}"))
+
+
+def _refusals(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "refused the follower" in r.getMessage()]
+
+
+def test_a_follower_refused_by_the_database_says_why_retries_and_goes_on_when_allowed(
+    database_url: URL, db_env: dict[str, str], engine: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="ledger.services.follow")
+    _ingest(db_env, _csv(3_000, seed=41), "csv:granted")
+    with _role(engine, database_url) as (url, role, password):
+        with engine.begin() as conn:
+            conn.execute(sa.text(f"REVOKE ALL ON projector_positions FROM {role}"))
+        limited = create_engine(url)
+        stop = threading.Event()
+        result: list[object] = []
+        errors: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                result.extend(follow(limited, FollowOptions(poll=0.2, rebalance=0.5), stop))
+            except BaseException as e:
+                errors.append(e)
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        try:
+            deadline = time.monotonic() + 30
+            while len(_refusals(caplog)) < 2:  # it said why, waited, tried again, and said why again
+                assert thread.is_alive(), errors
+                assert time.monotonic() < deadline, caplog.text
+                time.sleep(0.05)
+            assert _positions(engine) == {}
+            with engine.begin() as conn:
+                conn.execute(sa.text(f"GRANT SELECT, INSERT, UPDATE, DELETE ON projector_positions TO {role}"))
+            _wait_caught_up(engine, 60)  # it came back by itself
+        finally:
+            stop.set()
+            thread.join(30)
+            limited.dispose()
+    assert not errors and result and all(s.status == "ok" for s in result), (errors, result)  # type: ignore[attr-defined]
+    assert all("permission denied for table projector_positions" in m for m in _refusals(caplog))
+    assert password not in caplog.text
+    live = _export(engine, "csv:granted")
+    rebuild(engine, ["csv:granted"])
+    project(engine, streams=["csv:granted"])
+    assert live == _export(engine, "csv:granted") and live.count(b"\n") > 100
+
+
+def test_a_follower_refused_for_longer_than_its_window_gives_up_with_a_clear_message(
+    database_url: URL, db_env: dict[str, str], engine: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="ledger.services.follow")
+    _ingest(db_env, _csv(500, seed=42), "csv:refused")
+    with _role(engine, database_url) as (url, role, password):
+        with engine.begin() as conn:
+            conn.execute(sa.text(f"REVOKE ALL ON projector_positions FROM {role}"))
+        limited = create_engine(url)
+        started = time.monotonic()
+        try:
+            with pytest.raises(DatabaseError) as failure:
+                follow(limited, FollowOptions(poll=0.2, rebalance=0.5, retry_for=1.5), threading.Event())
+        finally:
+            limited.dispose()
+    assert 1.5 < time.monotonic() - started < 30
+    message = str(failure.value)
+    assert "kept refusing the follower's work for 2s: permission denied for table projector_positions" in message
+    assert "run the same command again" in message and password not in message
+    assert len(_refusals(caplog)) >= 2
+
+
+def test_a_bug_is_raised_at_once_not_retried(
+    db_env: dict[str, str], engine: Engine, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ledger.services import follow as following
+    from ledger.services.stream_run import StreamRun
+
+    caplog.set_level(logging.WARNING, logger="ledger.services.follow")
+    _ingest(db_env, _csv(500, seed=43), "csv:buggy")
+    options = FollowOptions(poll=0.2, rebalance=0.5)
+
+    def broken(self: StreamRun, stop: object = None) -> int:
+        raise TypeError("a bug")
+
+    monkeypatch.setattr(StreamRun, "catch_up", broken)
+    with pytest.raises(TypeError, match="a bug"):
+        follow(engine, options, threading.Event())
+    monkeypatch.undo()
+
+    def wrong_sql(self: object) -> None:  # SQL that does not fit the schema is a bug too
+        with engine.connect() as conn:
+            conn.execute(sa.text("SELECT no_such_column FROM streams"))
+
+    monkeypatch.setattr(following._Follower, "_balance", wrong_sql)
+    with pytest.raises(DatabaseError, match=r"following the log failed: .*no_such_column"):
+        follow(engine, options, threading.Event())
+    assert not caplog.records  # no retry, no "trying again"
+
+
+def test_passwords_are_hidden_in_what_the_follower_says() -> None:
+    from ledger.services.follow import _without_credentials
+
+    text = "connection to postgresql+psycopg://bob:s3cr%40t@db:5432/x failed: password=hunter2 host=db"
+    shown = _without_credentials(text)
+    assert "s3cr" not in shown and "hunter2" not in shown
+    assert "postgresql+psycopg://bob:***@db:5432/x" in shown and "password=*** host=db" in shown

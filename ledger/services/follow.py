@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import math
 import queue
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -55,7 +56,7 @@ class FollowOptions:
     streams: tuple[str, ...] = ()  # empty: every stream, including those created later
     poll: float = 1.0  # seconds between looks at the log when no notification comes
     rebalance: float = 2.0  # seconds between counts of the followers and their shares
-    retry_for: float = 300.0  # seconds to keep trying while the database is unreachable
+    retry_for: float = 300.0  # seconds to keep trying while the database is unreachable or refuses
     skip_gaps_older_than: float = 5.0  # with --skip-gaps: a younger gap may still fill, so wait
     project: ProjectOptions = field(default_factory=ProjectOptions)
 
@@ -71,9 +72,11 @@ def follow(
     """Follow the log until ``stop`` is set; the summaries of the streams followed.
     ``wakeups`` replaces LISTEN/NOTIFY with stream ids put by an ingest in this process.
 
-    When the database goes away, the follower drops its books and locks, waits with
-    exponential backoff and starts again (books from their snapshots, streams shared anew),
-    for up to ``options.retry_for`` seconds of failed attempts in a row."""
+    When the database goes away, or refuses what the follower does (see :func:`_retried`),
+    the follower says why, drops its books and locks, waits with exponential backoff and
+    starts again (books from their snapshots, streams shared anew), for up to
+    ``options.retry_for`` seconds of failed attempts in a row. Errors of the program itself
+    (a TypeError, SQL that does not fit the schema) are raised at once."""
     delay, failing_since = 0.5, None
     earlier: list[ProjectSummary] = []  # of the followers before a restart
     while True:
@@ -87,26 +90,68 @@ def follow(
             if follower is not None:
                 follower.abandon()
                 earlier += follower.partial()
-            if not isinstance(e, LockLost) and not connection_lost(e):
-                raise DatabaseError(f"following the log failed: {first_line(e)}") from e
+            if not _retried(e):
+                raise DatabaseError(f"following the log failed: {_without_credentials(first_line(e))}") from e
             if stop.is_set():  # stopping anyway: what was committed stands
                 return _merged(earlier)
+            lost = isinstance(e, LockLost) or connection_lost(e)
+            why = _without_credentials(first_line(e))
             now = time.monotonic()
             if failing_since is None or now - started > 60:  # it had been working: a new outage
                 failing_since, delay = now, 0.5
             if now - failing_since > options.retry_for or stop.is_set():
+                if lost:
+                    raise DatabaseError(
+                        f"lost the database while following ({why}) and it did not come back within "
+                        f"{options.retry_for:.0f}s. Run the same command again: every stream goes on from its "
+                        "last committed position"
+                    ) from e
                 raise DatabaseError(
-                    f"lost the database while following ({first_line(e)}) and it did not come back within "
-                    f"{options.retry_for:.0f}s. Run the same command again: every stream goes on from its "
-                    "last committed position"
+                    f"the database kept refusing the follower's work for {options.retry_for:.0f}s: {why}. "
+                    "Fix that (a privilege, a full disk, a setting) and run the same command again: every "
+                    "stream goes on from its last committed position"
                 ) from e
-            log.warning("lost the database (%s); following again in %.1fs", first_line(e), delay)
+            if lost:
+                log.warning("lost the database (%s); following again in %.1fs", why, delay)
+            else:
+                log.warning("the database refused the follower's work (%s); following again in %.1fs", why, delay)
             stop.wait(delay)
             delay = min(10.0, delay * 2)
         except BaseException:
             if follower is not None:
                 follower.abandon()
             raise
+
+
+def _retried(error: BaseException) -> bool:
+    """Whether the follower starts again after ``error`` (a driver error, or LockLost).
+
+    The rule: any database error is worth waiting out, as a lost connection is: an
+    administrator may grant a privilege back, free disk space, raise a limit, or promote a
+    standby. Not so the errors of SQLSTATE class 42 (syntax error or access rule violation)
+    other than a missing privilege (42501), nor the driver's own complaints about how it is
+    called: they say ledger's SQL does not fit this database (a bug, or a schema of another
+    version), which no wait mends, so they are raised at once, as TypeErrors and the like are."""
+    if isinstance(error, LockLost) or connection_lost(error):
+        return True
+    original = getattr(error, "orig", None) or error
+    if not isinstance(original, psycopg.Error):
+        return True
+    state = original.sqlstate
+    if state is None:
+        return not isinstance(original, psycopg.ProgrammingError | psycopg.NotSupportedError)
+    return not state.startswith("42") or state == "42501"
+
+
+# A URL's user info (``scheme://user:secret@``) and a ``password=`` keyword, in an error
+# message quoted in a log line.
+_URL_SECRET = re.compile(r"(\b[a-z][\w+.-]*://[^\s:/@]*:)[^\s@]*@", re.IGNORECASE)
+_KEYWORD_SECRET = re.compile(r"(\bpassword\s*=\s*)('[^']*'|\S+)", re.IGNORECASE)
+
+
+def _without_credentials(text: str) -> str:
+    """``text`` with any password in it hidden, for logs and messages."""
+    return _KEYWORD_SECRET.sub(r"\1***", _URL_SECRET.sub(r"\1***@", text))
 
 
 def _merged(summaries: list[ProjectSummary]) -> list[ProjectSummary]:
