@@ -12,6 +12,7 @@ the stream, so the tracker, loaded from the database at the start, stays in step
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import queue
 import stat
@@ -45,8 +46,17 @@ __all__ = ["IngestSummary", "ingest_csv", "stream_lock_key"]
 _INGEST_LOCK_CLASS = 0x1ED6
 _FINGERPRINT_SPAN = 4096
 _NULL = "\\N"  # NULL in COPY text format
-_MAX_LINE = 1 << 20  # no well-formed event line comes near this
+# Rule: a line longer than _MAX_LINE bytes (with its newline) is never held whole. It is
+# read on to its newline and dropped; its first _KEEP_OF_LONG_LINE bytes go to the reject.
+# An event line is a few hundred bytes, so nothing valid comes near this.
+_MAX_LINE = 1 << 16
 _KEEP_OF_LONG_LINE = 1 << 16
+_BLOCK = 1 << 18  # bytes read at a time
+# Rule: a batch is committed early once its rejects hold this many characters, so a run of
+# long bad lines never piles up in memory (a few batches wait at most: see _Writer).
+_REJECT_CHARS_PER_BATCH = 4 << 20
+# How a reject's raw escapes a line PostgreSQL text cannot hold (see _reject_text).
+_ESCAPED = "raw escaped: \\xHH for a NUL or a byte that is not UTF-8, \\\\ for a backslash"
 
 
 def stream_lock_key(stream_id: int) -> tuple[int, int]:
@@ -88,6 +98,7 @@ class _Batch:
 
     rows: list[bytes] = field(default_factory=list)  # COPY text rows
     rejects: list[Reject] = field(default_factory=list)
+    reject_chars: int = 0  # the characters of the rejects' raw text and reasons
     duplicates: list[tuple[int, int, str]] = field(default_factory=list)  # seq, line_no, text
     lines: int = 0
     line_no: int = 0  # the last line in the batch
@@ -114,9 +125,12 @@ def ingest_csv(
         raise InputError("--batch-size must be at least 1")
     started = time.perf_counter()
     summary = IngestSummary(stream=stream, source=source)
-    header = fp.readline()
+    header = fp.readline(_MAX_LINE)  # bounded: a binary file may have no newline at all
     if not header.strip():
         raise InputError(f"{source}: the input is empty (expected a header line first)")
+    if not _is_text(header):
+        # Rule: name a binary input as such, with a short escaped excerpt, not its bytes.
+        raise InputError(f"{source}: not a text CSV file (starts with bytes {header[:16]!r})")
     try:
         check_header(header.decode("utf-8", errors="replace"))
     except RowError as e:
@@ -162,7 +176,9 @@ def _read(
                 _take_lines(run.tracker, batch, part, line_no, prefix)
                 line_no += len(part)
                 offset += sum(map(len, part))
-                if batch.lines >= batch_size:
+                if type(part[0]) is _LongLine:  # alone in its list; only its start was kept
+                    offset += part[0].skipped
+                if batch.lines >= batch_size or batch.reject_chars > _REJECT_CHARS_PER_BATCH:
                     writer.submit(run.seal(batch, line_no, offset, complete=False))
                     batch = _Batch()
                     if progress is not None:
@@ -209,28 +225,80 @@ def _take_lines(tracker: GapTracker, batch: _Batch, lines: list[bytes], line_no:
 
 def _parse_slowly(raw: bytes, line_no: int, batch: _Batch) -> tuple[CsvRow, str] | None:
     """The careful path for a line the fast path refused: the row, or a reject with its reason."""
-    if len(raw) > _MAX_LINE:
-        text = raw[:_KEEP_OF_LONG_LINE].decode("utf-8", errors="replace")
-        reason = f"a line of {len(raw):,} bytes, longer than any event can be (first {_KEEP_OF_LONG_LINE:,} kept)"
-        batch.rejects.append(Reject(line_no, text, reason))
+    size = raw.size if type(raw) is _LongLine else len(raw)
+    if size > _MAX_LINE:
+        head = _utf8_trim(raw[:_KEEP_OF_LONG_LINE])
+        reason = f"a line of {size:,} bytes, longer than any event can be (first {len(head):,} kept)"
+        _reject_bytes(batch, line_no, head, reason)
         return None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        text = raw.decode("utf-8", errors="replace").rstrip("\r\n")
-        batch.rejects.append(Reject(line_no, text, f"not UTF-8 text: {e.reason} at byte {e.start}"))
+        _reject_bytes(batch, line_no, raw.rstrip(b"\r\n"), f"not UTF-8 text: {e.reason} at byte {e.start}")
         return None
     text = text.rstrip("\r\n")
     if not text.strip():
         return None  # a blank line holds nothing
     if "\x00" in text:
-        batch.rejects.append(Reject(line_no, text.replace("\x00", "\\x00"), "contains a NUL byte"))
+        _reject_bytes(batch, line_no, raw.rstrip(b"\r\n"), "contains a NUL byte")
         return None
     try:
         return parse_line(text), text
     except RowError as e:
-        batch.rejects.append(Reject(line_no, text, str(e)))
+        _reject(batch, line_no, text, str(e))
         return None
+
+
+def _reject(batch: _Batch, line_no: int, text: str, reason: str) -> None:
+    batch.rejects.append(Reject(line_no, text, reason))
+    batch.reject_chars += len(text) + len(reason)
+
+
+def _reject_bytes(batch: _Batch, line_no: int, raw: bytes, reason: str) -> None:
+    """Reject a line that may not be text PostgreSQL can hold (see :func:`_reject_text`)."""
+    text, escaped = _reject_text(raw)
+    _reject(batch, line_no, text, f"{reason} ({_ESCAPED})" if escaped else reason)
+
+
+def _reject_text(raw: bytes) -> tuple[str, bool]:
+    """The text a reject stores for a line, and whether it is escaped.
+
+    Rule: rejects.raw is PostgreSQL text, which holds neither NUL nor invalid UTF-8. A line
+    that is UTF-8 without NUL is stored as it is. Any other line is stored in an escaped
+    form that loses nothing: each NUL and each byte that is not part of valid UTF-8 becomes
+    ``\\xHH`` (two hex digits), each backslash becomes ``\\\\``, the rest stays as it
+    is; the reason then ends with "(raw escaped: ...)" to say so."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        pass
+    else:
+        if "\x00" not in text:
+            return text, False
+    escaped = raw.replace(b"\\", b"\\\\").decode("utf-8", errors="backslashreplace")
+    return escaped.replace("\x00", "\\x00"), True
+
+
+def _utf8_trim(head: bytes) -> bytes:
+    """The start of a line cut short, less a UTF-8 character the cut split."""
+    for back in range(1, min(4, len(head)) + 1):
+        byte = head[-back]
+        if byte & 0xC0 != 0x80:  # not a continuation byte: the start of the last character
+            width = 1 if byte < 0xC0 else 2 if byte < 0xE0 else 3 if byte < 0xF0 else 4
+            return head[:-back] if width > back else head
+    return head
+
+
+def _is_text(header: bytes) -> bool:
+    """Whether a first line looks like text: UTF-8 without control characters but tab, CR
+    and LF (a character cut at the end of a bounded read does not count)."""
+    try:
+        text = header.decode("utf-8")
+    except UnicodeDecodeError as e:
+        if e.end < len(header) or len(header) < _MAX_LINE:
+            return False
+        text = header[: e.start].decode("utf-8", errors="replace")
+    return not any(c < " " and c not in "\t\r\n" for c in text)
 
 
 def _copy_row_of(prefix: bytes, row: CsvRow, text: str) -> bytes:
@@ -429,30 +497,67 @@ def _regular_file_fd(fp: BinaryIO) -> int | None:
         return None
 
 
+class _LongLine(bytes):
+    """The first bytes of a line longer than _MAX_LINE; ``size`` is the whole line's length
+    (its newline included) and ``skipped`` the bytes read past and dropped."""
+
+    size: int
+    skipped: int
+
+
+def _lines(read: Callable[[int], bytes]) -> Iterator[list[bytes]]:
+    """Lists of the lines ``read`` gives, each with its newline (the input's last line may
+    have none), in memory bounded whatever the lines' lengths: a line that grows past
+    _MAX_LINE comes alone in its list as a :class:`_LongLine`."""
+    pending = b""  # the start of a line not ended yet: at most _MAX_LINE bytes
+    while data := read(_BLOCK):
+        if pending:
+            data = pending + data
+        while data:
+            lines = io.BytesIO(data).readlines()  # splits at b"\n" only, like a file's readlines
+            pending = b"" if lines[-1].endswith(b"\n") else lines.pop()
+            if lines:
+                yield lines
+            if len(pending) <= _MAX_LINE:
+                break
+            long, data = _skip_line(read, pending)  # data: what follows its newline
+            pending = b""
+            yield [long]
+    if pending:
+        yield [pending]
+
+
+def _skip_line(read: Callable[[int], bytes], start: bytes) -> tuple[_LongLine, bytes]:
+    """Read past the rest of the line ``start`` begins, to its newline or the end of the
+    input: (the line's first _KEEP_OF_LONG_LINE bytes, what was read after its newline)."""
+    size = len(start)
+    rest = b""
+    while data := read(_BLOCK):
+        end = data.find(b"\n")
+        if end >= 0:
+            size += end + 1
+            rest = data[end + 1 :]
+            break
+        size += len(data)
+    long = _LongLine(start[:_KEEP_OF_LONG_LINE])
+    long.size, long.skipped = size, size - len(long)
+    return long, rest
+
+
 def _line_chunks(fp: BinaryIO, flush_interval: float | None) -> Iterator[list[bytes]]:
-    """Lists of whole lines. With a flush interval, a reader thread feeds them and an empty
-    list comes at least every ``flush_interval`` seconds while the input is quiet."""
+    """Lists of whole lines (see :func:`_lines`). With a flush interval, a reader thread feeds
+    them and an empty list comes at least every ``flush_interval`` seconds while the input
+    is quiet."""
     if flush_interval is None:
-        while lines := fp.readlines(1 << 18):
-            yield lines
+        yield from _lines(fp.read)
         return
     chunks: queue.Queue[list[bytes] | None] = queue.Queue(maxsize=64)
     failure: list[BaseException] = []
 
     def reader() -> None:
-        pending: list[bytes] = []  # the start of a line not ended yet (kept in pieces: no quadratic copying)
-        read = getattr(fp, "read1", fp.read)
         try:
-            while data := read(1 << 16):
-                end = data.rfind(b"\n")
-                if end < 0:
-                    pending.append(data)
-                    continue
-                block = b"".join([*pending, data[: end + 1]])
-                pending = [data[end + 1 :]] if end + 1 < len(data) else []
-                chunks.put([line + b"\n" for line in block[:-1].split(b"\n")])
-            if pending:
-                chunks.put([b"".join(pending)])
+            for lines in _lines(getattr(fp, "read1", fp.read)):
+                chunks.put(lines)
         except (OSError, ValueError) as e:
             failure.append(e)
         finally:

@@ -46,6 +46,7 @@ _COLUMNS = 16
 #: The event-log columns of the rows :func:`copy_row` makes, after the stream id.
 COPY_COLUMNS = ("seq", "kind", "order_id", "side", "price", "size", "ts", "raw")
 _MAX_INT8 = 2**63 - 1
+_SHOWN = 60  # characters of a cell a reason quotes
 _SIDES = {"BUY": "B", "SELL": "S"}
 # At most 20 integer and 18 fractional digits: exact in the projector's Decimal context and
 # always within what PostgreSQL numeric accepts.
@@ -168,20 +169,30 @@ def check_header(line: str) -> None:
         raise RowError(f"expected the header {HEADER!r}, found {line.strip()[:200]!r}")
 
 
+def _shown(text: str) -> str:
+    """A cell as a reason quotes it: in full when short, else its start and its length."""
+    if len(text) <= _SHOWN:
+        return repr(text)
+    return f"{text[:_SHOWN]!r}... ({len(text):,} characters)"
+
+
 def _integer(text: str, column: str) -> int:
     if not text.isascii() or not text.isdigit():
-        raise RowError(f"{column} is not a plain integer: {text!r}")
-    value = int(text)
-    if value > _MAX_INT8:
-        raise RowError(f"{column} is larger than a 64-bit integer: {text!r}")
-    return value
+        raise RowError(f"{column} is not a plain integer: {_shown(text)}")
+    # Rule: judge the size by the digits before int() sees them. int() refuses more than
+    # 4,300 digits with a ValueError (not a RowError: it would end the run), and no number
+    # of more than 19 significant digits fits in 64 bits anyway.
+    digits = text.lstrip("0") or "0"
+    if len(digits) > 19 or int(digits) > _MAX_INT8:
+        raise RowError(f"{column} is larger than a 64-bit integer: {_shown(text)}")
+    return int(digits)
 
 
 def _decimal(text: str, column: str, *, signed: bool) -> str:
     if _DECIMAL.fullmatch(text) is None:
-        raise RowError(f"{column} is not a plain decimal number: {text!r}")
+        raise RowError(f"{column} is not a plain decimal number: {_shown(text)}")
     if not signed and text.startswith("-"):
-        raise RowError(f"{column} is negative: {text!r}")
+        raise RowError(f"{column} is negative: {_shown(text)}")
     return text
 
 
@@ -233,19 +244,19 @@ def _parse_slowly(line: str) -> CsvRow:
     _integer(order_id, f"{kind}_order_id")
     side = _SIDES.get(group[1])
     if side is None:
-        raise RowError(f"{kind}_side is not BUY or SELL: {group[1]!r}")
+        raise RowError(f"{kind}_side is not BUY or SELL: {_shown(group[1])}")
     price = size = None
     if width == 4:
         price = _decimal(group[2], f"{kind}_price", signed=True)
         size = _decimal(group[3], f"{kind}_qty", signed=False)
         if kind == "add" and not size.strip("0."):
-            raise RowError(f"add_qty is zero: {size!r} (an order needs a size)")
+            raise RowError(f"add_qty is zero: {_shown(size)} (an order needs a size)")
     match = _TIME.fullmatch(cells[15])
     if match is None:
-        raise RowError(f"time is not a UTC timestamp like '2021-08-03 01:00:01.107502 UTC': {cells[15]!r}")
+        raise RowError(f"time is not a UTC timestamp like '2021-08-03 01:00:01.107502 UTC': {_shown(cells[15])}")
     stamp = match.group(1)
     if not _valid_time(stamp):
-        raise RowError(f"time is not a valid date and time: {cells[15]!r}")
+        raise RowError(f"time is not a valid date and time: {_shown(cells[15])}")
     return CsvRow(seq, kind, order_id, side, price, size, stamp + "+00")
 
 
