@@ -90,18 +90,21 @@ async def _capture(
     options: dict[str, Any] | None = None,
     during: Callable[[LocalExchange, Capture], Awaitable[None]] | None = None,
     on_summary: Callable[[CaptureSummary], None] | None = None,
-    before: Callable[[LocalExchange], None] | None = None,
+    before: Callable[[LocalExchange], Awaitable[None]] | None = None,
     exchange: dict[str, Any] | None = None,
     store: Callable[[Capture], None] | None = None,
 ) -> tuple[CaptureSummary, LocalExchange]:
     async with LocalExchange(products, seed=seed, faults=faults, heartbeat_interval=0.1, **(exchange or {})) as ex:
         if before is not None:
-            before(ex)
+            await before(ex)  # before the capture connects: what it does reaches the capture by a REST book only
         cap = Capture(engine, _options(ex, products, **(options or {})), _credentials(ex), on_summary=on_summary)
         if store is not None:
             store(cap)
         task = asyncio.create_task(cap.run())
         await _until(lambda: cap._subscribed or task.done(), 10, "the subscription")
+        if before is not None:  # the first REST books show what `before` did: the flow waits for them
+            books = lambda: all(s.live or s._first_book is not None for s in cap._syncs.values())  # noqa: E731
+            await _until(lambda: books() or task.done(), 10, "the first books")
         await ex.run_random_flow(orders, rate=rate)
         if during is not None:
             await during(ex, cap)
@@ -367,3 +370,76 @@ def test_the_summary_counts_the_gaps_ledger_gaps_lists_and_late_messages_apart(
     for line, part in zip(table[2:], summary.products, strict=True):
         assert line.split()[4:6] == [f"{part.gaps:,}", f"{part.late:,}"]
     _check_projection(engine, ex, BOTH)
+
+
+# -- orders matched to 0 rest until their done (#10.1) ---------------------------------------
+
+
+def _match_to_zero(ex: LocalExchange, product: str, offset: str) -> str:
+    """A maker taken whole by a market order: it rests at size 0 until the product's next
+    request (or settle) publishes its done."""
+    best = ex.engine(product).best_ask()
+    price = (best[0] if best is not None else Decimal("2600")) + Decimal(offset)
+    maker = ex.place(product, "sell", price, "0.7", profile_id="zero-maker")
+    engine = ex.engine(product)
+    # Limit buys at the maker's price take what is cheaper first (icebergs show more as
+    # they are taken), then the maker whole; they never reach beyond it.
+    while (order := engine.order(maker)) is not None and order.size:
+        ahead = sum((e.size for e in engine.book().asks if e.price <= price), Decimal(0))
+        ex.place(product, "buy", price, ahead, profile_id="zero-taker")
+    assert maker in engine.pending
+    return maker
+
+
+async def _zero_orders_first(ex: LocalExchange) -> None:
+    await ex.run_random_flow(150)  # a book that no one captured
+    for product in ex.products:
+        _match_to_zero(ex, product, "0.05")  # the capture's first REST book lists it at size 0
+
+
+@pytest.mark.parametrize("faults", [None, Faults(drop=0.02)], ids=["clean", "drop"])
+def test_orders_matched_to_zero_rest_until_their_done_order_by_order(engine: Engine, faults: Faults | None) -> None:
+    left_at_zero: dict[str, str] = {}
+
+    async def end_at_zero(ex: LocalExchange, cap: Capture) -> None:
+        for product in ex.products:  # the projection ends with an order at 0 whose done has not come
+            left_at_zero[product] = _match_to_zero(ex, product, "0.10")
+
+    _, ex = asyncio.run(
+        _capture(
+            engine,
+            BOTH,
+            seed=12,
+            faults=faults,
+            orders=500,
+            exchange={"zero_until_done": True, "icebergs": 0.3},
+            before=_zero_orders_first,
+            during=end_at_zero,
+        )
+    )
+    with engine.connect() as conn:
+        first_books = dict(
+            conn.execute(
+                sa.text(
+                    "SELECT DISTINCT ON (s.name) s.name, b.raw FROM source_snapshots b"
+                    " JOIN streams s ON s.id = b.stream_id ORDER BY s.name, b.seq"
+                )
+            ).all()
+        )
+    for product in BOTH:
+        first = json.loads(first_books[stream_name(product)])
+        zero = [o for o in first["bids"] + first["asks"] if Decimal(o[1]) == 0]
+        assert zero, "the first REST book lists an order matched to 0 whose done had not come"
+        refreshes = [
+            m
+            for m in ex.messages(product)
+            if m["type"] == "change" and m["old_size"] == "0.00000000" and int(m["sequence"]) > first["sequence"]
+        ]
+        assert refreshes, "the feed carried iceberg refreshes from size 0"
+        book = ex.book_level3(product)
+        assert ["0.00000000", left_at_zero[product]] in [row[1:] for row in book["asks"]]
+    _check_projection(engine, ex, BOTH)  # order by order, the orders at size 0 included
+    for product in BOTH:
+        view = book_at(engine, stream_name(product))
+        zero = {o.order_id for o in view.book.iter_orders() if o.size == 0}
+        assert left_at_zero[product] in zero

@@ -787,3 +787,179 @@ def test_faults_are_validated() -> None:
         Faults(drop=1.5)
     with pytest.raises(ValueError, match="rest_failures"):
         Faults(rest_failures=-1)
+
+
+# -- Coinbase's removal rule: an order matched to 0 rests until its done (#10.1) ------------
+
+
+class ZeroRestingRefBook(RefBook):
+    """The reference book under Coinbase's own rule: a ``match`` never removes the maker (it
+    rests at size 0 in its place until its ``done``), a ``change`` may give it size again,
+    and a level holding only orders at 0 is no price."""
+
+    def apply(self, m: dict[str, Any]) -> None:
+        if m["type"] == "match" and m["maker_order_id"] in self.orders:
+            side, price, size = self.orders[m["maker_order_id"]]
+            left = size - Decimal(m["size"])
+            assert left >= 0, m
+            self.orders[m["maker_order_id"]] = (side, price, left)
+        else:
+            super().apply(m)
+
+    def bbo(self) -> tuple[Decimal | None, Decimal | None, Decimal | None, Decimal | None]:
+        def best(side: str, pick: Callable[[Iterable[Decimal]], Decimal]) -> tuple[Decimal | None, Decimal | None]:
+            totals = {
+                p: sum((self.orders[o][2] for o in queue), Decimal(0))
+                for (s, p), queue in self.queues.items()
+                if s == side
+            }
+            live = [p for p, total in totals.items() if total]
+            if not live:
+                return None, None
+            price = pick(live)
+            return price, totals[price]
+
+        return (*best("buy", max), *best("sell", min))
+
+
+def _zero_engine(seed: int = 1) -> MatchingEngine:
+    return _engine(seed, zero_until_done=True)
+
+
+def test_a_maker_matched_to_zero_rests_at_zero_until_its_done() -> None:
+    engine = _zero_engine()
+    a = engine.place_limit("sell", "2600.10", "1", profile_id="m")[0]["order_id"]
+    b = engine.place_limit("sell", "2600.20", "2", profile_id="m")[0]["order_id"]
+    messages = engine.place_limit("buy", "2600.10", "1", profile_id="t")
+    taker = messages[0]["order_id"]
+    assert [(m["type"], m.get("maker_order_id") or m.get("order_id")) for m in messages] == [
+        ("received", taker),
+        ("match", a),
+        ("done", taker),  # the taker's; the maker's comes later
+    ]
+    matched = int(messages[1]["sequence"])
+    assert engine.book_level3()["asks"] == [["2600.10000000", "0.00000000", a], ["2600.20000000", "2.00000000", b]]
+    assert engine.best_ask() == (Decimal("2600.20"), Decimal("2")) and engine.bbo_history()[-1].ask_price == Decimal(
+        "2600.20"
+    )  # a level of orders at 0 is no price
+    assert engine.pending == [a] and a not in engine.resting_order_ids()
+    with pytest.raises(OrderRejectedError, match="pending"):
+        engine.cancel(str(a))
+    # A buy at the zero order's price does not trade with it: it rests.
+    rest = engine.place_limit("buy", "2600.10", "0.5", profile_id="t")
+    assert [m["type"] for m in rest] == ["received", "open"]
+    (done,) = engine.settle()
+    assert (done["type"], done["order_id"], done["reason"], done["remaining_size"]) == (
+        "done",
+        a,
+        "filled",
+        "0.00000000",
+    )
+    assert engine.book_level3()["asks"] == [["2600.20000000", "2.00000000", b]] and engine.settle() == []
+    assert engine.book_level3(at_sequence=matched)["asks"][0] == ["2600.10000000", "0.00000000", a]
+
+
+def test_an_iceberg_is_refreshed_from_zero_by_a_change_then_done() -> None:
+    engine = _zero_engine()
+    ice_messages = engine.place_limit("sell", "2600", "1.2", profile_id="m", peak="0.5")
+    ice = str(ice_messages[0]["order_id"])
+    assert ice_messages[0]["size"] == "1.20000000" and ice_messages[1]["remaining_size"] == "0.50000000"
+    other = str(engine.place_limit("sell", "2600", "1", profile_id="m")[0]["order_id"])
+
+    def asks() -> list[tuple[str, str]]:
+        return [(row[2], row[1]) for row in engine.book_level3()["asks"]]
+
+    took = engine.place_market("buy", "0.5", profile_id="t")
+    assert [(m["type"], m.get("maker_order_id") or m["order_id"]) for m in took[1:]] == [
+        ("match", ice),
+        ("change", ice),  # the next slice, right after the match that emptied the shown one
+        ("done", took[0]["order_id"]),
+    ]
+    refresh = took[2]
+    assert refresh | {"time": "t", "sequence": 0} == {
+        "type": "change",
+        "order_id": ice,
+        "side": "sell",
+        "old_size": "0.00000000",
+        "new_size": "0.50000000",
+        "price": "2600.00000000",
+        "product_id": "BTC-USD",
+        "sequence": 0,
+        "time": "t",
+    }
+    assert engine.book_level3(at_sequence=int(took[1]["sequence"]))["asks"][0] == ["2600.00000000", "0.00000000", ice]
+    assert engine.level3_message(int(refresh["sequence"]))[3:6] == [ice, "2600.00000000", "0.50000000"]
+    assert asks() == [(other, "1.00000000"), (ice, "0.50000000")]  # refreshed at the back of its level
+    took = engine.place_market("buy", "1.5", profile_id="t")
+    assert [(m["type"], m.get("new_size")) for m in took[1:]] == [
+        ("match", None),  # other, to 0
+        ("match", None),  # ice, to 0
+        ("change", "0.20000000"),  # ice's last slice
+        ("done", None),  # the taker
+    ]
+    assert asks() == [(other, "0.00000000"), (ice, "0.20000000")] and engine.pending == [other]
+    assert [(m["type"], m["order_id"]) for m in engine.settle()] == [("done", other)]
+    engine.place_market("buy", "0.2", profile_id="t")
+    assert asks() == [(ice, "0.00000000")] and engine.best_ask() is None  # no slice left: waits for its done
+    (done,) = engine.settle()
+    assert (done["type"], done["order_id"], done["reason"]) == ("done", ice, "filled") and asks() == []
+
+
+def test_icebergs_need_the_zero_until_done_engine() -> None:
+    with pytest.raises(OrderRejectedError, match="zero_until_done"):
+        _engine().place_limit("sell", "2600", "1", peak="0.5")
+    with pytest.raises(ValueError, match="zero_until_done"):
+        RandomOrderFlow(_engine(), random.Random(1), icebergs=0.2)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_random_flows_under_the_zero_rule_replay_to_the_engine_book_after_every_message(seed: int) -> None:
+    engine = _zero_engine(seed)
+    flow = RandomOrderFlow(engine, random.Random(seed), mid=Decimal("2600.00"), icebergs=0.3)
+    full, compact = ZeroRestingRefBook(), ZeroRestingRefBook()
+    expected_sequence = 1000
+    refreshes = zero_books = 0
+    for step in flow.steps(300):
+        for m in step:
+            assert m["sequence"] == expected_sequence
+            expected_sequence += 1
+            refreshes += m["type"] == "change" and m["old_size"] == "0.00000000"
+            full.apply(m)
+            compact.apply_level3(engine.level3_message(int(m["sequence"])))
+            assert full.level3() == _book_only(engine.book_level3(at_sequence=int(m["sequence"])))
+        book = engine.book_level3()
+        assert full.level3() == compact.level3() == _book_only(book)
+        zero = [row for row in book["bids"] + book["asks"] if row[1] == "0.00000000"]
+        assert sorted(row[2] for row in zero) == sorted(engine.pending)  # only orders waiting for settle()
+        zero_books += bool(zero)
+        bid, ask = engine.best_bid(), engine.best_ask()
+        assert bid is None or ask is None or bid[0] < ask[0], "crossed resting book"
+    assert refreshes > 0 and zero_books > 0
+    replay = ZeroRestingRefBook()
+    for m, bbo in zip(engine.messages(), engine.bbo_history(), strict=True):
+        replay.apply(m)
+        assert replay.bbo() == bbo[1:]
+
+
+def test_a_rest_book_between_a_match_and_its_done_lists_the_order_at_zero() -> None:
+    async def scenario() -> None:
+        async with LocalExchange(["BTC-USD"], seed=4, zero_until_done=True) as ex, aiohttp.ClientSession() as session:
+            ws = await _subscribe(session, ex, ["full"], ["BTC-USD"])
+            maker = ex.place("BTC-USD", "sell", "2601", "1", profile_id="maker")
+            ex.market("BTC-USD", "buy", "1", profile_id="taker")
+            async with session.get(f"{ex.rest_url}/products/BTC-USD/book?level=3") as response:
+                book = await response.json()
+            assert book["asks"] == [["2601.00000000", "0.00000000", maker]]
+            async with session.get(f"{ex.rest_url}/products/BTC-USD/book?level=2") as response:
+                assert (await response.json())["asks"] == []  # nothing to trade against
+            assert ex.settle("BTC-USD") == 1
+            feed = _feed(await _read(ws))
+            await ws.close()
+            assert [m["type"] for m in feed][-1] == "done" and feed[-1]["order_id"] == maker
+            replay = ZeroRestingRefBook.from_snapshot(book)
+            for m in feed:
+                if m["sequence"] > book["sequence"]:
+                    replay.apply(m)
+            assert replay.level3() == _book_only(ex.book_level3("BTC-USD"))
+
+    _run(scenario)

@@ -35,6 +35,14 @@ REST: ``GET /products/{product_id}/book?level=3`` answers ``{"sequence", "bids",
 "auction_mode", "time"}`` with ``[price, size, order_id]`` entries (level 2: ``[price,
 size, num_orders]`` per price; level 1: the best of each side). The book is taken when the
 request arrives, before any :attr:`Faults.rest_delay`.
+
+``zero_until_done=True`` plays Coinbase's removal rule out (see
+:mod:`ledger.testing.matching`): an order matched to 0 stays on the book at size 0 until
+its ``done``, which comes with the product's next request (or :meth:`LocalExchange.settle`),
+so a level-3 book taken in between lists it at size 0; ``icebergs`` (a share of the random
+flow's limit orders) adds orders whose shown slice, matched to 0, is refreshed by a
+``change`` from size 0 before their ``done``. Both are off by default: a seed then gives
+the flows, books and faults it always gave.
 """
 
 from __future__ import annotations
@@ -177,6 +185,8 @@ class LocalExchange:
         mids: dict[str, Decimal] | None = None,
         clock: Callable[[], datetime] | None = None,
         host: str = "127.0.0.1",
+        zero_until_done: bool = False,
+        icebergs: float = 0.0,
     ) -> None:
         self.products = tuple(products)
         if not self.products:
@@ -202,10 +212,12 @@ class LocalExchange:
                 seed=f"{seed}:{product}:ids",
                 clock=self._clock,
                 history=history,
+                zero_until_done=zero_until_done,
             )
             self._engines[product] = engine
             mid = (mids or {}).get(product, _DEFAULT_MIDS.get(product, Decimal("100.00")))
-            self._flows[product] = RandomOrderFlow(engine, random.Random(f"{seed}:{product}:flow"), mid=mid)
+            flow_rng = random.Random(f"{seed}:{product}:flow")
+            self._flows[product] = RandomOrderFlow(engine, flow_rng, mid=mid, icebergs=icebergs)
         self._connections: set[_Connection] = set()
         self.connections: list[ConnectionStats] = []
         self.rest_calls = 0
@@ -273,11 +285,22 @@ class LocalExchange:
         *,
         profile_id: str = "default",
         client_oid: str | None = None,
+        peak: Decimal | str | int | None = None,
     ) -> str:
-        """Place a limit order, publish what it caused, return its order id."""
-        messages = self.engine(product).place_limit(side, price, size, profile_id=profile_id, client_oid=client_oid)
+        """Place a limit order (an iceberg showing ``peak`` with ``zero_until_done``),
+        publish what it caused, return its order id."""
+        engine = self.engine(product)
+        messages = engine.place_limit(side, price, size, profile_id=profile_id, client_oid=client_oid, peak=peak)
         self._broadcast(product, messages)
         return str(messages[0]["order_id"])
+
+    def settle(self, product: str) -> int:
+        """Publish the done of the orders of ``product`` matched to 0
+        (with ``zero_until_done``; the random flow does it before each request); how many
+        messages that made."""
+        messages = self.engine(product).settle()
+        self._broadcast(product, messages)
+        return len(messages)
 
     def market(self, product: str, side: str, size: Decimal | str | int, *, profile_id: str = "default") -> str:
         """Place a market order (by size), publish what it caused, return its order id."""
@@ -574,6 +597,8 @@ def _aggregate(entries: list[list[str]], *, top: bool) -> list[list[str | int]]:
     rows: list[list[str | int]] = []
     totals: dict[str, tuple[Decimal, int]] = {}
     for price, size, _ in entries:
+        if not Decimal(size):
+            continue  # an order matched to 0, waiting for its done: nothing to trade against
         total, count = totals.get(price, (Decimal(0), 0))
         totals[price] = (total + Decimal(size), count + 1)
     for price, (total, count) in totals.items():  # dicts keep the best-first order of entries

@@ -20,7 +20,11 @@ class RandomOrderFlow:
 
     Prices walk around ``mid`` in steps of ``tick``; a few sizes repeat on purpose so that
     exact fills and equal-size self-trades happen. Each :meth:`step` returns the messages
-    the engine published for one request.
+    the engine published for one request, after those of :meth:`MatchingEngine.settle`
+    (the done of orders the previous request matched to 0, with an engine that keeps
+    them until then). ``icebergs`` is the share of limit orders placed as icebergs
+    (with such an engine only); at 0 the flow draws exactly the numbers it always did, so
+    a seed gives the same orders as before icebergs existed.
     """
 
     _ROUND_SIZES: Final = (Decimal("0.1"), Decimal("0.5"), Decimal("1"), Decimal("2"))
@@ -33,8 +37,14 @@ class RandomOrderFlow:
         mid: Decimal = Decimal("2600.00"),
         tick: Decimal = Decimal("0.01"),
         profiles: Sequence[str] = ("alice", "bob", "carol", "dave"),
+        icebergs: float = 0.0,
     ) -> None:
+        if not 0.0 <= icebergs <= 1.0:
+            raise ValueError(f"icebergs is a share in [0, 1], not {icebergs!r}")
+        if icebergs and not engine.zero_until_done:
+            raise ValueError("icebergs need an engine with zero_until_done=True")
         self.engine = engine
+        self._icebergs = icebergs
         self._rng = rng
         self._mid = mid
         self._tick = tick
@@ -45,6 +55,10 @@ class RandomOrderFlow:
             yield self.step()
 
     def step(self) -> list[Message]:
+        settled = self.engine.settle()  # orders matched to 0 by the last request: their done
+        return settled + self._request() if settled else self._request()
+
+    def _request(self) -> list[Message]:
         rng = self._rng
         self._mid = max(self._tick * 100, self._mid + self._tick * rng.randint(-1, 1))
         resting = self.engine.resting_order_ids()
@@ -72,7 +86,12 @@ class RandomOrderFlow:
         price = self._mid - offset if side == "buy" else self._mid + offset
         client_oid = str(uuid.UUID(int=rng.getrandbits(128), version=4)) if rng.random() < 0.5 else None
         profile = rng.choice(self._profiles)
-        return self.engine.place_limit(side, price, self._size(), profile_id=profile, client_oid=client_oid)
+        size = self._size()
+        peak = None
+        if self._icebergs and rng.random() < self._icebergs:  # no draw at all without icebergs
+            size += rng.choice(self._ROUND_SIZES)  # enough to show a few slices
+            peak = max(_QUANTUM, (size / rng.randint(2, 5)).quantize(_QUANTUM))
+        return self.engine.place_limit(side, price, size, profile_id=profile, client_oid=client_oid, peak=peak)
 
     def _modify(self, order_id: str) -> list[Message]:
         rng = self._rng

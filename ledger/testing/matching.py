@@ -36,9 +36,16 @@ and 2022-AUG-16 for ``change``)::
 Book rules a client must follow to rebuild the book exactly (what the tests check):
 
 * ``open`` appends the order at the back of its price level.
-* ``match`` takes ``size`` off the maker; a maker that reaches zero leaves the book at the
-  ``match`` (the ``done`` with reason ``filled`` that follows changes nothing), so a book
-  never holds an order of size zero.
+* ``match`` takes ``size`` off the maker. By default a maker that reaches zero leaves the
+  book at the ``match`` (the ``done`` with reason ``filled`` that follows at once changes
+  nothing), so a book never holds an order of size zero. With ``zero_until_done=True`` the
+  engine plays Coinbase's own rule out in full: an order leaves the book only with its
+  ``done``; a maker matched down to zero stays in its place at size 0 (a REST book taken
+  meanwhile lists it so) until :meth:`MatchingEngine.settle`, called before the next
+  request (:class:`~ledger.testing.flow.RandomOrderFlow` does), publishes its ``done``. An
+  iceberg with hidden size left is refreshed right after the match that emptied its shown
+  slice: a ``change`` (``old_size`` 0, ``new_size`` the next slice) gives it size again,
+  at the back of its level; its last slice, matched to 0, waits for its ``done`` too.
 * ``done`` removes the order by ``order_id`` if it is on the book (the taker's ``done`` and
   a market order's ``done`` concern orders that never rested).
 * ``change`` is ignored for an order not on the book (an STP ``change`` may concern the
@@ -47,6 +54,20 @@ Book rules a client must follow to rebuild the book exactly (what the tests chec
   ``new_price`` and size ``new_size``; as Coinbase's changelog says, a modify that only
   lowers the size keeps its queue position; any other modify (new price, or a larger size)
   sends the order to the back of its (new) level.
+
+Icebergs (``place_limit(..., peak=P)``, with ``zero_until_done`` only) show at most ``P``
+(``open`` carries the shown size; ``received`` the whole size, which also matches as a
+taker). When the shown slice is matched to zero, the next slice is shown at once (before
+the taker goes on, which may take it too) with this message, which has the shape of
+Coinbase's ``change`` before the 2022 ``reason`` field (Coinbase documents no iceberg
+orders: the message is this engine's)::
+
+    {"type": "change", "order_id": ID, "side": "sell", "old_size": "0.00000000",
+     "new_size": "0.50000000", "price": "2601.00000000", ...}
+
+A cancel (or an STP cancel) of an iceberg gives ``remaining_size`` shown plus hidden.
+Matching skips orders at size 0 and levels holding nothing else; they are not a best
+price either (:meth:`~MatchingEngine.best_bid`, the BBO history).
 
 Self-trade prevention is Coinbase's default "decrement and cancel" (``dc``): when a taker
 meets a maker with the same ``profile_id``, the smaller is canceled and the larger is
@@ -78,6 +99,7 @@ cannot change a book (``received``, and a ``change`` or ``done`` of an order tha
 rested) goes out as ``noop`` so that the sequence stays contiguous: that mapping is this
 engine's reading of the schema, not a documented rule.
 
+    >>> from ledger.testing.market import fixed_clock
     >>> engine = MatchingEngine("BTC-USD", start_sequence=100, seed=1, clock=fixed_clock())
     >>> [m["type"] for m in engine.place_limit("buy", "2600", "1")]
     ['received', 'open']
@@ -160,6 +182,8 @@ class MatchingEngine:
     ``start_sequence`` is the sequence of the first message; ``history`` is how many
     messages back :meth:`book_level3` can still serve a past book (and how many messages
     :meth:`messages` and :meth:`bbo_history` keep). ``seed`` makes order ids repeatable.
+    ``zero_until_done`` keeps orders matched to zero on the book until their ``done`` (see
+    the module's text); off, the engine publishes exactly what it always did.
     """
 
     def __init__(
@@ -171,10 +195,15 @@ class MatchingEngine:
         seed: int | str | None = None,
         clock: Callable[[], datetime] = _utc_now,
         history: int = 100_000,
+        zero_until_done: bool = False,
     ) -> None:
         if history < 1:
             raise ValueError(f"history must be at least 1, not {history}")
         self.product_id = product_id
+        #: Coinbase's removal rule in full: an order matched to 0 rests at 0 until its done.
+        self.zero_until_done = zero_until_done
+        self._hidden: dict[str, tuple[Decimal, Decimal]] = {}  # iceberg id -> (peak, hidden size left)
+        self._zeroed: list[str] = []  # orders matched to 0, waiting for their done or refresh
         self._sequence = start_sequence - 1
         self._trade_id = first_trade_id - 1
         self._rng = random.Random(seed)
@@ -206,10 +235,18 @@ class MatchingEngine:
         return self._orders.get(order_id)
 
     def resting_order_ids(self) -> list[str]:
-        return list(self._orders)
+        """Orders a request may cancel or modify: those resting with a size (not at 0,
+        waiting for their done or refresh)."""
+        return [order_id for order_id, order in self._orders.items() if order.size]
+
+    @property
+    def pending(self) -> list[str]:
+        """Orders matched to 0 whose done :meth:`settle` will publish."""
+        return list(self._zeroed)
 
     def best_bid(self) -> tuple[Decimal, Decimal] | None:
-        """The best bid price and the total size resting at it."""
+        """The best bid price and the total size resting at it (a level holding only
+        orders at size 0 is not one)."""
         return self._best(self._bids)
 
     def best_ask(self) -> tuple[Decimal, Decimal] | None:
@@ -283,8 +320,13 @@ class MatchingEngine:
         *,
         profile_id: str = "default",
         client_oid: str | None = None,
+        peak: Decimal | str | int | None = None,
     ) -> list[Message]:
-        """A limit order: ``received``, then matches, then ``open`` for what rests or ``done``."""
+        """A limit order: ``received``, then matches, then ``open`` for what rests or ``done``.
+        With ``peak``, an iceberg that shows at most that much (``zero_until_done`` only)."""
+        shown = None if peak is None else _amount(peak, "peak")
+        if shown is not None and not self.zero_until_done:
+            raise OrderRejectedError(f"{self.product_id}: iceberg orders need zero_until_done=True")
         taker = _Taker(self._new_id(), _side(side), _amount(price, "price"), _amount(size, "size"), profile_id)
         assert taker.limit is not None
         out: list[Message] = []
@@ -303,7 +345,10 @@ class MatchingEngine:
             return out
         if taker.remaining > 0:
             self._priority += 1
-            resting = RestingOrder(taker.order_id, taker.side, taker.limit, taker.remaining, self._priority, profile_id)
+            rests = taker.remaining if shown is None else min(shown, taker.remaining)
+            if shown is not None and rests < taker.remaining:
+                self._hidden[taker.order_id] = (shown, taker.remaining - rests)
+            resting = RestingOrder(taker.order_id, taker.side, taker.limit, rests, self._priority, profile_id)
             change = self._insert(resting)
             self._publish(
                 out,
@@ -312,7 +357,7 @@ class MatchingEngine:
                     "side": taker.side,
                     "price": format_amount(taker.limit),
                     "order_id": taker.order_id,
-                    "remaining_size": format_amount(taker.remaining),
+                    "remaining_size": format_amount(rests),
                 },
                 [change],
                 visible=True,
@@ -347,8 +392,24 @@ class MatchingEngine:
         order = self._resting(order_id)
         out: list[Message] = []
         change = self._remove(order_id)
-        fields = self._done_fields(order_id, order.side, "canceled", order.price, order.size)
+        left = order.size + self._drop_hidden(order_id)  # an iceberg's hidden size is canceled too
+        fields = self._done_fields(order_id, order.side, "canceled", order.price, left)
         self._publish(out, "done", fields, [change], visible=True)
+        return out
+
+    def settle(self) -> list[Message]:
+        """Publish the ``done`` (``filled``) of every order matched to 0 and still waiting
+        for it, oldest first; each leaves the book. Nothing to do (an empty list) unless
+        ``zero_until_done``."""
+        out: list[Message] = []
+        waiting, self._zeroed = self._zeroed, []
+        for order_id in waiting:
+            order = self._orders.get(order_id)
+            if order is None or order.size:
+                continue  # gone, or given size again meanwhile
+            change = self._remove(order_id)
+            done = self._done_fields(order_id, order.side, "filled", order.price, _ZERO)
+            self._publish(out, "done", done, [change], visible=True)
         return out
 
     def modify(
@@ -396,17 +457,28 @@ class MatchingEngine:
 
     def _match(self, out: list[Message], taker: _Taker) -> None:
         levels = self._asks if taker.side == "buy" else self._bids
-        while taker.remaining > 0 and not taker.done and levels:
-            price, level = levels.peekitem(0)
+        while taker.remaining > 0 and not taker.done:
+            best = self._live_level(levels)
+            if best is None:
+                return
+            price, level = best
             if taker.limit is not None and (price > taker.limit if taker.side == "buy" else price < taker.limit):
                 return
-            maker = self._orders[next(iter(level.orders))]
+            maker = next(o for o in map(self._orders.__getitem__, level.orders) if o.size)  # orders at 0 hold nothing
             if maker.profile_id == taker.profile_id:
                 self._prevent_self_trade(out, taker, maker)
                 continue
             size = min(taker.remaining, maker.size)
             filled = size == maker.size
-            change = self._remove(maker.order_id) if filled else self._resize(maker.order_id, maker.size - size)
+            if filled and self.zero_until_done:
+                # Rule (Coinbase): a match never removes an order, only its done does; the
+                # maker rests at size 0 (refreshed at once if it is an iceberg with hidden
+                # size left, else until settle() publishes its done).
+                change = self._resize(maker.order_id, _ZERO)
+            elif filled:
+                change = self._remove(maker.order_id)
+            else:
+                change = self._resize(maker.order_id, maker.size - size)
             self._trade_id += 1
             self._publish(
                 out,
@@ -423,15 +495,44 @@ class MatchingEngine:
                 visible=True,
             )
             taker.remaining -= size
-            if filled:
+            if filled and self.zero_until_done:
+                if maker.order_id in self._hidden:
+                    self._refresh(out, maker.order_id)
+                else:
+                    self._zeroed.append(maker.order_id)
+            elif filled:
                 fields = self._done_fields(maker.order_id, maker.side, "filled", maker.price, _ZERO)
                 self._publish(out, "done", fields, visible=True)
+
+    def _refresh(self, out: list[Message], order_id: str) -> None:
+        """An iceberg whose shown slice was matched to 0 shows its next slice: a ``change``
+        from size 0, at the back of its level. Rule (Coinbase): a change may give an order
+        matched to 0 size again (only a done removes it); a larger size loses the order its
+        place in the queue."""
+        order = self._orders[order_id]
+        peak, hidden = self._hidden[order_id]
+        refill = min(peak, hidden)
+        if refill < hidden:
+            self._hidden[order_id] = (peak, hidden - refill)
+        else:
+            del self._hidden[order_id]  # the last slice: matched to 0, it waits for its done
+        self._priority += 1
+        changes = [self._remove(order_id), self._insert(replace(order, size=refill, priority=self._priority))]
+        fields: dict[str, str | int] = {
+            "order_id": order_id,
+            "side": order.side,
+            "old_size": format_amount(_ZERO),
+            "new_size": format_amount(refill),
+            "price": format_amount(order.price),
+        }
+        self._publish(out, "change", fields, changes, visible=True)
 
     def _prevent_self_trade(self, out: list[Message], taker: _Taker, maker: RestingOrder) -> None:
         """Decrement and cancel: cancel the smaller, decrement the larger by the smaller's size."""
         if taker.remaining >= maker.size:
             change = self._remove(maker.order_id)
-            fields = self._done_fields(maker.order_id, maker.side, "canceled", maker.price, maker.size)
+            left = maker.size + self._drop_hidden(maker.order_id)
+            fields = self._done_fields(maker.order_id, maker.side, "canceled", maker.price, left)
             self._publish(out, "done", fields, [change], visible=True)
             if taker.remaining == maker.size:
                 self._cancel_taker(out, taker)
@@ -508,17 +609,29 @@ class MatchingEngine:
         order = self._orders.get(order_id)
         if order is None:
             raise UnknownOrderError(f"{self.product_id}: no resting order {order_id!r}")
+        if not order.size:
+            raise OrderRejectedError(f"{self.product_id}: order {order_id} is filled; its done is pending (settle())")
         return order
+
+    def _drop_hidden(self, order_id: str) -> Decimal:
+        """Forget an iceberg's hidden size (it is canceled); how much there was."""
+        return self._hidden.pop(order_id, (_ZERO, _ZERO))[1]
 
     def _new_id(self) -> str:
         return str(uuid.UUID(int=self._rng.getrandbits(128), version=4))
 
     @staticmethod
-    def _best(levels: SortedDict) -> tuple[Decimal, Decimal] | None:
-        if not levels:
-            return None
-        price, level = levels.peekitem(0)
-        return price, level.total
+    def _live_level(levels: SortedDict) -> tuple[Decimal, _Level] | None:
+        """The best level holding some size (one holding only orders at 0 is skipped)."""
+        for price, level in levels.items():
+            if level.total:
+                return price, level
+        return None
+
+    @classmethod
+    def _best(cls, levels: SortedDict) -> tuple[Decimal, Decimal] | None:
+        best = cls._live_level(levels)
+        return None if best is None else (best[0], best[1].total)
 
     @staticmethod
     def _done_fields(
