@@ -278,12 +278,6 @@ def test_a_lost_tail_seen_only_by_a_heartbeat_is_a_gap_row_resolved_by_the_book(
     assert books[-1] == last and stored == first - 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the projector reaches a REST book's seq when no event follows the gap it resolves only on a "
-    "second run: from an empty projection, StreamRun.catch_up applies the events and does not look for the "
-    "tail gap after them (services/stream_run.py, another engineer's part of issue #10.3)",
-)
 def test_the_projector_reaches_the_book_after_a_lost_tail(engine: Engine) -> None:
     lost: list[int] = []
     _, ex = asyncio.run(_capture(engine, ("BTC-USD",), seed=4, orders=150, during=_lose_the_tail(lost)))

@@ -42,7 +42,7 @@ def _store(db: Engine, stream_id: int, messages: list[dict[str, Any]]) -> None:
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_start_and_gap_resync_from_source_snapshots(engine: Engine, seed: int) -> None:
-    exchange = MatchingEngine("BTC-USD", seed=seed, clock=fixed_clock())
+    exchange = MatchingEngine("BTC-USD", seed=seed, clock=fixed_clock(), zero_until_done=True)
     flow = RandomOrderFlow(exchange, random.Random(seed))
     messages = [m for batch in flow.steps(1500) for m in batch]
     seqs = [int(m["sequence"]) for m in messages]

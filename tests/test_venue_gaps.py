@@ -74,8 +74,8 @@ def _record_gap(db: Engine, stream_id: int, first: int, last: int, book_seq: int
 
 
 def _flow(seed: int, steps: int) -> tuple[MatchingEngine, list[dict[str, Any]], list[int]]:
-    exchange = MatchingEngine("BTC-USD", seed=seed, clock=fixed_clock())
-    flow = RandomOrderFlow(exchange, random.Random(seed))
+    exchange = MatchingEngine("BTC-USD", seed=seed, clock=fixed_clock(), zero_until_done=True)
+    flow = RandomOrderFlow(exchange, random.Random(seed), icebergs=0.2)
     messages = [m for batch in flow.steps(steps) for m in batch]
     return exchange, messages, [int(m["sequence"]) for m in messages]
 

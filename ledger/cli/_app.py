@@ -100,7 +100,7 @@ def open_db() -> Iterator[Database]:
         with open_database() as db:
             yield db
     except LedgerError as e:
-        raise click.ClickException(str(e)) from e
+        raise click_error(e) from e
 
 
 def level_table(bids: Sequence[Any], asks: Sequence[Any]) -> list[str]:
@@ -117,15 +117,24 @@ def echo_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, default=str))
 
 
+class _CannotAnswer(click.ClickException):
+    """A stream cannot answer at that point (exit code 3, as for a stream that stopped)."""
+
+    exit_code = 3
+
+
+def click_error(error: LedgerError) -> click.ClickException:
+    """The one-line message and exit code the command line gives ``error``."""
+    return (_CannotAnswer if error.exit_code == 3 else click.ClickException)(str(error))
+
+
 def fail_on_ledger_error(func: F) -> F:
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
         except LedgerError as e:
-            failure = click.ClickException(str(e))
-            failure.exit_code = e.exit_code
-            raise failure from e
+            raise click_error(e) from e
         except (sa.exc.DBAPIError, psycopg.Error) as e:  # the one boundary for driver errors
             raise click.ClickException(f"database error: {first_line(e)}") from e
 

@@ -14,7 +14,7 @@ from ledger.domain.book import Book
 from ledger.errors import StreamError, UnknowableBook
 from ledger.services.projector import StreamProjector
 from ledger.services.replay import SourceBook, SourceBooks, replay, restore_latest
-from ledger.storage.log import EventLog, GapStore, Streams
+from ledger.storage.log import EventLog, GapStore, SourceSnapshots, Streams
 from ledger.storage.schema import events
 
 __all__ = ["BookView", "Rebuilt", "book_at", "rebuild", "seq_at_time"]
@@ -98,8 +98,15 @@ def book_at(engine: Engine, stream: str, *, at_seq: int | None = None, at_time: 
             target = min(at_seq, head)
         else:
             target = head
-    if tail is not None and high < target < tail:
-        raise _unknowable(stream, target, high + 1, tail)
+        if tail is not None and high < target < tail:
+            raise _unknowable(stream, target, high + 1, tail)
+        if target < high:  # a seq in a hole of the log that a venue book ends is unknowable too
+            before, _ = _event_at_or_before(conn, stream_id, target)
+            if before < target:
+                after, _ = _event_at_or_after(conn, stream_id, target)
+                found = SourceSnapshots(conn).first_from(stream_id, after - 1)
+                if found is not None and found.seq > target:
+                    raise _unknowable(stream, target, before + 1, found.seq)
     proj, from_snapshot, missing, last, resets = rebuild(engine, stream_id, stream, first=low, upto=target)
     for (first, _), venue_book in resets:
         if venue_book.seq > target:

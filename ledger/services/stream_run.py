@@ -232,11 +232,15 @@ class StreamRun:
             self._restore()
         applied = 0
         chunk = min(self.options.chunk, self.options.snapshot_every or self.options.chunk)
+        status = "ok"
         for rows in read_ahead(self.engine, self.stream_id, after=None if pos is None else pos.last_seq, chunk=chunk):
             n, status = self._chunk(rows)
             applied += n
             if status != "ok" or stop():
                 break
+        else:
+            if status == "ok" and self._pos is not None:
+                self._tail()  # the log may end in a gap that a venue book resolved
         return applied
 
     def _tail(self) -> bool:
