@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from ledger.cli._app import cli, echo_json, fail_on_ledger_error, json_option, level_table, open_db
+from ledger.cli._app import cli, echo_json, fail_on_ledger_error, json_option, level_table, open_db, printable
 from ledger.cli.ingest import capture_report, capture_settings, coinbase_options, log_capture_progress
 
 
@@ -45,13 +45,14 @@ def watch(stream: str, depth: int, fps: float, as_json: bool) -> None:
                     asks = [[str(lv.price), str(lv.size), lv.orders] for lv in view.asks]
                     click.echo(json.dumps({"stream": stream, "seq": view.seq, "bids": bids, "asks": asks}))
                 elif tty:
-                    head = f"{stream} at seq {view.seq}   {datetime.now().astimezone():%H:%M:%S}   (Ctrl-C to stop)"
+                    now = datetime.now().astimezone()
+                    head = f"{printable(stream)} at seq {view.seq}   {now:%H:%M:%S}   (Ctrl-C to stop)"
                     warning = f"\n{len(view.missing)} gaps crossed: the book may be wrong" if view.missing else ""
                     click.echo("\x1b[H\x1b[J" + "\n".join([head, *level_table(view.bids, view.asks)]) + warning)
                 else:
                     left = " ".join(f"{lv.price}x{lv.size}" for lv in view.bids)
                     right = " ".join(f"{lv.price}x{lv.size}" for lv in view.asks)
-                    click.echo(f"{stream} seq {view.seq}  bids {left or '-'} | asks {right or '-'}")
+                    click.echo(f"{printable(stream)} seq {view.seq}  bids {left or '-'} | asks {right or '-'}")
         except KeyboardInterrupt:
             pass
         except BrokenPipeError:  # `| head` closed the pipe: nothing more to show
@@ -103,5 +104,6 @@ def run(snapshot_every: int, snapshot_interval: float, as_json: bool, **capture_
     click.echo(capture_report(summary))
     for s in projected:
         click.echo(
-            f"projected {s.stream}: {s.status}, {s.events_applied} events, {s.l1_rows} L1 rows, at seq {s.last_seq}"
+            f"projected {printable(s.stream)}: {s.status}, {s.events_applied} events, {s.l1_rows} L1 rows, "
+            f"at seq {s.last_seq}"
         )
