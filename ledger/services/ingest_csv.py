@@ -54,7 +54,7 @@ _KEEP_OF_LONG_LINE = 1 << 16
 _BLOCK = 1 << 18  # bytes read at a time
 # Rule: a batch is committed early once its rejects hold this many characters, so a run of
 # long bad lines never piles up in memory (a few batches wait at most: see _Writer).
-_REJECT_CHARS_PER_BATCH = 4 << 20
+_REJECT_CHARS_PER_BATCH = 2 << 20
 # How a reject's raw escapes a line PostgreSQL text cannot hold (see _reject_text).
 _ESCAPED = "raw escaped: \\xHH for a NUL or a byte that is not UTF-8, \\\\ for a backslash"
 
