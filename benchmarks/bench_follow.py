@@ -33,10 +33,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 from generate_l3 import generate
 from scratch import libpq, scratch_database
 
-from ledger.db import create_engine
-from ledger.sources.csv_l3 import copy_row
+from ledger.storage.database import create_engine
 from ledger.storage.log import EventLog, Streams
 from ledger.storage.notify import notify_appended
+from ledger.venues.csv.format import copy_row
 
 
 def _lines(n: int, seed: int) -> list[bytes]:

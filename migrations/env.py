@@ -18,7 +18,7 @@ connection = config.attributes.get("connection")
 if connection is not None:
     _run(connection)
 else:
-    from ledger.db import open_database
+    from ledger.storage.database import open_database
 
     with open_database(migrate=False) as database, database.engine.begin() as conn:
         _run(conn)

@@ -25,8 +25,8 @@ import sqlalchemy as sa
 from psycopg import sql
 from sqlalchemy.engine import URL, Engine, make_url
 
-from ledger.db import create_engine, upgrade
 from ledger.settings import parse_database_url
+from ledger.storage.database import create_engine, upgrade
 
 DATA = Path(__file__).parent / "data"
 L3 = DATA / "l3-l1"

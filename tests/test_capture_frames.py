@@ -10,8 +10,8 @@ import pytest
 from sqlalchemy.engine import Engine
 
 from ledger.domain.sequencing import GapTracker
-from ledger.services.coinbase_sync import ProductSync
-from ledger.services.ingest_coinbase import ApiCredentials, Capture, CoinbaseOptions
+from ledger.venues.coinbase.capture import ApiCredentials, Capture, CoinbaseOptions
+from ledger.venues.coinbase.sync import ProductSync
 
 REAL = Path(__file__).parent / "data" / "coinbase" / "full_channel_2017-06-25_excerpt.jsonl"
 GOOD = [line for line in REAL.read_text(encoding="utf-8").splitlines() if line.strip()]

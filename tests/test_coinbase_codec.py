@@ -1,4 +1,4 @@
-"""The Coinbase codec (ledger.sources.coinbase): real 2017 messages, the local exchange's
+"""The Coinbase codec (ledger.venues.coinbase.codec): real 2017 messages, the local exchange's
 full-channel and level3 messages, refusals, COPY rows, REST books and the signed subscribe.
 
 No database. Books rebuilt from rows are compared with the matching engine's own book
@@ -22,8 +22,10 @@ from typing import Any
 import aiohttp
 import pytest
 
-from ledger.sources import coinbase
-from ledger.sources.coinbase import (
+from ledger.testing import LEVEL3_SCHEMA, Credentials, LocalExchange, MatchingEngine, RandomOrderFlow, fixed_clock, sign
+from ledger.venues.coinbase import codec as coinbase
+from ledger.venues.coinbase.auth import subscribe_message
+from ledger.venues.coinbase.codec import (
     CoinbaseRow,
     MessageError,
     classify,
@@ -33,9 +35,7 @@ from ledger.sources.coinbase import (
     rest_snapshot_rows,
     to_row,
 )
-from ledger.sources.coinbase_auth import subscribe_message
-from ledger.sources.coinbase_level3 import Level3Schema, level3_to_row
-from ledger.testing import LEVEL3_SCHEMA, Credentials, LocalExchange, MatchingEngine, RandomOrderFlow, fixed_clock, sign
+from ledger.venues.coinbase.level3 import Level3Schema, level3_to_row
 
 REAL = Path(__file__).parent / "data" / "coinbase" / "full_channel_2017-06-25_excerpt.jsonl"
 SCHEMA = Level3Schema(LEVEL3_SCHEMA)

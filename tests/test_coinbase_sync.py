@@ -6,7 +6,7 @@ import itertools
 import random
 
 from ledger.domain.sequencing import GapTracker
-from ledger.services.coinbase_sync import ProductSync, RestBook, SyncTiming, Take
+from ledger.venues.coinbase.sync import ProductSync, RestBook, SyncTiming, Take
 
 TIMING = SyncTiming(grace=1.0, backoff_base=1.0, backoff_cap=8.0, backoff_window=60.0)
 

@@ -17,8 +17,8 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, Engine
 
-from ledger.services.project import ProjectOptions, project
-from ledger.sources.csv_l3 import HEADER
+from ledger.services.project.batch import ProjectOptions, project
+from ledger.venues.csv.format import HEADER
 from tests.conftest import V31, V31_EXPECTED
 from tests.naive_l1 import assert_same_l1, export_lines, naive_l1_of_file
 from tests.test_snapshots import export

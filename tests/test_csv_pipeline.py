@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from sqlalchemy.engine import Engine
 
 from ledger.cli import cli
-from ledger.sources.csv_l3 import HEADER
+from ledger.venues.csv.format import HEADER
 from tests.conftest import V3, V31, V31_AS_FOUND, V31_EXPECTED, V31_EXPECTED_SHA256
 
 

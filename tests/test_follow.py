@@ -20,10 +20,10 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL, Engine
 
 from benchmarks.generate_l3 import generate
-from ledger.db import create_engine
 from ledger.errors import DatabaseError
-from ledger.services.follow import FollowOptions, follow
-from ledger.services.project import project, rebuild
+from ledger.services.project.batch import project, rebuild
+from ledger.services.project.follow import FollowOptions, follow
+from ledger.storage.database import create_engine
 from ledger.storage.log import Streams
 from ledger.storage.projection import L1Rows
 from tests.test_ingest_coinbase import BOTH, _capture
@@ -221,7 +221,7 @@ def test_follower_survives_a_server_restart(db_env: dict[str, str], database_url
 
 
 def test_a_write_for_a_stream_whose_lock_is_gone_is_refused(engine: Engine) -> None:
-    from ledger.services.stream_run import PROJECT_LOCK_CLASS, Committer, LockLost, _Job
+    from ledger.services.project.run import PROJECT_LOCK_CLASS, Committer, LockLost, _Job
     from ledger.storage.projection import Position
 
     with engine.begin() as conn:
@@ -248,7 +248,7 @@ def test_a_write_for_a_stream_whose_lock_is_gone_is_refused(engine: Engine) -> N
 
 
 def test_a_write_that_does_not_follow_on_from_the_stored_position_is_refused(engine: Engine) -> None:
-    from ledger.services.stream_run import Committer, LockLost, _Job
+    from ledger.services.project.run import Committer, LockLost, _Job
     from ledger.storage.projection import Position
 
     with engine.begin() as conn:
@@ -293,7 +293,7 @@ def _refusals(caplog: pytest.LogCaptureFixture) -> list[str]:
 def test_a_follower_refused_by_the_database_says_why_retries_and_goes_on_when_allowed(
     database_url: URL, db_env: dict[str, str], engine: Engine, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="ledger.services.follow")
+    caplog.set_level(logging.WARNING, logger="ledger.services.project.follow")
     _ingest(db_env, _csv(3_000, seed=41), "csv:granted")
     with _role(engine, database_url) as (url, role, password):
         with engine.begin() as conn:
@@ -337,7 +337,7 @@ def test_a_follower_refused_by_the_database_says_why_retries_and_goes_on_when_al
 def test_a_follower_refused_for_longer_than_its_window_gives_up_with_a_clear_message(
     database_url: URL, db_env: dict[str, str], engine: Engine, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="ledger.services.follow")
+    caplog.set_level(logging.WARNING, logger="ledger.services.project.follow")
     _ingest(db_env, _csv(500, seed=42), "csv:refused")
     with _role(engine, database_url) as (url, role, password):
         with engine.begin() as conn:
@@ -359,10 +359,10 @@ def test_a_follower_refused_for_longer_than_its_window_gives_up_with_a_clear_mes
 def test_a_bug_is_raised_at_once_not_retried(
     db_env: dict[str, str], engine: Engine, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from ledger.services import follow as following
-    from ledger.services.stream_run import StreamRun
+    from ledger.services.project.batch import follow as following
+    from ledger.services.project.run import StreamRun
 
-    caplog.set_level(logging.WARNING, logger="ledger.services.follow")
+    caplog.set_level(logging.WARNING, logger="ledger.services.project.follow")
     _ingest(db_env, _csv(500, seed=43), "csv:buggy")
     options = FollowOptions(poll=0.2, rebalance=0.5)
 
@@ -385,7 +385,7 @@ def test_a_bug_is_raised_at_once_not_retried(
 
 
 def test_passwords_are_hidden_in_what_the_follower_says() -> None:
-    from ledger.services.follow import _without_credentials
+    from ledger.services.project.follow import _without_credentials
 
     text = "connection to postgresql+psycopg://bob:s3cr%40t@db:5432/x failed: password=hunter2 host=db"
     shown = _without_credentials(text)

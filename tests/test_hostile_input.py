@@ -16,12 +16,12 @@ from click.testing import CliRunner
 from sqlalchemy.engine import URL, Engine
 
 from ledger.cli import cli
-from ledger.db import Database
 from ledger.errors import DatabaseError
-from ledger.services import ingest_csv as ingest_module
-from ledger.services.ingest_csv import IngestSummary, ingest_csv
-from ledger.sources.csv_l3 import HEADER
+from ledger.services.ingest import csv_file as ingest_module
+from ledger.services.ingest.csv_file import IngestSummary, ingest_csv
+from ledger.storage.database import Database
 from ledger.storage.log import Checkpoints, GapStore
+from ledger.venues.csv.format import HEADER
 
 T = "2021-08-03 01:00:01.5 UTC"
 

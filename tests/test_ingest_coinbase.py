@@ -25,19 +25,19 @@ from sqlalchemy.engine import Engine
 
 from ledger.cli.ingest import capture_report
 from ledger.domain.events import BUY, SELL
-from ledger.services.book_view import book_at
-from ledger.services.capture_store import CaptureBatch, CaptureStore, StreamBatch
-from ledger.services.coinbase_sync import RestBook, SyncTiming
-from ledger.services.ingest_coinbase import (
+from ledger.services.project.batch import project
+from ledger.services.read.book import book_at
+from ledger.services.read.status import stream_status
+from ledger.testing import Faults, LocalExchange
+from ledger.venues.coinbase.capture import (
     ApiCredentials,
     Capture,
     CaptureSummary,
     CoinbaseOptions,
     stream_name,
 )
-from ledger.services.project import project
-from ledger.services.status import stream_status
-from ledger.testing import Faults, LocalExchange
+from ledger.venues.coinbase.capture_store import CaptureBatch, CaptureStore, StreamBatch
+from ledger.venues.coinbase.sync import RestBook, SyncTiming
 
 BOTH = ("BTC-USD", "ETH-USD")
 TIMING = SyncTiming(grace=0.15, backoff_base=0.05, backoff_cap=0.5)

@@ -24,9 +24,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL, Engine
 
 from ledger.errors import ConfigError
-from ledger.services.ingest_coinbase import ApiCredentials, Capture, CoinbaseOptions
-from ledger.services.project import project, rebuild
+from ledger.services.project.batch import project, rebuild
 from ledger.testing import Credentials, LocalExchange
+from ledger.venues.coinbase.capture import ApiCredentials, Capture, CoinbaseOptions
 from tests.test_ingest_coinbase import _capture, _check_projection, _options
 from tests.test_pg_restart import _restart_command
 

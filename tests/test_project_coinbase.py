@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from ledger.domain.events import BUY, SELL
-from ledger.services.projector import StreamProjector
+from ledger.services.project.rows import StreamProjector
 from ledger.testing import LEVEL3_SCHEMA, MatchingEngine, RandomOrderFlow, fixed_clock
 
 _SIDES = {"buy": BUY, "sell": SELL}
@@ -114,7 +114,7 @@ def test_a_rest_book_listing_an_order_at_size_zero_is_a_valid_book() -> None:
     """A REST level-3 book taken between a match and its done lists the order at size 0."""
     import json
 
-    from ledger.services.replay import source_book
+    from ledger.services.project.replay import source_book
 
     raw = json.dumps(
         {

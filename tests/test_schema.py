@@ -12,7 +12,7 @@ from alembic.runtime.migration import MigrationContext
 from psycopg import sql
 from sqlalchemy.engine import URL, Engine
 
-from ledger.db import HEAD_REVISION, create_engine, current_revision, downgrade, head_revision, upgrade
+from ledger.storage.database import HEAD_REVISION, create_engine, current_revision, downgrade, head_revision, upgrade
 from ledger.storage.schema import metadata
 
 TABLES = {

@@ -18,10 +18,10 @@ from sqlalchemy.engine import Engine
 
 from ledger.cli import cli
 from ledger.domain.book import Book
-from ledger.services.replay import restore_latest
-from ledger.sources.csv_l3 import parse_line, to_number
+from ledger.services.project.replay import restore_latest
 from ledger.storage.log import Streams
 from ledger.storage.projection import L1Rows
+from ledger.venues.csv.format import parse_line, to_number
 from tests.conftest import V31, V31_EXPECTED_SHA256
 
 STREAM = "csv:l3_data_v3.1"

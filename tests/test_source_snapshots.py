@@ -14,11 +14,11 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from ledger.domain.events import BUY, SELL
-from ledger.services.book_view import book_at
-from ledger.services.project import ProjectOptions, project
-from ledger.sources.coinbase import copy_row, to_row
+from ledger.services.project.batch import ProjectOptions, project
+from ledger.services.read.book import book_at
 from ledger.storage.log import EventLog, SourceSnapshots, Streams
 from ledger.testing import MatchingEngine, RandomOrderFlow, fixed_clock
+from ledger.venues.coinbase.codec import copy_row, to_row
 
 STREAM = "coinbase:BTC-USD"
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 from sqlalchemy.engine import Engine
 
-from ledger.services.book_view import book_at
-from ledger.services.ingest_csv import ingest_csv
-from ledger.services.watch import BookFollower, follow_top
+from ledger.services.ingest.csv_file import ingest_csv
+from ledger.services.read.book import book_at
+from ledger.services.read.watch import BookFollower, follow_top
 
 V31 = Path(__file__).parent / "data" / "l3-l1" / "v3.1" / "l3_data_v3.1.csv"
 

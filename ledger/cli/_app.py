@@ -22,8 +22,8 @@ import click
 import psycopg
 import sqlalchemy as sa
 
-from ledger.db import Database, open_database
 from ledger.errors import LedgerError, first_line
+from ledger.storage.database import Database, open_database
 
 __all__ = [
     "cli",

@@ -27,7 +27,7 @@ def db_upgrade() -> None:
     Example:
       LEDGER_DATABASE_URL=postgresql+psycopg://me@localhost/ledger ledger db upgrade
     """
-    from ledger.db import current_revision, head_revision
+    from ledger.storage.database import current_revision, head_revision
 
     with open_db() as database, database.engine.connect() as conn:
         click.echo(f"schema at revision {current_revision(conn)} (head {head_revision()})")

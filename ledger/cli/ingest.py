@@ -12,7 +12,7 @@ import click
 from ledger.cli._app import cli, echo_json, fail_on_ledger_error, json_option, open_db, printable, progress_bar
 
 if TYPE_CHECKING:
-    from ledger.services.capture_types import ApiCredentials, CaptureSummary, CoinbaseOptions
+    from ledger.venues.coinbase.options import ApiCredentials, CaptureSummary, CoinbaseOptions
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -71,7 +71,7 @@ def ingest_csv_command(
       tail -f live.csv | ledger ingest csv - --stream csv:live --flush-interval 1
     """
     from ledger.errors import InputError
-    from ledger.services.ingest_csv import ingest_csv
+    from ledger.services.ingest.csv_file import ingest_csv
 
     stream = stream or _default_stream(file)
     if file == "-":
@@ -167,7 +167,7 @@ def capture_settings(
 ) -> tuple[CoinbaseOptions, ApiCredentials]:
     """The capture's options from the command line (the values of :func:`coinbase_options`),
     and the API key from the environment."""
-    from ledger.services.capture_types import REST_URL, WS_URL, ApiCredentials, CoinbaseOptions
+    from ledger.venues.coinbase.options import REST_URL, WS_URL, ApiCredentials, CoinbaseOptions
 
     credentials = ApiCredentials.from_env()
     options = CoinbaseOptions(
@@ -203,7 +203,7 @@ def ingest_coinbase_command(as_json: bool, **capture_options: Any) -> None:
       ledger ingest coinbase --product BTC-USD --product ETH-USD --duration 3600
       ledger project --stream coinbase:BTC-USD
     """
-    from ledger.services.ingest_coinbase import Capture, capture
+    from ledger.venues.coinbase.capture import Capture, capture
 
     options, credentials = capture_settings(**capture_options)
     with open_db() as database:

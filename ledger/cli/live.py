@@ -34,7 +34,7 @@ def watch(stream: str, depth: int, fps: float, as_json: bool) -> None:
       ledger watch coinbase:BTC-USD --depth 5
       ledger watch csv:live --json | head
     """
-    from ledger.services.watch import follow_top
+    from ledger.services.read.watch import follow_top
 
     tty = sys.stdout.isatty() and not as_json
     with open_db() as database:
@@ -91,8 +91,8 @@ def run(snapshot_every: int, snapshot_interval: float, as_json: bool, **capture_
       ledger run --product BTC-USD --product ETH-USD
       ledger watch coinbase:BTC-USD --depth 5
     """
-    from ledger.services.live import run_live
-    from ledger.services.stream_run import ProjectOptions
+    from ledger.services.project.live import run_live
+    from ledger.services.project.run import ProjectOptions
 
     options, credentials = capture_settings(**capture_options)
     project = ProjectOptions(snapshot_every=snapshot_every or None, snapshot_interval=snapshot_interval)

@@ -24,7 +24,7 @@ from ledger.cli._app import (
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
-    from ledger.services.stream_run import ProjectOptions, ProjectSummary
+    from ledger.services.project.run import ProjectOptions, ProjectSummary
 
 log = logging.getLogger("ledger")
 
@@ -102,8 +102,8 @@ def project(
       ledger project --rebuild --stream csv:l3_data_v3.1
       ledger project --follow
     """
-    from ledger.services.project import ProjectOptions
-    from ledger.services.project import rebuild as drop_projection
+    from ledger.services.project.batch import ProjectOptions
+    from ledger.services.project.batch import rebuild as drop_projection
 
     options = ProjectOptions(
         skip_gaps=skip_gaps,
@@ -127,7 +127,7 @@ def project(
 
 
 def _follow(engine: Engine, streams: tuple[str, ...], options: ProjectOptions, poll: float) -> list[ProjectSummary]:
-    from ledger.services.follow import FollowOptions, follow
+    from ledger.services.project.follow import FollowOptions, follow
 
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -140,8 +140,8 @@ def _follow(engine: Engine, streams: tuple[str, ...], options: ProjectOptions, p
 
 
 def _batch(engine: Engine, streams: tuple[str, ...], options: ProjectOptions) -> list[ProjectSummary]:
-    from ledger.services.project import project as run_project
-    from ledger.services.status import stream_status
+    from ledger.services.project.batch import project as run_project
+    from ledger.services.read.status import stream_status
 
     total = None
     if sys.stderr.isatty():
@@ -206,7 +206,7 @@ def book(stream: str, depth: int, at_seq: int | None, at_time: str | None, show_
     from datetime import UTC, datetime
 
     from ledger.domain.events import BUY, SELL
-    from ledger.services.book_view import book_at
+    from ledger.services.read.book import book_at
 
     if at_seq is not None and at_time is not None:
         raise click.UsageError("give --at-seq or --at-time, not both")

@@ -16,7 +16,7 @@ import click
 from ledger.cli._app import cli, echo_json, fail_on_ledger_error, json_option, open_db, printable
 
 if TYPE_CHECKING:
-    from ledger.services.status import StreamStatus
+    from ledger.services.read.status import StreamStatus
 
 
 @cli.group()
@@ -97,7 +97,7 @@ def status(stream: str | None, watch: bool, interval: float, as_json: bool) -> N
       ledger status csv:l3_data_v3.1 --json
       ledger status --watch --interval 0.5
     """
-    from ledger.services.status import stream_status
+    from ledger.services.read.status import stream_status
 
     with open_db() as database, database.engine.connect() as conn:
         while True:
@@ -163,7 +163,7 @@ def gaps(stream: str, include_closed: bool, as_json: bool) -> None:
       ledger gaps csv:l3_data_v3
       ledger gaps csv:l3_data_v3 --all --json
     """
-    from ledger.services.status import gap_rows
+    from ledger.services.read.status import gap_rows
 
     with open_db() as database, database.engine.connect() as conn:
         rows = gap_rows(conn, stream, include_closed=include_closed)
@@ -189,7 +189,7 @@ def rejects(stream: str, limit: int | None, as_json: bool) -> None:
     Example:
       ledger rejects csv:l3_data_v3.1 --limit 20
     """
-    from ledger.services.status import reject_rows
+    from ledger.services.read.status import reject_rows
 
     with open_db() as database, database.engine.connect() as conn:
         rows = reject_rows(conn, stream, limit=limit)

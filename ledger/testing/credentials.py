@@ -1,6 +1,6 @@
 """The test exchange's API keys, and a client's signed subscribe message.
 
-Written apart from ledger's own signing (:mod:`ledger.sources.coinbase_auth`) so that the
+Written apart from ledger's own signing (:mod:`ledger.venues.coinbase.auth`) so that the
 local exchange checks ledger's signatures against an independent implementation.
 """
 

@@ -14,7 +14,7 @@ import hmac
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
-from ledger.sources.coinbase import _PRODUCT, _TIMESTAMP, MessageError, _show
+from ledger.venues.coinbase.codec import _PRODUCT, _TIMESTAMP, MessageError, _show
 
 __all__ = ["sign_request", "subscribe_message"]
 

@@ -12,8 +12,8 @@ from ledger.domain.events import EXACT, Number, Side
 from ledger.domain.l1 import L1Tracker
 from ledger.domain.snapshot import ProjectorState
 from ledger.errors import StreamError
-from ledger.sources.csv_l3 import to_number
 from ledger.storage.projection import L1Row
+from ledger.venues.csv.format import to_number
 
 __all__ = ["StreamProjector"]
 

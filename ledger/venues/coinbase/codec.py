@@ -33,9 +33,9 @@ Messages that are not sequenced events give no row (:func:`classify` names them)
 ``heartbeat`` (its sequence is that of the last event), ``subscriptions``, ``error``,
 ``status``, the ``level3`` schema message, and any other type (``unknown``).
 
-The compact ``level3`` channel's arrays are read by :mod:`ledger.sources.coinbase_level3`
+The compact ``level3`` channel's arrays are read by :mod:`ledger.venues.coinbase.level3`
 into the same rows; signing the subscribe request and REST calls is
-:mod:`ledger.sources.coinbase_auth`.
+:mod:`ledger.venues.coinbase.auth`.
 
 Checks: sequence a JSON integer in 0..2**63-1; prices and sizes JSON strings holding a
 plain decimal (at most 20 integer and 18 fractional digits; no exponent; sizes not

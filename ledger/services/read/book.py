@@ -12,8 +12,8 @@ from sqlalchemy.engine import Connection, Engine
 
 from ledger.domain.book import Book
 from ledger.errors import StreamError, UnknowableBook
-from ledger.services.projector import StreamProjector
-from ledger.services.replay import SourceBook, SourceBooks, replay, restore_latest
+from ledger.services.project.replay import SourceBook, SourceBooks, replay, restore_latest
+from ledger.services.project.rows import StreamProjector
 from ledger.storage.log import EventLog, GapStore, SourceSnapshots, Streams
 from ledger.storage.schema import events
 

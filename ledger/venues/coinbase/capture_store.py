@@ -31,11 +31,10 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Connection, Engine
 
-from ledger.db import connection_lost
 from ledger.domain.sequencing import GapTracker
 from ledger.errors import DatabaseError, StreamError, first_line
-from ledger.services.coinbase_sync import RestBook
-from ledger.services.ingest_csv import stream_lock_key
+from ledger.services.ingest.csv_file import stream_lock_key
+from ledger.storage.database import connection_lost
 from ledger.storage.log import (
     Checkpoint,
     Checkpoints,
@@ -47,6 +46,7 @@ from ledger.storage.log import (
 )
 from ledger.storage.notify import notify_appended
 from ledger.storage.schema import events, gaps, source_snapshots
+from ledger.venues.coinbase.sync import RestBook
 
 __all__ = ["CaptureBatch", "CaptureStore", "StreamBatch"]
 

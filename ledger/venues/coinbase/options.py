@@ -1,6 +1,6 @@
 """What a Coinbase capture is told and what it reports: options, the API key, summaries.
 
-Kept apart from the capture loop (:mod:`ledger.services.ingest_coinbase`) so that the CLI
+Kept apart from the capture loop (:mod:`ledger.venues.coinbase.capture`) so that the CLI
 and ``ledger run`` can build options without loading aiohttp.
 """
 
@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from ledger.errors import ConfigError
-from ledger.services.coinbase_sync import SyncTiming
-from ledger.sources.coinbase import MessageError
-from ledger.sources.coinbase_auth import sign_request
+from ledger.venues.coinbase.auth import sign_request
+from ledger.venues.coinbase.codec import MessageError
+from ledger.venues.coinbase.sync import SyncTiming
 
 __all__ = [
     "REST_URL",

@@ -1,8 +1,8 @@
 """Capture Coinbase Exchange's order-by-order feed into the event log, live.
 
 One asyncio task reads the websocket (aiohttp): every frame is decoded, classified and, if
-it is a sequenced event, turned into its event-log row (:mod:`ledger.sources.coinbase`)
-and handed to its product's :class:`~ledger.services.coinbase_sync.ProductSync`, which
+it is a sequenced event, turned into its event-log row (:mod:`ledger.venues.coinbase.codec`)
+and handed to its product's :class:`~ledger.venues.coinbase.sync.ProductSync`, which
 decides what is stored and when a REST level-3 book is needed. A writer task commits
 what is ready in one transaction at a time on a thread (:class:`CaptureStore`), so rows
 group into larger batches exactly when the database is slower; the messages waiting
@@ -51,8 +51,20 @@ from sqlalchemy.engine import Engine
 
 from ledger.domain.sequencing import GapTracker
 from ledger.errors import InputError, LedgerError
-from ledger.services.capture_store import CaptureBatch, CaptureStore, StreamBatch
-from ledger.services.capture_types import (
+from ledger.storage.log import Reject
+from ledger.venues.coinbase.auth import sign_request, subscribe_message
+from ledger.venues.coinbase.capture_store import CaptureBatch, CaptureStore, StreamBatch
+from ledger.venues.coinbase.codec import (
+    MessageError,
+    classify,
+    copy_row,
+    decode,
+    decode_frame,
+    rest_snapshot_rows,
+    to_row,
+)
+from ledger.venues.coinbase.level3 import Level3Schema, level3_to_row
+from ledger.venues.coinbase.options import (
     REST_URL,
     WS_URL,
     ApiCredentials,
@@ -62,19 +74,7 @@ from ledger.services.capture_types import (
     ProductSummary,
     stream_name,
 )
-from ledger.services.coinbase_sync import ProductSync, RestBook
-from ledger.sources.coinbase import (
-    MessageError,
-    classify,
-    copy_row,
-    decode,
-    decode_frame,
-    rest_snapshot_rows,
-    to_row,
-)
-from ledger.sources.coinbase_auth import sign_request, subscribe_message
-from ledger.sources.coinbase_level3 import Level3Schema, level3_to_row
-from ledger.storage.log import Reject
+from ledger.venues.coinbase.sync import ProductSync, RestBook
 
 __all__ = [
     "REST_URL",

@@ -19,10 +19,10 @@ from ledger.domain.book import Book
 from ledger.domain.events import EXACT
 from ledger.domain.snapshot import ProjectorState, decode
 from ledger.errors import SnapshotError
-from ledger.services.projector import StreamProjector
-from ledger.sources.csv_l3 import to_number
+from ledger.services.project.rows import StreamProjector
 from ledger.storage.log import EventLog, GapStore, SourceSnapshots
 from ledger.storage.projection import Snapshots
+from ledger.venues.csv.format import to_number
 
 __all__ = [
     "Replayed",
@@ -102,7 +102,7 @@ class SourceBooks:
 
 def source_book(raw: str, *, where: str) -> Book:
     """The book of a stored source snapshot (a Coinbase REST level-3 payload)."""
-    from ledger.sources.coinbase import MessageError, decode, rest_snapshot_rows
+    from ledger.venues.coinbase.codec import MessageError, decode, rest_snapshot_rows
 
     try:
         _, orders = rest_snapshot_rows(decode(raw))

@@ -31,10 +31,9 @@ import psycopg
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from ledger.db import connection_lost
 from ledger.errors import DatabaseError, first_line
-from ledger.services.project import PROJECT_LOCK_CLASS
-from ledger.services.stream_run import (
+from ledger.services.project.batch import PROJECT_LOCK_CLASS
+from ledger.services.project.run import (
     Committer,
     LockLost,
     ProjectOptions,
@@ -42,6 +41,7 @@ from ledger.services.stream_run import (
     SnapshotTimer,
     StreamRun,
 )
+from ledger.storage.database import connection_lost
 from ledger.storage.log import Streams
 from ledger.storage.notify import Listener
 

@@ -18,9 +18,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from ledger.domain.book import LevelView
-from ledger.services.book_view import rebuild
-from ledger.services.projector import StreamProjector
-from ledger.services.replay import SourceBooks, replay
+from ledger.services.project.replay import SourceBooks, replay
+from ledger.services.project.rows import StreamProjector
+from ledger.services.read.book import rebuild
 from ledger.storage.log import EventLog, SourceSnapshots, Streams
 from ledger.storage.notify import Listener
 from ledger.storage.schema import events

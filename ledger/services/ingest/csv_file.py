@@ -28,7 +28,6 @@ from sqlalchemy.engine import Connection, Engine
 
 from ledger.domain.sequencing import Arrival, GapTracker
 from ledger.errors import DatabaseError, InputError, StreamError, first_line
-from ledger.sources.csv_l3 import CsvRow, RowError, check_header, copy_row, parse_line
 from ledger.storage.log import (
     Checkpoint,
     Checkpoints,
@@ -40,6 +39,7 @@ from ledger.storage.log import (
     copy_escape,
 )
 from ledger.storage.notify import notify_appended
+from ledger.venues.csv.format import CsvRow, RowError, check_header, copy_row, parse_line
 
 __all__ = ["IngestSummary", "ingest_csv", "stream_lock_key"]
 

@@ -3,16 +3,16 @@ best bid/offer change as an L1 row, with its position, in one transaction per ch
 
 :func:`project` takes each stream in turn (holding its projector lock, so two processes
 never project one stream) and brings it to the head of its log with a
-:class:`~ledger.services.stream_run.StreamRun`: a reader thread fetches the next chunk of
+:class:`~ledger.services.project.run.StreamRun`: a reader thread fetches the next chunk of
 the log while the book applies the current one, and a committer writes the L1 rows and
 position of the previous one (each on its own connection; PostgreSQL works on the other
 core). Run again, the projector rebuilds the book up to its position (writing nothing)
 and goes on from there, so a crash at any moment neither loses nor repeats an L1 row.
 :func:`rebuild` drops a projection. Following the log as it grows, and sharing the
-streams between processes, is :mod:`ledger.services.follow`.
+streams between processes, is :mod:`ledger.services.project.follow`.
 
-The book itself is applied by :class:`~ledger.services.projector.StreamProjector`; reading
-the log back, source snapshots and replays live in :mod:`ledger.services.replay`.
+The book itself is applied by :class:`~ledger.services.project.rows.StreamProjector`; reading
+the log back, source snapshots and replays live in :mod:`ledger.services.project.replay`.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from ledger.errors import DatabaseError, StreamError, first_line
-from ledger.services.stream_run import (
+from ledger.services.project.run import (
     PROJECT_LOCK_CLASS,
     Committer,
     ProjectOptions,

@@ -1,7 +1,7 @@
 """``ledger run``: capture a live feed and project it in one process.
 
-The capture (:mod:`ledger.services.ingest_coinbase`) runs on the main thread's event loop;
-a follower (:mod:`ledger.services.follow`) runs on a thread of its own. Events go through
+The capture (:mod:`ledger.venues.coinbase.capture`) runs on the main thread's event loop;
+a follower (:mod:`ledger.services.project.follow`) runs on a thread of its own. Events go through
 the log, so what is projected is exactly what was committed, and a crash of either side
 loses nothing. Between the two, a bounded queue carries the ids of the streams each
 commit grew: it wakes the follower at once, without a round trip through PostgreSQL's
@@ -18,10 +18,10 @@ from collections.abc import Callable
 
 from sqlalchemy.engine import Engine
 
-from ledger.services.capture_types import ApiCredentials, CaptureSummary, CoinbaseOptions, stream_name
-from ledger.services.follow import FollowOptions, follow
-from ledger.services.ingest_coinbase import Capture, capture
-from ledger.services.stream_run import ProjectOptions, ProjectSummary
+from ledger.services.project.follow import FollowOptions, follow
+from ledger.services.project.run import ProjectOptions, ProjectSummary
+from ledger.venues.coinbase.capture import Capture, capture
+from ledger.venues.coinbase.options import ApiCredentials, CaptureSummary, CoinbaseOptions, stream_name
 
 __all__ = ["run_live"]
 

@@ -3,7 +3,7 @@
 The channel sends, once, ``{"type": "level3", "schema": {...}}`` naming the fields of each
 compact type; every event after it is a JSON array in that layout. :class:`Level3Schema`
 reads the schema message; :func:`level3_to_row` makes the event-log row of one array, with
-the same checks and the same :class:`~ledger.sources.coinbase.CoinbaseRow` as the full
+the same checks and the same :class:`~ledger.venues.coinbase.codec.CoinbaseRow` as the full
 channel. Its ``match`` and ``change`` carry no side, its ``done`` no side, price or size
 (NULL), and ``noop`` (a message that changes no book) is a row of kind ``noop`` that keeps
 the sequence contiguous.
@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Final, NamedTuple
 
-from ledger.sources.coinbase import (
+from ledger.venues.coinbase.codec import (
     CoinbaseRow,
     MessageError,
     _error,

@@ -5,7 +5,7 @@ applies whatever the log holds after the position: a reader thread fetches the n
 while the book applies the current one, and the :class:`Committer` (one thread and one
 connection for all the streams of a process) writes each chunk's L1 rows, skipped gaps,
 snapshot and position in one transaction while the next chunk is applied. A batch run calls
-it once per stream; a following run (:mod:`ledger.services.follow`) calls it again each time
+it once per stream; a following run (:mod:`ledger.services.project.follow`) calls it again each time
 the stream grows, with the book still in memory.
 
 At a gap the run first looks for a source snapshot (the venue's own book) that makes up
@@ -28,8 +28,8 @@ from sqlalchemy.engine import Engine
 from ledger.domain.snapshot import FORMAT_VERSION as SNAPSHOT_FORMAT
 from ledger.domain.snapshot import encode
 from ledger.errors import StreamError
-from ledger.services.projector import StreamProjector
-from ledger.services.replay import SourceBooks, contiguous, read_ahead, replay, restore_latest
+from ledger.services.project.replay import SourceBooks, contiguous, read_ahead, replay, restore_latest
+from ledger.services.project.rows import StreamProjector
 from ledger.storage.log import EventLog, GapStore, SourceSnapshots
 from ledger.storage.projection import L1Row, L1Rows, Position, Positions, Snapshots
 from ledger.storage.schema import gaps, projector_positions

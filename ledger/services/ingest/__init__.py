@@ -1,0 +1,1 @@
+"""Ingest: files into the event log (resumable, idempotent, with gap tracking)."""

@@ -1,0 +1,1 @@
+"""Reading: a book at any point, the live top of a book, and per-stream status."""

@@ -1,0 +1,1 @@
+"""Venues: everything ledger knows of one data source lives in ``ledger/venues/<name>/``."""
