@@ -1,4 +1,6 @@
-"""The L3 book against an independent, naive reference model, and its edge cases."""
+"""The projector and its book against independent, naive reference models, and their edge
+cases. Every test drives :class:`~ledger.domain.projector.Projector` with typed events: the
+code production runs."""
 
 from __future__ import annotations
 
@@ -9,8 +11,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ledger.domain.book import Book, LevelView, Top
-from ledger.domain.events import BUY, SELL, Add, Delete, Event, Trade, Update
-from ledger.domain.l1 import L1Tracker
+from ledger.domain.events import BUY, SELL, Event, add, delete, fill, modify
+from ledger.domain.projector import Projector
+
+
+def _apply(proj: Projector, event: Event) -> list[tuple[object, ...]]:
+    """Apply one event as production does; the L1 rows it emitted."""
+    out: list[tuple[object, ...]] = []
+    proj.apply([event], out)
+    return out
 
 
 class NaiveBook:
@@ -23,18 +32,18 @@ class NaiveBook:
     def apply(self, e: Event) -> None:
         self.clock += 1
         key = (e.side, e.order_id)
-        if isinstance(e, Add):
+        if e.kind == "add":
             self.orders[key] = [e.price, e.size, self.clock]
-        elif isinstance(e, Update):
+        elif e.kind == "modify":
             if key in self.orders:
                 old_price, old_size, arrival = self.orders[key]
                 keeps_place = e.price == old_price and e.size <= old_size
                 self.orders[key] = [e.price, e.size, arrival if keeps_place else self.clock]
                 if e.size <= 0:
                     del self.orders[key]
-        elif isinstance(e, Delete):
+        elif e.kind == "delete":
             self.orders.pop(key, None)
-        elif isinstance(e, Trade) and key in self.orders:
+        elif e.kind == "fill" and key in self.orders:
             self.orders[key][1] -= min(e.size, self.orders[key][1])
             if self.orders[key][1] <= 0:
                 del self.orders[key]
@@ -68,19 +77,20 @@ sides = st.sampled_from([BUY, SELL])
 prices = st.integers(min_value=95, max_value=105).map(lambda p: Decimal(p) / 2)
 sizes = st.integers(min_value=1, max_value=50)
 events = st.one_of(
-    st.builds(Add, seq=st.just(0), order_id=ids, side=sides, price=prices, size=sizes),
-    st.builds(Update, seq=st.just(0), order_id=ids, side=sides, price=prices, size=st.integers(0, 50)),
-    st.builds(Delete, seq=st.just(0), order_id=ids, side=sides),
-    st.builds(Trade, seq=st.just(0), order_id=ids, side=sides, price=prices, size=sizes),
+    st.builds(add, seq=st.just(0), order_id=ids, side=sides, price=prices, size=sizes),
+    st.builds(modify, seq=st.just(0), order_id=ids, side=sides, price=prices, size=st.integers(0, 50)),
+    st.builds(delete, seq=st.just(0), order_id=ids, side=sides),
+    st.builds(fill, seq=st.just(0), order_id=ids, side=sides, price=prices, size=sizes),
 )
 
 
 @settings(max_examples=300, deadline=None)
 @given(st.lists(events, max_size=120))
 def test_book_matches_naive_model_after_every_event(seq: list[Event]) -> None:
-    book, naive = Book(), NaiveBook()
+    proj, naive = Projector(), NaiveBook()
+    book = proj.book
     for event in seq:
-        book.apply(event)
+        _apply(proj, event)
         naive.apply(event)
         assert book.top() == naive.top()
         assert book.levels(BUY) == naive.levels(BUY)
@@ -92,32 +102,27 @@ def test_book_matches_naive_model_after_every_event(seq: list[Event]) -> None:
 @settings(max_examples=200, deadline=None)
 @given(st.lists(events, max_size=80))
 def test_l1_rows_match_naive_top_changes(seq: list[Event]) -> None:
-    book, naive, tracker, fast = Book(), NaiveBook(), L1Tracker(), L1Tracker()
+    proj, naive = Projector(), NaiveBook()
     expected, got = [], []
     last = None
     for event in seq:
-        book.apply(event)
+        rows = _apply(proj, event)
         naive.apply(event)
         top = naive.top()
         if top is not None and top != last:
             expected.append(top)
             last = top
-        row = tracker.observe(book.top())
-        if row is not None:
-            got.append(row)
-        assert fast.observe_book(book) == row
+        got += [Top(*row[2:]) for row in rows]
     assert got == expected
 
 
 def test_unknown_orders_and_overfills_are_counted_not_raised() -> None:
-    book = Book()
-    book.apply(Delete(1, "x", BUY))
-    book.apply(Update(2, "x", SELL, 10, 5))
-    book.apply(Trade(3, "x", BUY, 10, 5))
-    book.apply(Add(4, "a", BUY, 10, 5))
-    book.apply(Trade(5, "a", BUY, 10, 7))
-    book.apply(Add(6, "b", SELL, 11, 5))
-    book.apply(Add(7, "b", SELL, 12, 6))
+    proj = Projector()
+    book = proj.book
+    proj.apply(
+        [delete(1, "x", BUY), modify(2, "x", SELL, 10, 5), fill(3, "x", BUY, 10, 5), add(4, "a", BUY, 10, 5)], None
+    )
+    proj.apply([fill(5, "a", BUY, 10, 7), add(6, "b", SELL, 11, 5), add(7, "b", SELL, 12, 6)], None)
     assert dict(book.anomalies) == {
         "delete_unknown_order": 1,
         "update_unknown_order": 1,
@@ -130,33 +135,35 @@ def test_unknown_orders_and_overfills_are_counted_not_raised() -> None:
 
 
 def test_same_id_on_both_sides_are_two_orders() -> None:
-    book = Book()
-    book.apply(Add(1, "7", BUY, 10, 1))
-    book.apply(Add(2, "7", SELL, 11, 2))
-    book.apply(Delete(3, "7", BUY))
+    proj = Projector()
+    book = proj.book
+    proj.apply([add(1, "7", BUY, 10, 1), add(2, "7", SELL, 11, 2), delete(3, "7", BUY)], None)
     assert book.levels(BUY) == []
     assert book.levels(SELL) == [LevelView(11, 2, 1)]
 
 
 def test_size_cut_keeps_queue_place_and_price_change_loses_it() -> None:
-    book = Book()
-    for seq, oid in enumerate("abc"):
-        book.apply(Add(seq, oid, BUY, 10, 5))
-    book.apply(Update(4, "a", BUY, 10, 3))  # cut: stays first
+    proj = Projector()
+    book = proj.book
+    proj.apply([add(seq, oid, BUY, 10, 5) for seq, oid in enumerate("abc")], None)
+    _apply(proj, modify(4, "a", BUY, 10, 3))  # cut: stays first
     assert [o.order_id for o in book.iter_orders()] == ["a", "b", "c"]
-    book.apply(Update(5, "a", BUY, 10, 9))  # increase: goes last
+    _apply(proj, modify(5, "a", BUY, 10, 9))  # increase: goes last
     assert [o.order_id for o in book.iter_orders()] == ["b", "c", "a"]
-    book.apply(Update(6, "b", BUY, 11, 5))  # new price: own level, best
+    _apply(proj, modify(6, "b", BUY, 11, 5))  # new price: own level, best
     assert book.levels(BUY) == [LevelView(11, 5, 1), LevelView(10, 14, 2)]
 
 
 def test_crossed_book_counted_once_per_crossing() -> None:
-    book = Book()
-    book.apply(Add(1, "b", BUY, 10, 1))
-    book.apply(Add(2, "s", SELL, 9, 1))
-    assert book.check_crossed() and book.check_crossed()
-    book.apply(Delete(3, "s", SELL))
-    assert not book.check_crossed()
+    proj = Projector()
+    book = proj.book
+    _apply(proj, add(1, "b", BUY, 10, 1))
+    _apply(proj, add(2, "s", SELL, 9, 1))
+    _apply(proj, add(3, "b2", BUY, 8, 1))  # still crossed: not counted again
+    assert proj.crossed
+    _apply(proj, delete(4, "s", SELL))
+    _apply(proj, add(5, "s2", SELL, 11, 1))  # a top again, not crossed
+    assert not proj.crossed
     assert book.anomalies["crossed_book"] == 1
 
 
@@ -176,15 +183,15 @@ class NaiveVenueBook:
     def apply(self, e: Event) -> None:
         self.clock += 1
         key = (e.side, e.order_id)
-        if isinstance(e, Add):
+        if e.kind == "add":
             self.orders[key] = [e.price, e.size, self.clock]
-        elif isinstance(e, Update) and key in self.orders:
+        elif e.kind == "modify" and key in self.orders:
             old_price, old_size, arrival = self.orders[key]
             keeps_place = e.price == old_price and e.size <= old_size
             self.orders[key] = [e.price, e.size, arrival if keeps_place else self.clock]
-        elif isinstance(e, Delete):
+        elif e.kind == "delete":
             self.orders.pop(key, None)
-        elif isinstance(e, Trade) and key in self.orders:
+        elif e.kind == "fill" and key in self.orders:
             self.orders[key][1] -= min(e.size, self.orders[key][1])
 
     def levels(self, side: str) -> list[LevelView]:
@@ -212,31 +219,40 @@ class NaiveVenueBook:
         return Top(bids[0].price, bids[0].size, asks[0].price, asks[0].size)
 
 
-def _apply_venue(book: Book, e: Event) -> None:
-    """The venue rule through the book's own operations, as the projector calls them."""
-    if isinstance(e, Trade):
-        book.trade(e.side, e.order_id, e.size, remove_at_zero=False)
-    elif isinstance(e, Update):
-        book.update(e.side, e.order_id, e.price, e.size, remove_at_zero=False)
-    else:
-        book.apply(e)
-
-
+# The venue rule as Coinbase's stored messages become events: modifies and fills keep an
+# order at 0, and only a delete removes it.
 venue_events = st.one_of(
-    st.builds(Add, seq=st.just(0), order_id=ids, side=sides, price=prices, size=sizes),
-    st.builds(Update, seq=st.just(0), order_id=ids, side=sides, price=prices, size=st.integers(0, 50)),
-    st.builds(Delete, seq=st.just(0), order_id=ids, side=sides),
-    st.builds(Trade, seq=st.just(0), order_id=ids, side=sides, price=prices, size=st.integers(1, 60)),
+    st.builds(add, seq=st.just(0), order_id=ids, side=sides, price=prices, size=sizes),
+    st.builds(
+        modify,
+        seq=st.just(0),
+        order_id=ids,
+        side=sides,
+        price=prices,
+        size=st.integers(0, 50),
+        keep_at_zero=st.just(True),
+    ),
+    st.builds(delete, seq=st.just(0), order_id=ids, side=sides),
+    st.builds(
+        fill,
+        seq=st.just(0),
+        order_id=ids,
+        side=sides,
+        price=prices,
+        size=st.integers(1, 60),
+        keep_at_zero=st.just(True),
+    ),
 )
 
 
 @settings(max_examples=300, deadline=None)
 @given(st.lists(venue_events, max_size=120))
 def test_orders_at_size_zero_rest_outside_the_levels(seq: list[Event]) -> None:
-    book, naive = Book(), NaiveVenueBook()
-    tracker, expected, got, last = L1Tracker(), [], [], None
+    proj, naive = Projector(), NaiveVenueBook()
+    book = proj.book
+    expected, got, last = [], [], None
     for event in seq:
-        _apply_venue(book, event)
+        rows = _apply(proj, event)
         naive.apply(event)
         assert book.top() == naive.top()
         assert book.levels(BUY) == naive.levels(BUY)
@@ -246,28 +262,24 @@ def test_orders_at_size_zero_rest_outside_the_levels(seq: list[Event]) -> None:
         if top is not None and top != last:
             expected.append(top)
             last = top
-        row = tracker.observe_book(book)
-        if row is not None:
-            got.append(row)
+        got += [Top(*row[2:]) for row in rows]
     assert got == expected
     assert len(book) == len(naive.orders)
 
 
 def test_a_fill_to_zero_then_a_refresh_brings_the_order_back_at_the_back_of_its_level() -> None:
-    book = Book()
-    book.apply(Add(1, "ice", SELL, 101, 5))
-    book.apply(Add(2, "b", SELL, 101, 3))
-    book.apply(Add(3, "bid", BUY, 99, 1))
-    book.trade(SELL, "ice", 5, remove_at_zero=False)
+    proj = Projector()
+    book = proj.book
+    proj.apply([add(1, "ice", SELL, 101, 5), add(2, "b", SELL, 101, 3), add(3, "bid", BUY, 99, 1)], None)
+    _apply(proj, fill(4, "ice", SELL, 101, 5, keep_at_zero=True))
     assert [(o.order_id, o.size) for o in book.iter_orders()] == [("bid", 1), ("ice", 0), ("b", 3)]
     assert book.levels(SELL) == [LevelView(101, 3, 1)]
-    book.trade(SELL, "b", 3, remove_at_zero=False)  # the whole level at 0: no ask at all
+    _apply(proj, fill(5, "b", SELL, 101, 3, keep_at_zero=True))  # the whole level at 0: no ask at all
     assert book.levels(SELL) == [] and book.top() is None and book.best_ask is None
-    book.update(SELL, "ice", 101, 4, remove_at_zero=False)  # the iceberg refreshes
+    _apply(proj, modify(6, "ice", SELL, None, 4, keep_at_zero=True, if_resting=True))  # the iceberg refreshes
     assert book.top() == Top(99, 1, 101, 4)
     assert [(o.order_id, o.size) for o in book.iter_orders()] == [("bid", 1), ("b", 0), ("ice", 4)]
-    book.delete(SELL, "b")
-    book.delete(SELL, "ice")
+    proj.apply([delete(7, "b", SELL, if_resting=True), delete(8, "ice", SELL, if_resting=True)], None)
     assert not book.idle_asks and not book.asks and len(book) == 1
 
 

@@ -359,7 +359,7 @@ def test_a_follower_refused_for_longer_than_its_window_gives_up_with_a_clear_mes
 def test_a_bug_is_raised_at_once_not_retried(
     db_env: dict[str, str], engine: Engine, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from ledger.services.project.batch import follow as following
+    from ledger.services.project import follow as following
     from ledger.services.project.run import StreamRun
 
     caplog.set_level(logging.WARNING, logger="ledger.services.project.follow")

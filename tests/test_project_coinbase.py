@@ -14,6 +14,7 @@ import pytest
 from ledger.domain.events import BUY, SELL
 from ledger.services.project.rows import StreamProjector
 from ledger.testing import LEVEL3_SCHEMA, MatchingEngine, RandomOrderFlow, fixed_clock
+from ledger.venues.coinbase.rules import CoinbaseRules
 
 _SIDES = {"buy": BUY, "sell": SELL}
 
@@ -52,7 +53,7 @@ def _our_book(proj: StreamProjector) -> list[tuple[str, Decimal, Decimal, str]]:
 def test_projected_book_and_l1_equal_the_exchange(channel: str, seed: int) -> None:
     engine = MatchingEngine("BTC-USD", seed=seed, clock=fixed_clock())
     flow = RandomOrderFlow(engine, random.Random(seed))
-    proj = StreamProjector(None)
+    proj = StreamProjector(None, CoinbaseRules())
     out: list[Any] = []
     for messages in flow.steps(400):
         if channel == "full":
@@ -60,7 +61,7 @@ def test_projected_book_and_l1_equal_the_exchange(channel: str, seed: int) -> No
         else:
             rows = [level3_row(engine.level3_message(int(m["sequence"]))) for m in messages]
         for row in rows:  # one at a time: compare after every message
-            proj.apply([row], out)
+            proj.apply_rows([row], out)
         assert _our_book(proj) == _engine_book(engine)
     expected = []
     for bbo in engine.bbo_history():
@@ -76,7 +77,7 @@ def test_projected_book_and_l1_equal_the_exchange(channel: str, seed: int) -> No
 def test_an_order_matched_to_zero_rests_until_done_and_a_change_refreshes_it() -> None:
     """Coinbase removes an order only with its done: an iceberg matched down to 0 and then
     refreshed by a change (old_size 0, new_size 4) is still there, at the back of its level."""
-    proj = StreamProjector(None)
+    proj = StreamProjector(None, CoinbaseRules())
     out: list[Any] = []
     rows = [
         (1, "open", "bid", BUY, "99.00", "1.0", None),
@@ -88,17 +89,17 @@ def test_an_order_matched_to_zero_rests_until_done_and_a_change_refreshes_it() -
         (7, "done", "other", SELL, "101.00", "0", None),
         (8, "done", "ice", SELL, "101.00", "0", None),
     ]
-    proj.apply(rows[:4], out)
+    proj.apply_rows(rows[:4], out)
     assert [(o.order_id, o.size) for o in proj.book.iter_orders()] == [
         ("bid", Decimal("1.0")),
         ("ice", Decimal("0.0")),
         ("other", Decimal("3.0")),
     ]
-    proj.apply(rows[4:5], out)
+    proj.apply_rows(rows[4:5], out)
     assert proj.book.top() is None and len(proj.book) == 3
-    proj.apply(rows[5:6], out)
+    proj.apply_rows(rows[5:6], out)
     assert [o.order_id for o in proj.book.iter_orders()] == ["bid", "other", "ice"]
-    proj.apply(rows[6:], out)
+    proj.apply_rows(rows[6:], out)
     assert [o.order_id for o in proj.book.iter_orders()] == ["bid"]
     # L1: at 3 (ask 2.0), at 4 (ask 3.0), nothing at 5 (no ask), at 6 (ask 4.0); none after.
     assert [(seq, ask, asz) for seq, _ts, _b, _bs, ask, asz in out] == [
@@ -114,7 +115,7 @@ def test_a_rest_book_listing_an_order_at_size_zero_is_a_valid_book() -> None:
     """A REST level-3 book taken between a match and its done lists the order at size 0."""
     import json
 
-    from ledger.services.project.replay import source_book
+    from ledger.venues.coinbase.rest import rest_book as source_book
 
     raw = json.dumps(
         {

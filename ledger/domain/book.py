@@ -1,6 +1,7 @@
 """One L3 order book: resting orders by (side, id) and a sorted map of price levels per side.
 
-The book is pure: no I/O, no clocks. It applies :mod:`ledger.domain.events` and keeps, per
+The book is pure: no I/O, no clocks. The projector (:mod:`ledger.domain.projector`) maps
+each event of :mod:`ledger.domain.events` to one of its operations. It keeps, per
 side, a :class:`sortedcontainers.SortedDict` of price -> :class:`Level` (total size, and the
 level's orders in queue order), so the best bid/ask and the top N levels are cheap after
 every event.
@@ -21,8 +22,8 @@ applied as sensibly as possible, so that a projector can report them and decide,
 error threshold, when a stream has gone too wrong to go on.
 
     >>> book = Book()
-    >>> book.apply(Add(seq=1, order_id="a", side=BUY, price=228, size=50))
-    >>> book.apply(Add(seq=2, order_id="b", side=SELL, price=Decimal("230.2"), size=300))
+    >>> book.add(BUY, "a", 228, 50)
+    >>> book.add(SELL, "b", Decimal("230.2"), 300)
     >>> book.top()
     Top(bid_price=228, bid_size=50, ask_price=Decimal('230.2'), ask_size=300)
 """
@@ -36,7 +37,7 @@ from typing import NamedTuple
 
 from sortedcontainers import SortedDict
 
-from ledger.domain.events import BUY, SELL, Add, Delete, Event, Number, Side, Trade, Update
+from ledger.domain.events import BUY, SELL, Number, Side
 
 __all__ = [
     "ANOMALY_KINDS",
@@ -55,6 +56,9 @@ ANOMALY_KINDS = (
     "trade_unknown_order",
     "trade_exceeds_order",
     "crossed_book",
+    "reduce_unknown_order",
+    "reduce_exceeds_order",
+    "replace_unknown_order",
 )
 
 
@@ -120,7 +124,6 @@ class Book:
     """An L3 book. See the module docstring."""
 
     __slots__ = (
-        "_crossed",
         "anomalies",
         "asks",
         "best_ask",
@@ -147,7 +150,6 @@ class Book:
         self.idle_bids: dict[Number, Level] = {}
         self.idle_asks: dict[Number, Level] = {}
         self.anomalies: Counter[str] = Counter()
-        self._crossed = False
 
     @classmethod
     def from_orders(cls, orders: Iterable[tuple[Side, str, Number, Number]]) -> Book:
@@ -184,21 +186,7 @@ class Book:
         book.best_ask, book.best_ask_level = book.asks.peekitem(0) if book.asks else (None, None)
         return book
 
-    # -- applying events -------------------------------------------------------------
-
-    def apply(self, event: Event) -> None:
-        """Apply one event. Impossible operations are counted, never raised."""
-        match event:
-            case Add(order_id=oid, side=side, price=price, size=size):
-                self.add(side, oid, price, size)
-            case Update(order_id=oid, side=side, price=price, size=size):
-                self.update(side, oid, price, size)
-            case Delete(order_id=oid, side=side):
-                self.delete(side, oid)
-            case Trade(order_id=oid, side=side, size=size):
-                self.trade(side, oid, size)
-            case _:
-                raise TypeError(f"not a book event: {event!r}")
+    # -- operations (the projector maps each typed event to one of them) ----------------
 
     def add(self, side: Side, order_id: str, price: Number, size: Number) -> None:
         key = (side, order_id)
@@ -209,17 +197,33 @@ class Book:
             self.anomalies["add_existing_order"] += 1
             self._unlink(resting)
         orders[key] = order = Order(order_id, side, price, size)
-        self._link(order)
+        level = (self.bids if side == BUY else self.asks).get(price)
+        if level is None:
+            self._link(order)
+        else:  # the usual case, inlined: a level that has size already
+            level.total += size
+            level.orders[order_id] = order
+            order.level = level
 
-    def update(self, side: Side, order_id: str, price: Number, size: Number, *, remove_at_zero: bool = True) -> None:
-        """Set a resting order's price and size. A size cut at the same price keeps the
-        order's place in the queue; anything else sends it to the back of its (new) level.
-        At size 0 the order is removed, or with ``remove_at_zero=False`` rests at 0."""
+    def update(
+        self,
+        side: Side,
+        order_id: str,
+        price: Number,
+        size: Number,
+        remove_at_zero: bool = True,
+        keep_place: bool | None = None,
+    ) -> None:
+        """Set a resting order's price and size. Its place in the queue: with ``keep_place``
+        None (the common rule), kept when the price is the same and the size does not grow;
+        True keeps it at the same price whatever the size; False always sends the order to
+        the back. Any other change sends it to the back of its (new) level. At size 0 the
+        order is removed, or with ``remove_at_zero=False`` rests at 0."""
         order = self.orders.get((side, order_id))
         if order is None:
             self.anomalies["update_unknown_order"] += 1
             return
-        if price == order.price and size <= order.size:
+        if price == order.price and (size <= order.size if keep_place is None else keep_place):
             if size <= 0 and remove_at_zero:
                 self._drop(order)
                 return
@@ -229,6 +233,8 @@ class Book:
             order.size = size
             if not level.total:
                 self._idle(level, order.side, order.price)
+            elif level.idle:
+                self._wake(level, order.side, order.price)
             return
         self._unlink(order)
         order.price = price
@@ -243,9 +249,58 @@ class Book:
         if order is None:
             self.anomalies["delete_unknown_order"] += 1
             return
-        self._unlink(order)
+        level = order.level
+        assert level is not None
+        queue = level.orders
+        if len(queue) > 1 and not level.idle:  # the usual case, inlined: the level stays
+            del queue[order_id]
+            level.total -= order.size
+            if not level.total:
+                self._idle(level, side, order.price)
+        else:
+            self._unlink(order)
 
-    def trade(self, side: Side, order_id: str, size: Number, *, remove_at_zero: bool = True) -> None:
+    def reduce(self, side: Side, order_id: str, size: Number) -> None:
+        """Take ``size`` off a resting order in place (a partial cancel); at 0 it goes. A
+        reduction larger than the order removes it and counts ``reduce_exceeds_order``."""
+        order = self.orders.get((side, order_id))
+        if order is None:
+            self.anomalies["reduce_unknown_order"] += 1
+            return
+        if size > order.size:
+            self.anomalies["reduce_exceeds_order"] += 1
+            size = order.size
+        level = order.level
+        assert level is not None
+        if size >= order.size:
+            self._drop(order)
+            return
+        level.total -= size
+        order.size -= size
+        if not level.total:
+            self._idle(level, side, order.price)
+
+    def replace(self, side: Side, order_id: str, new_order_id: str, price: Number, size: Number) -> None:
+        """The order goes, and ``new_order_id`` rests at ``price`` and ``size`` at the back
+        of its level (an unknown order is counted and the new one still added)."""
+        order = self.orders.pop((side, order_id), None)
+        if order is None:
+            self.anomalies["replace_unknown_order"] += 1
+        else:
+            self._unlink(order)
+        self.add(side, new_order_id, price, size)
+
+    def clear(self) -> None:
+        """Every order leaves the book; anomaly counts stay."""
+        self.orders.clear()
+        self.bids.clear()
+        self.asks.clear()
+        self.idle_bids.clear()
+        self.idle_asks.clear()
+        self.best_bid = self.best_ask = None
+        self.best_bid_level = self.best_ask_level = None
+
+    def trade(self, side: Side, order_id: str, size: Number, remove_at_zero: bool = True) -> None:
         """Take ``size`` off a resting order (a fill). At 0 the order is removed, or with
         ``remove_at_zero=False`` it rests at size 0 until the venue removes it."""
         order = self.orders.get((side, order_id))
@@ -280,19 +335,6 @@ class Book:
             return False
         self._unlink(order)
         return True
-
-    def check_crossed(self) -> bool:
-        """Count a ``crossed_book`` anomaly when the book becomes crossed; return the state.
-
-        Locked (bid == ask) is not crossed. Only the transition into a crossed state
-        counts, so a book that stays crossed for many events counts once.
-        """
-        bid, ask = self.best_bid, self.best_ask
-        crossed = bid is not None and ask is not None and bid > ask
-        if crossed and not self._crossed:
-            self.anomalies["crossed_book"] += 1
-        self._crossed = crossed
-        return crossed
 
     # -- reading -------------------------------------------------------------------------
 
@@ -414,6 +456,20 @@ class Book:
         self._remove_level(side, price, level)
         level.idle = True
         (self.idle_bids if side == BUY else self.idle_asks)[price] = level
+
+    def _wake(self, level: Level, side: Side, price: Number) -> None:
+        """An idle level that has size again goes back into its sorted map."""
+        level.idle = False
+        if side == BUY:
+            del self.idle_bids[price]
+            self.bids[price] = level
+            if self.best_bid is None or price > self.best_bid:
+                self.best_bid, self.best_bid_level = price, level
+        else:
+            del self.idle_asks[price]
+            self.asks[price] = level
+            if self.best_ask is None or price < self.best_ask:
+                self.best_ask, self.best_ask_level = price, level
 
     def _remove_level(self, side: Side, price: Number, level: Level) -> None:
         if side == BUY:

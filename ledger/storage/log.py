@@ -79,6 +79,13 @@ class Streams:
             raise StreamError(f"no stream named {name!r} (known streams: {listing})")
         return int(found)
 
+    def source(self, stream_id: int) -> str:
+        """The source (venue) a stream's events come from."""
+        found = self._conn.execute(sa.select(streams.c.source).where(streams.c.id == stream_id)).scalar()
+        if found is None:
+            raise StreamError(f"no stream with id {stream_id}")
+        return str(found)
+
     def names(self) -> list[str]:
         return list(self._conn.execute(sa.select(streams.c.name).order_by(streams.c.name)).scalars())
 

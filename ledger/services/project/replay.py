@@ -10,19 +10,17 @@ import queue
 import threading
 from collections.abc import Iterator
 from datetime import datetime
-from decimal import localcontext
 from typing import Any, NamedTuple
 
 from sqlalchemy.engine import Engine
 
 from ledger.domain.book import Book
-from ledger.domain.events import EXACT
 from ledger.domain.snapshot import ProjectorState, decode
 from ledger.errors import SnapshotError
 from ledger.services.project.rows import StreamProjector
-from ledger.storage.log import EventLog, GapStore, SourceSnapshots
+from ledger.storage.log import EventLog, GapStore, SourceSnapshots, Streams
 from ledger.storage.projection import Snapshots
-from ledger.venues.csv.format import to_number
+from ledger.venues import Venue, venue
 
 __all__ = [
     "Replayed",
@@ -32,7 +30,7 @@ __all__ = [
     "read_ahead",
     "replay",
     "restore_latest",
-    "source_book",
+    "stream_projector",
 ]
 
 log = logging.getLogger(__name__)
@@ -54,10 +52,11 @@ class SourceBooks:
     event exists yet) is made up for by the book that ingest recorded as resolving it. The
     same rules, applied again on a replay, rebuild the same book."""
 
-    def __init__(self, engine: Engine, stream_id: int, name: str) -> None:
+    def __init__(self, engine: Engine, stream_id: int, name: str, source: Venue) -> None:
         self._engine = engine
         self._stream_id = stream_id
         self._name = name
+        self._parse = source.source_book
 
     def start(self, proj: StreamProjector, first_seq: int) -> SourceBook | None:
         """Load the source snapshot at ``first_seq - 1`` if there is one."""
@@ -88,28 +87,28 @@ class SourceBooks:
         return found[0]
 
     def _load(self, seq: int, *, upto: int | None = None) -> tuple[SourceBook, Book] | None:
+        if self._parse is None:  # a venue that publishes no books of its own
+            return None
         with self._engine.connect() as conn:
             found = SourceSnapshots(conn).first_from(self._stream_id, seq, upto=upto)
         if found is None:
             return None
         where = f"stream {self._name!r}, source snapshot at seq {found.seq}"
         try:
-            return SourceBook(found.seq, found.received_at), source_book(found.raw, where=where)
+            return SourceBook(found.seq, found.received_at), self._parse(found.raw, where=where)
         except SnapshotError as e:
             log.warning("%s; not used", e)
             return None
 
 
-def source_book(raw: str, *, where: str) -> Book:
-    """The book of a stored source snapshot (a Coinbase REST level-3 payload)."""
-    from ledger.venues.coinbase.codec import MessageError, decode, rest_snapshot_rows
-
-    try:
-        _, orders = rest_snapshot_rows(decode(raw))
-        with localcontext(EXACT):
-            return Book.from_orders((side, oid, to_number(p), to_number(q)) for side, p, q, oid in orders)
-    except (MessageError, ValueError, ArithmeticError) as e:
-        raise SnapshotError(f"{where}: {e}") from None
+def stream_projector(
+    engine: Engine, stream_id: int, name: str, error_threshold: int | None = None
+) -> tuple[StreamProjector, SourceBooks]:
+    """A projector for one stream, with its venue's rules, and the venue's books for it."""
+    with engine.connect() as conn:
+        found = venue(Streams(conn).source(stream_id))
+    proj = StreamProjector(error_threshold, found.rules())
+    return proj, SourceBooks(engine, stream_id, name, found)
 
 
 def replay(
@@ -134,7 +133,7 @@ def replay(
         rest = rows if skip_until is None else [r for r in rows if r[0] > skip_until]
         while rest:
             segment, gap = contiguous(rest, expected)
-            proj.apply(segment, None, l1=l1)
+            proj.apply_rows(segment, None, l1=l1)
             if gap is None:
                 expected = rest[-1][0] + 1
                 break

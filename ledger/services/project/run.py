@@ -28,8 +28,7 @@ from sqlalchemy.engine import Engine
 from ledger.domain.snapshot import FORMAT_VERSION as SNAPSHOT_FORMAT
 from ledger.domain.snapshot import encode
 from ledger.errors import StreamError
-from ledger.services.project.replay import SourceBooks, contiguous, read_ahead, replay, restore_latest
-from ledger.services.project.rows import StreamProjector
+from ledger.services.project.replay import contiguous, read_ahead, replay, restore_latest, stream_projector
 from ledger.storage.log import EventLog, GapStore, SourceSnapshots
 from ledger.storage.projection import L1Row, L1Rows, Position, Positions, Snapshots
 from ledger.storage.schema import gaps, projector_positions
@@ -147,8 +146,7 @@ class StreamRun:
         self._timer = timer
         self._snapshot_tick = timer.ticks
         self._progress = progress
-        self._proj = StreamProjector(options.error_threshold)
-        self._sources = SourceBooks(engine, stream_id, name)
+        self._proj, self._sources = stream_projector(engine, stream_id, name, options.error_threshold)
         self._pos: Position | None = None
         self._written: int | None = None  # the position last committed (None: no row yet)
         self._ready = False  # the book in memory stands at the position
@@ -288,7 +286,7 @@ class StreamRun:
         rest = rows
         while rest:
             segment, gap = contiguous(rest, pos.last_seq + 1)
-            applied = proj.apply(segment, out)
+            applied = proj.apply_rows(segment, out)
             applied_in_chunk += applied
             if applied:
                 pos.last_seq = segment[applied - 1][0]

@@ -12,7 +12,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from ledger.domain.book import Book
 from ledger.errors import StreamError, UnknowableBook
-from ledger.services.project.replay import SourceBook, SourceBooks, replay, restore_latest
+from ledger.services.project.replay import SourceBook, replay, restore_latest, stream_projector
 from ledger.services.project.rows import StreamProjector
 from ledger.storage.log import EventLog, GapStore, SourceSnapshots, Streams
 from ledger.storage.schema import events
@@ -137,8 +137,7 @@ class Rebuilt(NamedTuple):
 
 def rebuild(engine: Engine, stream_id: int, stream: str, *, first: int, upto: int) -> Rebuilt:
     """The book after ``upto`` (see :class:`Rebuilt`); ``first`` is the stream's first seq."""
-    proj = StreamProjector(None)
-    sources = SourceBooks(engine, stream_id, stream)
+    proj, sources = stream_projector(engine, stream_id, stream)
     replay_after = first - 1
     from_snapshot = None
     restored = restore_latest(engine, stream_id, stream, at_or_before=upto)

@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from ledger.domain.book import LevelView
-from ledger.services.project.replay import SourceBooks, replay
+from ledger.services.project.replay import replay, stream_projector
 from ledger.services.project.rows import StreamProjector
 from ledger.services.read.book import rebuild
 from ledger.storage.log import EventLog, SourceSnapshots, Streams
@@ -51,8 +51,8 @@ class BookFollower:
         self.seq: int | None = None
         self._first = low
         self.missing: list[tuple[int, int]] = []
-        self._sources = SourceBooks(engine, self.stream_id, stream)
         self._proj: StreamProjector | None = None
+        _, self._sources = stream_projector(engine, self.stream_id, stream)
         self._tried: set[int] = set()  # source snapshots a rebuild has already looked at
         if low is not None and high is not None:
             self._rebuild(low, high)

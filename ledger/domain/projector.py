@@ -1,0 +1,228 @@
+"""The projector: typed events in, a book and its L1 rows out. Pure: no I/O, no clocks.
+
+This is the code production runs (batch, follow mode, ``ledger book``, ``watch``) and the
+code the property tests drive against a naive model. Each venue turns its stored records
+into :mod:`ledger.domain.events`; :meth:`Projector.apply` maps each event to one book
+operation and, at the end of each exchange event, applies the two rules that hold for every
+venue, written here only:
+
+**L1.** After an event ends (its :data:`~ledger.domain.events.LAST` record), when both sides
+of the book have a level, the best bid and best ask with the total size at each form the
+top of book; a row is emitted when any of the four differs from the last row emitted. A
+locked or crossed book is still emitted; a book with an empty side emits nothing and leaves
+the last row as it was. A level whose total is 0 (orders resting at size 0) is not a level.
+
+**Crossed book.** A book whose best bid is above its best ask counts one ``crossed_book``
+anomaly when it becomes crossed (at an event end); staying crossed counts nothing more.
+Locked (bid == ask) is not crossed.
+
+Records inside an event (no ``LAST`` flag) change the book but are never looked at: no L1
+row, no crossed count. A run of :data:`~ledger.domain.events.SNAPSHOT` records replaces the
+book (it is cleared at the run's first record, with or without a ``Clear`` before it);
+:data:`~ledger.domain.events.MAYBE_BAD_BOOK` marks the book as possibly wrong until the next
+clear or snapshot (:attr:`Projector.maybe_bad`).
+
+    >>> p = Projector()
+    >>> out = []
+    >>> p.apply([add(1, "a", BUY, 228, 50), add(2, "b", SELL, 230, 300)], out)
+    2
+    >>> out
+    [(2, None, 228, 50, 230, 300)]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from decimal import localcontext
+from typing import Any
+
+from ledger.domain.book import Book, Level, Top
+from ledger.domain.events import EXACT, LAST, MAYBE_BAD_BOOK, SNAPSHOT, Number, Record
+from ledger.domain.snapshot import ProjectorState
+
+__all__ = ["L1Row", "Projector"]
+
+#: One L1 row: seq, time (as the event carried it), bid price, bid size, ask price, ask size.
+L1Row = tuple[int, Any, Number, Number, Number, Number]
+
+
+class Projector:
+    """One stream's book and the L1 and crossed-book rules around it (see the module)."""
+
+    __slots__ = ("book", "crossed", "error_threshold", "in_snapshot", "last", "maybe_bad")
+
+    def __init__(self, error_threshold: int | None = None) -> None:
+        self.book = Book()
+        #: The top of the last L1 row emitted (None: none yet).
+        self.last: Top | None = None
+        self.crossed = False
+        #: Stop (apply no more) once the book's anomalies exceed this many (None: never).
+        self.error_threshold = error_threshold
+        self.in_snapshot = False
+        #: The venue said the book may be wrong; cleared by the next clear or snapshot.
+        self.maybe_bad = False
+
+    # -- applying ------------------------------------------------------------------------
+
+    def apply(self, events: Sequence[Record], out: list[L1Row] | None, *, l1: bool = True) -> int:
+        """Apply ``events`` in order and append each L1 row to ``out`` (None: a replay that
+        writes nothing, and no error threshold). Return how many were applied: fewer when
+        the anomalies went past the error threshold. Without ``l1`` only the book changes
+        (a book wanted at one point, not a projection that goes on)."""
+        threshold = self.error_threshold if out is not None else None
+        with localcontext(EXACT):
+            return self._apply(events, out, l1, threshold)
+
+    def _apply(self, events: Sequence[Record], out: list[L1Row] | None, l1: bool, threshold: int | None) -> int:
+        book = self.book
+        anomalies = book.anomalies
+        add, delete, trade, update = book.add, book.delete, book.trade, book.update
+        side_of = book.side_of
+        in_snapshot = self.in_snapshot
+        # The L1 rule, inlined (it runs after every event). While the best levels are the
+        # same objects with the same totals as at the last check, the top has not moved:
+        # a level keeps its price for life.
+        last: tuple[Any, ...] | None = self.last
+        seen_bid: Level | None = None
+        seen_ask: Level | None = None
+        seen_bid_size: Any = None
+        seen_ask_size: Any = None
+        bid_price: Any = None
+        ask_price: Any = None
+        applied = 0
+        # Events are read by position (the layout of ledger.domain.events: kind, seq, ts,
+        # flags, ts_event, then the kind's own fields), the most frequent kinds first.
+        try:
+            for event in events:
+                if threshold is not None and anomalies.total() > threshold:
+                    return applied
+                kind = event[0]
+                flags = event[3]
+                if flags != LAST or in_snapshot:
+                    self._flags(flags)
+                    in_snapshot = self.in_snapshot
+                # An order given by its id alone (side None) is found on either side: some
+                # venues' messages do not say the side of the order they act on.
+                if kind == "add":
+                    add(event[6], event[5], event[7], event[8])
+                elif kind == "delete":
+                    side = event[6]
+                    if side is None and (side := side_of(event[5])) is None:
+                        if not event[7]:
+                            anomalies["delete_unknown_order"] += 1
+                    elif event[7]:  # if_resting: an order that never rested is no anomaly
+                        book.discard(side, event[5])
+                    else:
+                        delete(side, event[5])
+                elif kind == "fill":
+                    side = event[6]
+                    if side is None and (side := side_of(event[5])) is None:
+                        anomalies["trade_unknown_order"] += 1
+                    else:
+                        trade(side, event[5], event[8], not event[9])
+                elif kind == "modify":
+                    _, _, _, _, _, order_id, side, price, size, priority, keep_at_zero, if_resting = event
+                    if side is None:
+                        side = side_of(order_id)
+                    order = None if side is None else book.orders.get((side, order_id))
+                    if order is None:
+                        if not if_resting:
+                            anomalies["update_unknown_order"] += 1
+                    else:
+                        new_price = order.price if price is None else price
+                        new_size = order.size if size is None else size
+                        update(order.side, order_id, new_price, new_size, not keep_at_zero, priority)
+                elif kind == "mark" or kind == "trade":
+                    pass
+                elif kind == "reduce":
+                    side = event[6]
+                    if side is None and (side := side_of(event[5])) is None:
+                        anomalies["reduce_unknown_order"] += 1
+                    else:
+                        book.reduce(side, event[5], event[7])
+                elif kind == "clear":
+                    book.clear()
+                    self.maybe_bad = False
+                elif kind == "replace":
+                    _, _, _, _, _, order_id, side, new_id, price, size = event
+                    if side is None and (side := side_of(order_id)) is None:
+                        anomalies["replace_unknown_order"] += 1
+                    else:
+                        book.replace(side, order_id, new_id, price, size)
+                else:
+                    raise TypeError(f"not an event: {event!r}")
+                applied += 1
+                if not l1 or not flags & LAST:
+                    continue
+                bid_level = book.best_bid_level
+                ask_level = book.best_ask_level
+                if bid_level is None or ask_level is None:
+                    seen_bid = None
+                    continue
+                bid_size = bid_level.total
+                ask_size = ask_level.total
+                if bid_level is not seen_bid or ask_level is not seen_ask:
+                    seen_bid, seen_ask, bid_price, ask_price = bid_level, ask_level, book.best_bid, book.best_ask
+                elif bid_size == seen_bid_size and ask_size == seen_ask_size:
+                    continue
+                seen_bid_size, seen_ask_size = bid_size, ask_size
+                top = (bid_price, bid_size, ask_price, ask_size)
+                if top == last:
+                    continue
+                last = top
+                crossed = bid_price > ask_price
+                if crossed and not self.crossed:
+                    anomalies["crossed_book"] += 1
+                self.crossed = crossed
+                if out is not None:
+                    out.append((event[1], event[2], *top))
+        finally:
+            self.last = None if last is None else Top(*last)
+        return applied
+
+    def _flags(self, flags: int) -> None:
+        """The rare flags, looked at before the record is applied: the first record of a
+        run of snapshot records clears the book (the run rebuilds it); a venue's warning
+        that the book may be wrong holds until the next clear or snapshot."""
+        if flags & SNAPSHOT:
+            if not self.in_snapshot:
+                self.book.clear()
+                self.in_snapshot = True
+                self.maybe_bad = False
+        else:
+            self.in_snapshot = False
+        if flags & MAYBE_BAD_BOOK:
+            self.maybe_bad = True
+
+    # -- state ---------------------------------------------------------------------------
+
+    def over_threshold(self) -> bool:
+        return self.over_threshold_with(self.book.anomalies)
+
+    def over_threshold_with(self, anomalies: Mapping[str, int]) -> bool:
+        return self.error_threshold is not None and sum(anomalies.values()) > self.error_threshold
+
+    def state(self) -> ProjectorState:
+        return ProjectorState(book=self.book, l1_last=self.last, crossed=self.crossed)
+
+    def restore(self, state: ProjectorState) -> None:
+        self.book = state.book
+        self.last = state.l1_last
+        self.crossed = state.crossed
+
+    def reset(self, book: Book) -> None:
+        """Take ``book`` (a venue's own book, at a seq) as the book; anomaly counts go on."""
+        book.anomalies = self.book.anomalies
+        self.book = book
+        self.in_snapshot = False
+
+    def emit_l1(self, seq: int, ts: Any, out: list[L1Row] | None) -> None:
+        """After a reset: an L1 row at ``seq`` when the top of the new book differs from the
+        last row (the same rule as :meth:`apply`, at a point no event marks)."""
+        top = self.book.top()
+        if top is None or top == self.last:
+            return
+        self.last = top
+        self.crossed = top.bid_price > top.ask_price
+        if out is not None:
+            out.append((seq, ts, *top))

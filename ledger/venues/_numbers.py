@@ -1,0 +1,38 @@
+"""Exact numbers from stored text, through a cache: a book sees the same few hundred prices
+and sizes over and over, and a dictionary lookup costs far less than making a Decimal."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from ledger.domain.events import Number
+from ledger.errors import StreamError
+
+__all__ = ["Numbers"]
+
+
+class Numbers:
+    """``numbers(seq, text)``: the exact number ``text`` spells (an int when it has no
+    point, else a Decimal). Hot loops call :attr:`get` first (the cache's own lookup, None
+    on a miss) and this only on a miss. The cache is cleared past 100,000 entries."""
+
+    __slots__ = ("_cache", "get")
+
+    def __init__(self) -> None:
+        self._cache: dict[str | None, Number] = {}
+        self.get = self._cache.get
+
+    def __call__(self, seq: int, text: str | None) -> Number:
+        value = self._cache.get(text)
+        if value is not None:
+            return value
+        if text is None:
+            raise StreamError(f"seq {seq}: an event without the price or size it needs")
+        if len(self._cache) > 100_000:
+            self._cache.clear()
+        value = self._cache[text] = Decimal(text) if "." in text else int(text)
+        return value
+
+    @staticmethod
+    def unknown(seq: int, kind: str, venue: str) -> None:
+        raise StreamError(f"seq {seq}: {venue} has no event kind {kind!r}")

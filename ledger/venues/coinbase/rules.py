@@ -1,0 +1,64 @@
+"""How Coinbase Exchange's stored messages change a book (``docs/venues/coinbase.md``).
+
+``open`` rests the remainder of an order. ``match`` takes its size off the maker, and an
+order matched down to 0 stays on the book at size 0 (outside the levels and L1) until its
+``done``: only ``done`` removes an order, and a ``done`` for an order that never rested (it
+often did not) is normal. ``change`` sets a resting order's new size (giving a size-0 order
+size again, as an iceberg's refresh does) and, for ``modify_order``, its new price; it is
+ignored for orders not on the book. ``received``, ``activate`` and ``noop`` change no order.
+The compact ``level3`` channel leaves out the side of ``done``, ``match`` and ``change``:
+the order is then found by its id. Every message is a whole exchange event.
+
+    >>> CoinbaseRules().events([(3, "match", "ab", "S", "2600.01", "0.5", None)])
+    [('fill', 3, None, 128, None, 'ab', 'S', Decimal('2600.01'), Decimal('0.5'), True, 'B', None)]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from ledger.domain.events import LAST, Record
+from ledger.errors import StreamError
+from ledger.venues._numbers import Numbers
+
+__all__ = ["CoinbaseRules"]
+
+_OTHER_SIDE = {"B": "S", "S": "B", None: None}
+_NO_CHANGE = frozenset({"received", "activate", "noop"})
+
+
+class CoinbaseRules:
+    """Stored Coinbase messages ``(seq, kind, order_id, side, price, size, ts)`` (full or
+    level3 channel) to typed events, in the layout of :mod:`ledger.domain.events`."""
+
+    def __init__(self) -> None:
+        self._number = Numbers()
+
+    def events(self, rows: Sequence[Sequence[Any]]) -> list[Record]:
+        number = self._number
+        cached = number.get
+        out: list[Record] = []
+        append = out.append
+        for seq, kind, order_id, side, price_text, size_text, ts in rows:
+            if kind == "done":
+                append(("delete", seq, ts, LAST, None, order_id, side, True))
+            elif kind in _NO_CHANGE:
+                append(("mark", seq, ts, LAST, None))
+            elif kind == "match":  # order_id is the maker's; the taker took the other side
+                price = cached(price_text) or number(seq, price_text)
+                size = cached(size_text) or number(seq, size_text)
+                append(("fill", seq, ts, LAST, None, order_id, side, price, size, True, _OTHER_SIDE[side], None))
+            elif kind == "open":
+                if side is None:
+                    raise StreamError(f"seq {seq}: an open without a side")
+                price = cached(price_text) or number(seq, price_text)
+                size = cached(size_text) or number(seq, size_text)
+                append(("add", seq, ts, LAST, None, order_id, side, price, size))
+            elif kind == "change":  # a new size; with modify_order, a new price too
+                new_price = None if price_text is None else cached(price_text) or number(seq, price_text)
+                new_size = None if size_text is None else cached(size_text) or number(seq, size_text)
+                append(("modify", seq, ts, LAST, None, order_id, side, new_price, new_size, None, True, True))
+            else:
+                number.unknown(seq, kind, "the Coinbase feed")
+        return out

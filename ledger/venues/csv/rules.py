@@ -1,0 +1,54 @@
+"""How the L3 CSV format's stored records change a book (``docs/venues/csv.md``).
+
+``add`` rests an order; ``update`` sets its price and size to new absolute values (its queue
+place kept only at the same price with a size that does not grow; removed at 0); ``delete``
+removes it; ``trade`` takes the traded size off the resting order, which goes at 0 (the
+trade price does not change the book). Orders are keyed by (side, order id): an id may rest
+on both sides. Every record is a whole exchange event.
+
+    >>> CsvRules().events([(7, "add", "42", "B", "229.13", "300", None)])
+    [('add', 7, None, 128, None, '42', 'B', Decimal('229.13'), 300)]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from ledger.domain.events import LAST, Record
+from ledger.venues._numbers import Numbers
+
+__all__ = ["CsvRules"]
+
+
+class CsvRules:
+    """Stored CSV records ``(seq, kind, order_id, side, price, size, ts)`` to typed events
+    (plain tuples in the layout of :mod:`ledger.domain.events`: this runs once per event)."""
+
+    def __init__(self) -> None:
+        self._number = Numbers()
+
+    def events(self, rows: Sequence[Sequence[Any]]) -> list[Record]:
+        number = self._number
+        cached = number.get
+        out: list[Record] = []
+        append = out.append
+        for seq, kind, order_id, side, price_text, size_text, ts in rows:
+            if kind == "delete":
+                append(("delete", seq, ts, LAST, None, order_id, side, False))
+                continue
+            price = cached(price_text)
+            if price is None:
+                price = number(seq, price_text)
+            size = cached(size_text)
+            if size is None:
+                size = number(seq, size_text)
+            if kind == "add":
+                append(("add", seq, ts, LAST, None, order_id, side, price, size))
+            elif kind == "trade":  # the trade's price; the resting order loses size, and goes at 0
+                append(("fill", seq, ts, LAST, None, order_id, side, price, size, False, None, None))
+            elif kind == "update":
+                append(("modify", seq, ts, LAST, None, order_id, side, price, size, None, False, False))
+            else:
+                number.unknown(seq, kind, "the L3 CSV format")
+        return out
