@@ -1,0 +1,298 @@
+"""The library: :func:`open` a ledger database and call what the command line offers.
+
+    import ledger
+
+    with ledger.open() as lg:              # LEDGER_DATABASE_URL, else the embedded PostgreSQL
+        lg.ingest_csv("l3_data_v3.1.csv")  # stream csv:l3_data_v3.1
+        lg.project()
+        view = lg.book("csv:l3_data_v3.1", at_seq=1627942268920660000)
+        print(view.book.top())
+        for row in lg.l1_rows("csv:l3_data_v3.1", end=1627942268920660000):
+            print(row.seq, row.bid_price, row.ask_price)
+
+Every method runs in the calling thread and returns plain data (dataclasses, named tuples,
+lists). Errors are :class:`~ledger.errors.LedgerError`; the command line turns them into
+one-line messages and exit codes.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, BinaryIO, NamedTuple
+
+from ledger.errors import InputError, StreamError
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
+
+    from ledger.services.ingest.csv_file import IngestSummary
+    from ledger.services.project.run import ProjectSummary
+    from ledger.services.read.book import BookView
+    from ledger.services.read.status import StreamStatus
+    from ledger.services.read.watch import TopView
+    from ledger.storage.database import Database
+    from ledger.storage.projection import SnapshotInfo
+    from ledger.venues.coinbase.options import ApiCredentials, CaptureSummary, CoinbaseOptions
+
+__all__ = ["L1Record", "Ledger", "ProjectSettings", "open"]
+
+
+class L1Record(NamedTuple):
+    """One best bid/offer change: the seq and time of the event that made it, and the top."""
+
+    seq: int
+    time: datetime | None
+    bid_price: Any
+    bid_size: Any
+    ask_price: Any
+    ask_size: Any
+
+
+@dataclass(frozen=True)
+class ProjectSettings:
+    """How :meth:`Ledger.project` runs (the options of ``ledger project``)."""
+
+    skip_gaps: bool = False
+    error_threshold: int | None = None
+    from_snapshot: bool = True
+    snapshot_every: int | None = 250_000
+    snapshot_interval: float | None = None
+
+
+def open(url: str | None = None, *, home: str | Path | None = None, migrate: bool = True) -> Ledger:
+    """Open the ledger database: ``url`` (a SQLAlchemy URL, ``postgresql+psycopg://...``),
+    else ``LEDGER_DATABASE_URL``, else the embedded PostgreSQL under ``home`` (or
+    ``LEDGER_HOME``), started now and stopped by :meth:`Ledger.close` when no other ledger
+    process uses it. Migrates the schema when ``migrate``."""
+    from ledger.settings import Settings, parse_database_url
+    from ledger.storage.database import open_database
+
+    settings = Settings.from_env()
+    if url is not None:
+        settings = Settings(database_url=parse_database_url(url), home=settings.home)
+    if home is not None:
+        settings = Settings(database_url=settings.database_url, home=Path(home))
+    stack = contextlib.ExitStack()
+    database = stack.enter_context(open_database(settings, migrate=migrate))
+    return Ledger(database, stack)
+
+
+class Ledger:
+    """An open ledger database (see :func:`open`). Use it as a context manager, or call
+    :meth:`close` when done."""
+
+    def __init__(self, database: Database, stack: contextlib.ExitStack[Any]) -> None:
+        self._database = database
+        self._stack = stack
+
+    # -- the connection ------------------------------------------------------------------
+
+    @property
+    def engine(self) -> Engine:
+        """The SQLAlchemy engine, for queries of your own (read-only is wise)."""
+        return self._database.engine
+
+    @property
+    def url(self) -> str:
+        """The database in use, password hidden."""
+        return self._database.display_url
+
+    @property
+    def embedded(self) -> bool:
+        return self._database.embedded
+
+    def close(self) -> None:
+        """Dispose of the connections; stop the embedded PostgreSQL if this was its last user."""
+        self._stack.close()
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- ingest --------------------------------------------------------------------------
+
+    def ingest_csv(
+        self,
+        source: str | Path | IO[bytes],
+        *,
+        stream: str | None = None,
+        batch_size: int = 10_000,
+        flush_interval: float | None = None,
+        resume: bool = True,
+        progress: Callable[[int], None] | None = None,
+    ) -> IngestSummary:
+        """Append an L3 CSV file (a path, ``"-"`` for stdin, or a binary file object) to
+        ``stream`` (default ``csv:<file stem>``; ``csv:stdin`` for a file object). Idempotent
+        and resumable for files; ``progress`` gets the bytes read so far."""
+        import sys
+
+        from ledger.services.ingest.csv_file import ingest_csv
+
+        if isinstance(source, str | Path) and str(source) != "-":
+            path = Path(source)
+            try:
+                fp: IO[bytes] = path.open("rb")
+            except OSError as e:
+                raise InputError(f"cannot read {source}: {e.strerror or e}") from None
+            with fp:
+                return ingest_csv(
+                    self.engine,
+                    fp,  # type: ignore[arg-type]
+                    stream=stream or "csv:" + path.stem,
+                    source=str(path.resolve()),
+                    batch_size=batch_size,
+                    flush_interval=flush_interval,
+                    resumable=resume,
+                    progress=progress,
+                )
+        fp = sys.stdin.buffer if isinstance(source, str | Path) else source
+        return ingest_csv(
+            self.engine,
+            fp,  # type: ignore[arg-type]
+            stream=stream or "csv:stdin",
+            source="stdin",
+            batch_size=batch_size,
+            flush_interval=flush_interval,
+            resumable=False,
+            progress=progress,
+        )
+
+    def capture(self, options: CoinbaseOptions, credentials: ApiCredentials | None = None) -> CaptureSummary:
+        """Capture Coinbase Exchange's live feed (until the options' duration or message
+        count, or SIGINT/SIGTERM); ``credentials`` default to ``LEDGER_COINBASE_*``."""
+        from ledger.venues.coinbase.capture import Capture, capture
+        from ledger.venues.coinbase.options import ApiCredentials
+
+        return capture(Capture(self.engine, options, credentials or ApiCredentials.from_env()))
+
+    # -- project -------------------------------------------------------------------------
+
+    def project(
+        self,
+        streams: Sequence[str] | None = None,
+        *,
+        rebuild: bool = False,
+        settings: ProjectSettings | None = None,
+        progress: Callable[[str, int], None] | None = None,
+    ) -> list[ProjectSummary]:
+        """Bring the projection of ``streams`` (default: all) to the head of their logs:
+        L1 rows, book snapshots and positions. ``rebuild`` drops each projection first."""
+        from ledger.services.project.batch import project
+        from ledger.services.project.batch import rebuild as drop
+
+        if rebuild:
+            drop(self.engine, list(streams) if streams else None)
+        return project(
+            self.engine, streams=list(streams) if streams else None, options=self._options(settings), progress=progress
+        )
+
+    def follow(
+        self,
+        streams: Sequence[str] | None = None,
+        *,
+        stop: threading.Event,
+        poll: float = 1.0,
+        settings: ProjectSettings | None = None,
+    ) -> list[ProjectSummary]:
+        """Project as ingest appends, until ``stop`` is set (see ``ledger project --follow``)."""
+        from ledger.services.project.follow import FollowOptions, follow
+
+        options = FollowOptions(streams=tuple(streams or ()), poll=poll, project=self._options(settings))
+        return follow(self.engine, options, stop)
+
+    @staticmethod
+    def _options(settings: ProjectSettings | None) -> Any:
+        from ledger.services.project.run import ProjectOptions
+
+        s = settings or ProjectSettings()
+        return ProjectOptions(
+            skip_gaps=s.skip_gaps,
+            error_threshold=s.error_threshold,
+            from_snapshot=s.from_snapshot,
+            snapshot_every=s.snapshot_every,
+            snapshot_interval=s.snapshot_interval,
+        )
+
+    # -- read ----------------------------------------------------------------------------
+
+    def streams(self) -> builtins.list[str]:
+        """Every stream's name."""
+        from ledger.storage.log import Streams
+
+        with self.engine.connect() as conn:
+            return Streams(conn).names()
+
+    def book(self, stream: str, *, at_seq: int | None = None, at_time: datetime | None = None) -> BookView:
+        """The book of ``stream`` now, after the event at ``at_seq``, or after the last event
+        at or before ``at_time`` (refused, :class:`~ledger.errors.UnknowableBook`, inside a
+        gap the log cannot know)."""
+        from ledger.services.read.book import book_at
+
+        if at_seq is not None and at_time is not None:
+            raise StreamError("give at_seq or at_time, not both")
+        return book_at(self.engine, stream, at_seq=at_seq, at_time=at_time)
+
+    def l1_rows(
+        self, stream: str, *, start: int | datetime | None = None, end: int | datetime | None = None
+    ) -> Iterator[L1Record]:
+        """The L1 rows of ``stream`` in seq order, from ``start`` through ``end`` (each a seq
+        or a time, inclusive), read in chunks."""
+        from ledger.storage.log import Streams
+        from ledger.storage.projection import L1Rows
+
+        with self.engine.connect() as conn:
+            stream_id = Streams(conn).get(stream)
+            for row in L1Rows(conn).iter(stream_id, start=start, end=end):
+                yield L1Record(*row)
+
+    def export_l1_csv(self, stream: str, out: BinaryIO) -> int:
+        """Write the L1 rows of ``stream`` to ``out`` in the L1 CSV format; the row count."""
+        from ledger.storage.log import Streams
+        from ledger.storage.projection import L1Rows
+
+        with self.engine.connect() as conn:
+            return L1Rows(conn).export_csv(Streams(conn).get(stream), out)
+
+    def status(self, stream: str | None = None) -> builtins.list[StreamStatus]:
+        """Per stream: events, seq range, gaps, duplicates, rejects, projector position, lag."""
+        from ledger.services.read.status import stream_status
+
+        with self.engine.connect() as conn:
+            return stream_status(conn, stream)
+
+    def gaps(self, stream: str, *, include_closed: bool = False) -> builtins.list[dict[str, Any]]:
+        """The runs of seqs missing from ``stream``'s log (open ones; all with ``include_closed``)."""
+        from ledger.services.read.status import gap_rows
+
+        with self.engine.connect() as conn:
+            return gap_rows(conn, stream, include_closed=include_closed)
+
+    def rejects(self, stream: str, *, limit: int | None = None) -> builtins.list[dict[str, Any]]:
+        """Input that could not be stored, with its source, line and reason."""
+        from ledger.services.read.status import reject_rows
+
+        with self.engine.connect() as conn:
+            return reject_rows(conn, stream, limit=limit)
+
+    def snapshots(self, stream: str) -> builtins.list[SnapshotInfo]:
+        """The projector's saved books of ``stream``, newest first."""
+        from ledger.storage.log import Streams
+        from ledger.storage.projection import Snapshots
+
+        with self.engine.connect() as conn:
+            return Snapshots(conn).infos(Streams(conn).get(stream))
+
+    def watch(self, stream: str, *, depth: int = 10, max_fps: float = 10.0) -> Iterator[TopView]:
+        """The top ``depth`` levels of ``stream`` each time they change, as ingest appends
+        (an endless iterator: stop iterating to stop)."""
+        from ledger.services.read.watch import follow_top
+
+        return follow_top(self.engine, stream, depth=depth, max_fps=max_fps)
