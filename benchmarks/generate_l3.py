@@ -1,5 +1,5 @@
 """Seeded generator of realistic Level-3 order-book events, in the L3 CSV format of
-``../shared/data/l3-l1/v3.1/l3_data_v3.1.csv`` (see DESIGN.md, "The L3 CSV format").
+the real sample (``tests/data/l3-l1/v3.1/l3_data_v3.1.csv``) (see docs/venues/csv.md).
 
 Example::
 

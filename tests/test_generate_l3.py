@@ -16,7 +16,7 @@ from types import ModuleType
 import pytest
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "generate_l3.py"
-REAL_FILE = Path("/work/shared/data/l3-l1/v3.1/l3_data_v3.1.csv")
+REAL_FILE = Path(__file__).parent / "data" / "l3-l1" / "v3.1" / "l3_data_v3.1.csv"  # a copy of the real file
 HEADER = (
     "seq_num,add_order_id,add_side,add_price,add_qty,update_order_id,update_side,update_price,"
     "update_qty,delete_order_id,delete_side,trade_order_id,trade_side,trade_price,trade_qty,time"

@@ -1,6 +1,6 @@
 """Parse the L3 CSV format into validated rows, one line at a time.
 
-The format (see DESIGN.md): a header line, then one event per line with exactly one of the
+The format (see docs/venues/csv.md): a header line, then one event per line with exactly one of the
 add, update, delete or trade groups filled::
 
     seq_num,add_order_id,add_side,add_price,add_qty,update_order_id,update_side,update_price,update_qty,delete_order_id,delete_side,trade_order_id,trade_side,trade_price,trade_qty,time
