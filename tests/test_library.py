@@ -65,3 +65,15 @@ def test_open_ingest_project_read(database_url: URL, engine: Engine) -> None:
         assert out.getvalue() == EXPECTED.read_bytes()
         with pytest.raises(ledger.StreamError, match="no stream named"):
             lg.book("csv:nope")
+
+
+def test_the_readme_python_example_runs(db_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README's Python block, exactly as printed (on the test database)."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    block = readme.split("```python\n", 1)[1].split("```", 1)[0]
+    monkeypatch.chdir(Path(__file__).parent.parent)
+    printed: list[tuple[object, ...]] = []
+    exec(compile(block, "README.md", "exec"), {"print": lambda *a: printed.append(a)})
+    top, *rows = printed
+    assert top[0] is not None and len(rows) > 100
+    assert all(row[0] <= 1627942268920660000 for row in rows)
