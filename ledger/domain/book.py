@@ -62,6 +62,9 @@ ANOMALY_KINDS = (
 )
 
 
+_new_order = object.__new__
+
+
 class Order:
     """A resting order. Mutable on purpose: the book owns it and updates it in place."""
 
@@ -196,7 +199,13 @@ class Book:
             # The venue reused an id that is still resting: the new order replaces it.
             self.anomalies["add_existing_order"] += 1
             self._unlink(resting)
-        orders[key] = order = Order(order_id, side, price, size)
+        # Order(...) inlined: no __init__ frame on the hottest path.
+        orders[key] = order = _new_order(Order)
+        order.order_id = order_id
+        order.side = side
+        order.price = price
+        order.size = size
+        order.level = None
         level = (self.bids if side == BUY else self.asks).get(price)
         if level is None:
             self._link(order)

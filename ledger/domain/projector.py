@@ -78,7 +78,7 @@ class Projector:
         anomalies = book.anomalies
         add, delete, trade, update = book.add, book.delete, book.trade, book.update
         side_of = book.side_of
-        in_snapshot = self.in_snapshot
+        plain = -1 if self.in_snapshot else LAST
         # The L1 rule, inlined (it runs after every event). While the best levels are the
         # same objects with the same totals as at the last check, the top has not moved:
         # a level keeps its price for life.
@@ -98,9 +98,9 @@ class Projector:
                     return applied
                 kind = event[0]
                 flags = event[3]
-                if flags != LAST or in_snapshot:
+                if flags != plain:  # anything but a whole event outside a snapshot run
                     self._flags(flags)
-                    in_snapshot = self.in_snapshot
+                    plain = -1 if self.in_snapshot else LAST
                 # An order given by its id alone (side None) is found on either side: some
                 # venues' messages do not say the side of the order they act on.
                 if kind == "add":

@@ -53,7 +53,7 @@ def encode(state: ProjectorState) -> bytes:
     book = state.book
     last = state.l1_last
     header = {
-        "orders": len(book.orders),
+        "orders": len(book),
         "l1_last": None if last is None else [str(v) for v in last],
         "crossed": state.crossed,
         "anomalies": {k: v for k, v in book.anomalies.items() if v},
