@@ -187,6 +187,9 @@ def test_an_l1_row_without_a_time_is_exported_with_an_empty_time(engine: Engine,
             sa.text("INSERT INTO l1 VALUES (:s, 5, NULL, 1.5, 2, 1.75, 3), (:s, 6, :t, 1.5, 2, 1.8, 3)"),
             {"s": sid, "t": RECEIVED[0]},
         )
+        conn.execute(
+            sa.text("INSERT INTO projector_positions (stream_id, first_seq, last_seq) VALUES (:s, 5, 6)"), {"s": sid}
+        )
     out = CliRunner().invoke(cli, ["export", "l1", STREAM, "-o", "-"])
     assert out.exit_code == 0, out.output
     assert out.output.splitlines()[1:] == [",1.5,1.75,2,3,5", "2026-11-30 12:00:00.000000 UTC,1.5,1.8,2,3,6"]
