@@ -36,6 +36,9 @@ V31_AS_FOUND = L3 / "v3.1" / "as-found-duongbaochan" / "l3_data_v3.1.csv"
 V3 = L3 / "v3" / "l3_data_v3.csv"
 V31_EXPECTED_SHA256 = "fdd57de15d5ded6fb8175cfa5359619b4e47fc31c169a1a11538746850b3f34f"
 
+# Child processes a test starts (registered with tests.children.track) are stopped when it ends.
+pytest_plugins = ["tests.children"]
+
 _TABLES = (
     "l1, projector_positions, book_snapshots, source_snapshots, ingest_checkpoints, rejects, gaps, events, streams"
 )

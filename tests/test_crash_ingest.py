@@ -19,6 +19,7 @@ from sqlalchemy.engine import URL, Engine
 
 from ledger.services.project.batch import ProjectOptions, project
 from ledger.venues.csv.format import HEADER
+from tests.children import track
 from tests.conftest import V31, V31_EXPECTED
 from tests.naive_l1 import assert_same_l1, export_lines, naive_l1_of_file
 from tests.test_snapshots import export
@@ -51,11 +52,13 @@ def _messy_file(path: Path, copies: int) -> Path:
 def _ingest(url: URL, path: Path, stream: str, batch_size: int = 3000) -> subprocess.Popen[bytes]:
     env = {**os.environ, "LEDGER_DATABASE_URL": url.render_as_string(hide_password=False)}
     args = ["ingest", "csv", str(path), "--stream", stream, "--batch-size", str(batch_size)]
-    return subprocess.Popen(
-        [sys.executable, "-m", "ledger.cli", *args],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+    return track(
+        subprocess.Popen(
+            [sys.executable, "-m", "ledger.cli", *args],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
     )
 
 

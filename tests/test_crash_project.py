@@ -19,6 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL, Engine
 
 from benchmarks.generate_l3 import generate
+from tests.children import track
 from tests.conftest import V31, V31_EXPECTED
 from tests.naive_l1 import assert_same_l1, export_lines, naive_l1_of_file
 from tests.test_snapshots import export
@@ -45,11 +46,13 @@ main()
 def _project(url: URL, stream: str, marker: Path, every: int = 7000) -> subprocess.Popen[bytes]:
     env = {**os.environ, "LEDGER_DATABASE_URL": url.render_as_string(hide_password=False)}
     args = ["project", "--stream", stream, "--snapshot-every", str(every), "--from-snapshot"]
-    return subprocess.Popen(
-        [sys.executable, "-c", _SLOW_SNAPSHOTS, str(marker), *args],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+    return track(
+        subprocess.Popen(
+            [sys.executable, "-c", _SLOW_SNAPSHOTS, str(marker), *args],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
     )
 
 

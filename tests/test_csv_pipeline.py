@@ -17,6 +17,7 @@ from sqlalchemy.engine import Engine
 
 from ledger.cli import cli
 from ledger.venues.csv.format import HEADER
+from tests.children import track
 from tests.conftest import V3, V31, V31_AS_FOUND, V31_EXPECTED, V31_EXPECTED_SHA256
 
 
@@ -215,23 +216,25 @@ def test_stdin_rows_become_visible_within_the_flush_interval(database_url: objec
     env = {"LEDGER_DATABASE_URL": database_url.render_as_string(hide_password=False)}  # type: ignore[attr-defined]
     import os
 
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "ledger.cli",
-            "ingest",
-            "csv",
-            "-",
-            "--stream",
-            "csv:live",
-            "--flush-interval",
-            "0.2",
-        ],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env={**os.environ, **env},
+    proc = track(
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "ledger.cli",
+                "ingest",
+                "csv",
+                "-",
+                "--stream",
+                "csv:live",
+                "--flush-interval",
+                "0.2",
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env={**os.environ, **env},
+        )
     )
     assert proc.stdin is not None
     lines = V31.read_text(encoding="utf-8-sig").splitlines()[1:]

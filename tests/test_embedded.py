@@ -25,6 +25,7 @@ from sqlalchemy.engine import make_url
 from ledger import embedded
 from ledger.embedded import EmbeddedPostgres, default_home, redact_url
 from ledger.errors import EmbeddedServerError, LedgerError
+from tests.children import track
 
 REPO = Path(__file__).resolve().parents[1]
 IS_ROOT = os.geteuid() == 0
@@ -407,13 +408,15 @@ def test_processes_starting_at_once_do_not_race(servers: Servers) -> None:
     home = servers.home()
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     children = [
-        subprocess.Popen(
-            [sys.executable, "-c", CHILD, str(home), "stop"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-            cwd=REPO,
+        track(
+            subprocess.Popen(
+                [sys.executable, "-c", CHILD, str(home), "stop"],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=env,
+                cwd=REPO,
+            )
         )
         for _ in range(3)
     ]

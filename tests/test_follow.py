@@ -26,6 +26,7 @@ from ledger.services.project.follow import FollowOptions, follow
 from ledger.storage.database import create_engine
 from ledger.storage.log import Streams
 from ledger.storage.projection import L1Rows
+from tests.children import track
 from tests.test_ingest_coinbase import BOTH, _capture
 from tests.test_pg_restart import _restart_command, _wait_for_server
 
@@ -71,11 +72,13 @@ def _wait_caught_up(engine: Engine, timeout: float, procs: Sequence[subprocess.P
 
 
 def _follower(env: dict[str, str], *extra: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "ledger.cli", "project", "--follow", "--json", "--snapshot-every", "5000", *extra],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+    return track(
+        subprocess.Popen(
+            [sys.executable, "-m", "ledger.cli", "project", "--follow", "--json", "--snapshot-every", "5000", *extra],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
     )
 
 
@@ -83,12 +86,25 @@ def test_follow_while_ingesting_from_stdin_equals_a_batch_run(db_env: dict[str, 
     text = _csv(30_000, seed=11)
     header, *lines = text.splitlines(keepends=True)
     proc = _follower(db_env)
-    ingest = subprocess.Popen(
-        [sys.executable, "-m", "ledger.cli", "ingest", "csv", "-", "--stream", "csv:live", "--flush-interval", "0.1"],
-        env=db_env,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+    ingest = track(
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "ledger.cli",
+                "ingest",
+                "csv",
+                "-",
+                "--stream",
+                "csv:live",
+                "--flush-interval",
+                "0.1",
+            ],
+            env=db_env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
     )
     assert ingest.stdin is not None
     ingest.stdin.write(header.encode())

@@ -27,6 +27,7 @@ from ledger.errors import ConfigError
 from ledger.services.project.batch import project, rebuild
 from ledger.testing import Credentials, LocalExchange
 from ledger.venues.coinbase.capture import ApiCredentials, Capture, CoinbaseOptions
+from tests.children import track
 from tests.test_ingest_coinbase import _capture, _check_projection, _options
 from tests.test_pg_restart import _restart_command
 
@@ -80,12 +81,14 @@ def _env(db_env: dict[str, str], ex: LocalExchange) -> dict[str, str]:
 def _start(env: dict[str, str], ex: LocalExchange, *extra: str) -> subprocess.Popen[str]:
     products = [arg for p in ex.products for arg in ("--product", p)]
     urls = ["--ws-url", ex.ws_url, "--rest-url", ex.rest_url]
-    return subprocess.Popen(
-        [sys.executable, "-m", "ledger.cli", "ingest", "coinbase", *products, *urls, "--json", *extra],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    return track(
+        subprocess.Popen(
+            [sys.executable, "-m", "ledger.cli", "ingest", "coinbase", *products, *urls, "--json", *extra],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
     )
 
 
@@ -250,12 +253,14 @@ def test_postgres_restart_under_capture(db_env: dict[str, str], database_url: UR
 def test_status_watch_prints_a_round_per_interval(db_env: dict[str, str], engine: Engine) -> None:
     with engine.begin() as conn:
         conn.execute(sa.text("INSERT INTO streams (name, source) VALUES ('coinbase:X-USD', 'coinbase')"))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "ledger.cli", "status", "--watch", "--interval", "0.2", "--json"],
-        env=db_env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    proc = track(
+        subprocess.Popen(
+            [sys.executable, "-m", "ledger.cli", "status", "--watch", "--interval", "0.2", "--json"],
+            env=db_env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
     )
     time.sleep(3)
     proc.send_signal(signal.SIGINT)
@@ -271,12 +276,14 @@ def test_ledger_run_captures_and_projects_live(db_env: dict[str, str], engine: E
         ex = th.exchange
         products = [arg for p in ex.products for arg in ("--product", p)]
         urls = ["--ws-url", ex.ws_url, "--rest-url", ex.rest_url]
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "ledger.cli", "run", *products, *urls, "--json", "--snapshot-every", "200"],
-            env=_env(db_env, ex),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
+        proc = track(
+            subprocess.Popen(
+                [sys.executable, "-m", "ledger.cli", "run", *products, *urls, "--json", "--snapshot-every", "200"],
+                env=_env(db_env, ex),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
         )
         _wait(lambda: ex.rest_calls >= 2, 30, "the first books", proc)
         th.run(ex.run_random_flow(600, rate=2000))

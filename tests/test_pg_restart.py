@@ -20,6 +20,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL, Engine
 
 from benchmarks.generate_l3 import generate
+from tests.children import track
 from tests.test_snapshots import export
 
 
@@ -34,8 +35,10 @@ def _restart_command(url: URL) -> list[str] | None:
 
 def _ledger(url: URL, *args: str) -> subprocess.Popen[bytes]:
     env = {**os.environ, "LEDGER_DATABASE_URL": url.render_as_string(hide_password=False)}
-    return subprocess.Popen(
-        [sys.executable, "-m", "ledger.cli", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    return track(
+        subprocess.Popen(
+            [sys.executable, "-m", "ledger.cli", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
     )
 
 

@@ -16,6 +16,7 @@ from sqlalchemy.engine import Engine
 from ledger.services.ingest.csv_file import ingest_csv
 from ledger.services.read.book import book_at
 from ledger.services.read.watch import BookFollower, follow_top
+from tests.children import track
 
 V31 = Path(__file__).parent / "data" / "l3-l1" / "v3.1" / "l3_data_v3.1.csv"
 
@@ -37,12 +38,14 @@ def test_watch_follows_ingest_and_catches_late_events(db_env: dict[str, str], en
     half = len(rows) // 2
     held_back = rows[2000:2600]  # a gap the first book goes across, filled later
     _ingest(engine, header + "".join(rows[:2000] + rows[2600:half]), "csv:live")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "ledger.cli", "watch", "csv:live", "--depth", "1000", "--json", "--fps", "50"],
-        env=db_env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    proc = track(
+        subprocess.Popen(
+            [sys.executable, "-m", "ledger.cli", "watch", "csv:live", "--depth", "1000", "--json", "--fps", "50"],
+            env=db_env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
     )
     lines: list[dict[str, object]] = []
     reader = threading.Thread(target=lambda: lines.extend(json.loads(line) for line in proc.stdout or []))
