@@ -49,6 +49,7 @@ class Venue:
 _BUILT_IN = {
     "csv": "ledger.venues.csv",
     "coinbase": "ledger.venues.coinbase",
+    "databento": "ledger.venues.databento",
 }
 
 
