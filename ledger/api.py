@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from ledger.services.read.watch import TopView
     from ledger.storage.database import Database
     from ledger.storage.projection import SnapshotInfo
+    from ledger.storage.query import QueryResult
     from ledger.venues.coinbase.options import ApiCredentials, CaptureSummary, CoinbaseOptions
 
 __all__ = ["L1Record", "Ledger", "ProjectSettings", "open"]
@@ -289,6 +290,13 @@ class Ledger:
 
         with self.engine.connect() as conn:
             return Snapshots(conn).infos(Streams(conn).get(stream))
+
+    def sql(self, query: str, params: Sequence[Any] | None = None, *, write: bool = False) -> QueryResult:
+        """Run a SQL query in a transaction of its own (read-only unless ``write``); the
+        result's ``rows`` stream as they are read (``ledger sql``)."""
+        from ledger.storage.query import run_query
+
+        return run_query(self.engine, query, params, write=write)
 
     def watch(self, stream: str, *, depth: int = 10, max_fps: float = 10.0) -> Iterator[TopView]:
         """The top ``depth`` levels of ``stream`` each time they change, as ingest appends

@@ -77,3 +77,12 @@ def test_the_readme_python_example_runs(db_env: dict[str, str], monkeypatch: pyt
     top, *rows = printed
     assert top[0] is not None and len(rows) > 100
     assert all(row[0] <= 1627942268920660000 for row in rows)
+
+
+def test_sql_from_the_library(database_url: URL, engine: Engine) -> None:
+    with ledger.open(database_url.render_as_string(hide_password=False)) as lg:
+        result = lg.sql("SELECT g, g::numeric / 8 AS eighth FROM generate_series(1, 3) g")
+        assert result.columns == ["g", "eighth"]
+        assert [tuple(r) for r in result.rows] == [(g, Decimal(g) / 8) for g in (1, 2, 3)]
+        with pytest.raises(ledger.LedgerError, match="read-only"):
+            lg.sql("CREATE TABLE nope (x int)")

@@ -34,16 +34,24 @@ def db_upgrade() -> None:
 
 
 @db.command("url")
+@click.option("--psql", "for_psql", is_flag=True, help="Print a URL psql (libpq) accepts, without the password.")
 @fail_on_ledger_error
-def db_url() -> None:
+def db_url(for_psql: bool) -> None:
     """Print the database URL in use, password hidden.
+
+    The plain form is a SQLAlchemy URL (what LEDGER_DATABASE_URL takes); --psql prints one
+    that psql and other libpq tools accept. The embedded PostgreSQL runs only while a ledger
+    command uses it: use `ledger psql` to keep it up while you work.
 
     \b
     Example:
       ledger db url
+      psql "$(ledger db url --psql)" -c "SELECT 1"    # with your own server
     """
+    from ledger.cli.sql import psql_url
+
     with open_db() as database:
-        click.echo(printable(database.display_url))
+        click.echo(printable(psql_url(database.url) if for_psql else database.display_url))
         if database.embedded:
             click.echo(
                 "(embedded PostgreSQL: it runs while a ledger command uses it; "

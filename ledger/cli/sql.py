@@ -1,0 +1,152 @@
+"""``ledger sql`` (a query on the ledger database) and ``ledger psql``."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from datetime import date, datetime, time
+from decimal import Decimal
+from typing import Any
+
+import click
+
+from ledger.cli._app import cli, fail_on_ledger_error, open_db, printable
+
+_TABLE_SAMPLE = 200  # rows looked at to size the columns of --format table; the rest stream
+
+
+@cli.command("sql")
+@click.argument("query")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "csv", "json"]),
+    default="table",
+    show_default=True,
+    help="table: aligned columns; csv: a header and RFC 4180 rows; json: one JSON object per line.",
+)
+@click.option("--write", is_flag=True, help="Allow the query to change data (default: a read-only transaction).")
+@fail_on_ledger_error
+def sql_command(query: str, fmt: str, write: bool) -> None:
+    """Run a SQL query on the ledger database (the embedded one too) and print its rows.
+
+    Read-only unless --write. Rows stream: a large result does not fill memory. Exact
+    numbers stay exact (JSON numbers written from their decimal text).
+
+    \b
+    Example:
+      ledger sql "SELECT name, source FROM streams"
+      ledger sql "SELECT seq, bid_price, ask_price FROM l1 ORDER BY seq DESC LIMIT 5" --format csv
+      ledger sql "SELECT * FROM gaps WHERE status = 'open'" --format json
+    """
+    from ledger.storage.query import run_query
+
+    with open_db() as database:
+        result = run_query(database.engine, query, write=write)
+        try:
+            if fmt == "csv":
+                _csv(result.columns, result.rows)
+            elif fmt == "json":
+                _json(result.columns, result.rows)
+            else:
+                _table(result.columns, result.rows)
+        finally:
+            close = getattr(result.rows, "close", None)
+            if close is not None:  # ends the transaction of a result not read to its end
+                close()
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, datetime | date | time):
+        return value.isoformat()
+    if isinstance(value, bytes):
+        return "\\x" + value.hex()
+    return str(value)
+
+
+def _csv(columns: list[str], rows: Iterator[tuple[Any, ...]]) -> None:
+    out = csv.writer(sys.stdout, lineterminator="\n")
+    out.writerow(columns)
+    for row in rows:
+        out.writerow([_text(v) for v in row])
+
+
+class _Exact(json.JSONEncoder):
+    def default(self, o: Any) -> Any:
+        if isinstance(o, datetime | date | time):
+            return o.isoformat()
+        if isinstance(o, bytes):
+            return "\\x" + o.hex()
+        return str(o)
+
+
+def _json(columns: list[str], rows: Iterator[tuple[Any, ...]]) -> None:
+    encode = _Exact(ensure_ascii=False).encode
+    for row in rows:
+        parts = []
+        for name, value in zip(columns, row, strict=True):
+            # An exact decimal is written as a JSON number from its own text (never a float).
+            text = str(value) if isinstance(value, Decimal) and value.is_finite() else encode(value)
+            parts.append(f"{encode(name)}: {text}")
+        sys.stdout.write("{" + ", ".join(parts) + "}\n")
+
+
+def _table(columns: list[str], rows: Iterator[tuple[Any, ...]]) -> None:
+    if not columns:
+        click.echo("(done: the statement returned no rows)")
+        return
+    head: list[list[str]] = []
+    for row in rows:
+        head.append([printable(_text(v)) for v in row])
+        if len(head) >= _TABLE_SAMPLE:
+            break
+    widths = [max([len(c), *(len(r[i]) for r in head)]) for i, c in enumerate(columns)]
+    line = " | ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))
+    click.echo(line)
+    click.echo("-+-".join("-" * w for w in widths))
+    count = 0
+    for cells in head:
+        click.echo(" | ".join(v.ljust(w) for v, w in zip(cells, widths, strict=True)).rstrip())
+        count += 1
+    for row in rows:
+        cells = [printable(_text(v)) for v in row]
+        click.echo(" | ".join(v.ljust(w) for v, w in zip(cells, widths, strict=True)).rstrip())
+        count += 1
+    click.echo(f"({count} row{'s' if count != 1 else ''})")
+
+
+@cli.command("psql", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.argument("psql_args", nargs=-1, type=click.UNPROCESSED)
+@fail_on_ledger_error
+def psql_command(psql_args: tuple[str, ...]) -> None:
+    """Open psql on the ledger database, keeping the embedded PostgreSQL up while it runs.
+
+    Arguments after the command go to psql. The password, if any, is handed to psql in its
+    environment (PGPASSWORD), never on its command line.
+
+    \b
+    Example:
+      ledger psql
+      ledger psql -c "SELECT count(*) FROM events"
+    """
+    found = shutil.which("psql")
+    if found is None:
+        raise click.ClickException("psql is not installed (Debian: apt install postgresql-client)")
+    with open_db() as database:
+        env = dict(os.environ)
+        if database.url.password:
+            env["PGPASSWORD"] = str(database.url.password)
+        code = subprocess.call([found, psql_url(database.url), *psql_args], env=env)
+    sys.exit(code)
+
+
+def psql_url(url: Any) -> str:
+    """A libpq URL for ``url`` (a SQLAlchemy URL), without its password."""
+    return str(url.set(drivername="postgresql", password=None).render_as_string(hide_password=False))
