@@ -5,7 +5,7 @@ The book is checked against a naive model written here from Databento's document
 by scanning), fed from records decoded by ``databento_dbn`` directly: neither ledger's reader,
 rules nor projector is on that side. Raw bytes are checked against the file decompressed by
 the ``zstd`` program and cut into records by hand. The data are real Databento files
-(``/work/shared/data/databento/PROVENANCE.md``).
+(``tests/data/databento/PROVENANCE.md``).
 """
 
 from __future__ import annotations
@@ -45,15 +45,8 @@ from ledger.venues.databento.rules import DatabentoRules
 
 
 def _data_dir() -> Path:
-    for candidate in (
-        os.environ.get("LEDGER_DATABENTO_DATA"),
-        Path(__file__).parent / "data" / "databento",
-        "/work/shared/data/databento",
-    ):
-        if candidate and (Path(candidate) / "nautilus__esh4-glbx-mdp3-20231225.mbo.dbn.zst").is_file():
-            return Path(candidate)
-    pytest.skip("the Databento sample files are not here (set LEDGER_DATABENTO_DATA)", allow_module_level=True)
-    raise AssertionError  # unreachable
+    """The bundled real files (``LEDGER_DATABENTO_DATA`` may point elsewhere)."""
+    return Path(os.environ.get("LEDGER_DATABENTO_DATA") or Path(__file__).parent / "data" / "databento")
 
 
 DATA = _data_dir()
