@@ -13,6 +13,7 @@ import gc
 import json
 import logging
 import re
+import signal
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -22,10 +23,13 @@ import click
 import psycopg
 import sqlalchemy as sa
 
+from ledger.cli._signals import Terminated, end_on_termination
 from ledger.errors import LedgerError, first_line
 from ledger.storage.database import Database, open_database
 
 __all__ = [
+    "STREAM",
+    "STREAM_NAME_HELP",
     "cli",
     "echo_json",
     "fail_on_ledger_error",
@@ -36,6 +40,7 @@ __all__ = [
     "printable",
     "printable_text",
     "progress_bar",
+    "stream_name_problem",
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -71,6 +76,47 @@ def printable_text(text: str) -> str:
     """A message of several lines (an error, a log record with its traceback): each line
     made :func:`printable`, the line breaks kept."""
     return "\n".join(printable(line) for line in text.split("\n"))
+
+
+# Rule: a stream name is any text that is not empty and holds no control character (C0,
+# DEL, C1). Names are printed one per line in reports, quoted in messages and typed on
+# command lines, where a newline or an escape sequence would break or forge output; and an
+# empty --stream would quietly mean the default name. The rule is checked wherever a name
+# comes in: --stream, a STREAM argument, and the names derived from a file or a product.
+# Other text (accented letters, spaces, any script) is fine.
+STREAM_NAME_HELP = (
+    "A stream name is any non-empty text without control characters (C0, DEL, C1), "
+    "for example csv:l3_data_v3.1 or coinbase:BTC-USD."
+)
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
+def stream_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be a stream name (see the rule above), or None when it can."""
+    if not name:
+        return "a stream name cannot be empty"
+    found = _CONTROL.search(name)
+    if found is not None:
+        return (
+            f"'{printable(name)}' is not a stream name: it holds the control character "
+            f"{printable(found.group())} (a stream name is any non-empty text without control characters)"
+        )
+    return None
+
+
+class _StreamName(click.types.StringParamType):
+    name = "stream"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        name = super().convert(value, param, ctx)
+        problem = stream_name_problem(name)
+        if problem is not None:
+            self.fail(problem, param, ctx)
+        return name
+
+
+#: The click type of a stream name option or argument: refuses what the rule above refuses.
+STREAM = _StreamName()
 
 
 class _PrintableFormatter(logging.Formatter):
@@ -187,4 +233,11 @@ def main() -> None:
     # L1 rows) that hardly ever form cycles: run the cycle collector every 100,000 new
     # objects rather than every 700, which cost a projection about a tenth of its time.
     gc.set_threshold(100_000, *gc.get_threshold()[1:])
-    cli(prog_name="ledger")
+    # SIGTERM and SIGHUP unwind the command like an exception, so that it lets go of the
+    # embedded PostgreSQL (stopped when this was its last user): see ledger.cli._signals.
+    end_on_termination()
+    try:
+        cli(prog_name="ledger")
+    except Terminated as e:
+        click.echo(f"ledger: stopped by {signal.Signals(e.signum).name}", err=True)
+        raise

@@ -3,15 +3,27 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
 import click
 
-from ledger.cli._app import cli, echo_json, fail_on_ledger_error, json_option, open_db, printable, progress_bar
+from ledger.cli._app import (
+    STREAM,
+    cli,
+    echo_json,
+    fail_on_ledger_error,
+    json_option,
+    open_db,
+    printable,
+    progress_bar,
+    stream_name_problem,
+)
+from ledger.cli._signals import stopping_on_signals
 
 if TYPE_CHECKING:
+    from ledger.services.ingest.csv_file import IngestSummary
     from ledger.venues.coinbase.options import ApiCredentials, CaptureSummary, CoinbaseOptions
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -33,7 +45,12 @@ def _default_stream(path: str) -> str:
 
 @ingest.command("csv")
 @click.argument("file", metavar="FILE|-")
-@click.option("--stream", help="Stream to append to. Default: csv:<file name without extension>.")
+@click.option(
+    "--stream",
+    type=STREAM,
+    help="Stream to append to: any non-empty text without control characters. "
+    "Default: csv:<file name without extension>.",
+)
 @click.option(
     "--batch-size",
     type=click.IntRange(min=1),
@@ -63,7 +80,9 @@ def ingest_csv_command(
     Idempotent and resumable: rows already stored are counted as duplicates, a run that was
     killed goes on after its last committed batch. Bad rows go to the rejects table with
     their line number and the reason; gaps in seq_num are recorded and closed when the
-    missing rows arrive.
+    missing rows arrive. Ctrl-C (or SIGTERM, SIGHUP) stops it cleanly: the lines read so far
+    are stored, the summary printed, and the exit code is 130 (143, 129); run the same
+    command again to resume. A second Ctrl-C stops at once.
 
     \b
     Example:
@@ -71,11 +90,10 @@ def ingest_csv_command(
       tail -f live.csv | ledger ingest csv - --stream csv:live --flush-interval 1
     """
     from ledger.errors import InputError
-    from ledger.services.ingest.csv_file import ingest_csv
+    from ledger.services.ingest.csv_file import StopReading, ingest_csv
 
-    stream = stream or _default_stream(file)
     if file == "-":
-        fp: BinaryIO = sys.stdin.buffer
+        fp: BinaryIO = _stdin()
         source, size = "stdin", None
     else:
         path = Path(file)
@@ -85,7 +103,19 @@ def ingest_csv_command(
         except OSError as e:
             raise InputError(f"cannot read {file}: {e.strerror or e}") from None
         source = str(path.resolve())
-    with open_db() as database, fp, progress_bar(size, "ingesting") as progress:
+    if stream is None:  # checked once the file is known to be there: that is the first thing to fix
+        stream = _default_stream(file)
+        problem = stream_name_problem(stream)
+        if problem is not None:
+            fp.close()
+            raise click.BadParameter(f"the file name gives no stream name: {problem}; name one with --stream")
+    stop = StopReading()
+    with (
+        stopping_on_signals(stop.request) as signalled,
+        open_db() as database,
+        fp,
+        progress_bar(size, "ingesting") as progress,
+    ):
         summary = ingest_csv(
             database.engine,
             fp,
@@ -95,14 +125,43 @@ def ingest_csv_command(
             flush_interval=flush_interval,
             resumable=file != "-" and not no_resume,
             progress=progress,
+            stop=stop,
         )
     if as_json:
         echo_json(summary.as_dict())
-        return
+    else:
+        click.echo(_ingest_report(summary, file))
+    if summary.interrupted:
+        # Rule: an ingest stopped by a signal has stored whole lines only, and says how to
+        # go on; its exit code is 128 + the signal's number (see ledger.cli._signals).
+        last = (summary.resumed_from_line or 2) - 1 + summary.lines
+        if file == "-":
+            how = "run the same command again to resume (lines read again count as duplicates: none is stored twice)"
+        elif no_resume:
+            how = "run the same command again without --no-resume to resume after them"
+        else:
+            how = "run the same command again to resume after them"
+        click.echo(f"ledger: stopped by {signalled.name}; the lines up to {last} are stored: {how}", err=True)
+        sys.exit(signalled.exit_code)
+
+
+def _stdin() -> BinaryIO:
+    """Standard input, unbuffered: a read returns what the pipe holds, and no buffer lock is
+    held while it blocks, so a stop request can cut it short and the process can end while
+    a reading thread still waits for input (a buffered reader would hang at exit then)."""
+    try:
+        fd = sys.stdin.fileno()
+    except (AttributeError, OSError, ValueError):  # not a real file (the CLI test runner's)
+        return sys.stdin.buffer
+    return open(fd, "rb", buffering=0, closefd=False)
+
+
+def _ingest_report(summary: IngestSummary, file: str) -> str:
     name = printable(summary.stream)
     lines = [
         f"stream {name}: {summary.lines} lines read from {printable(file)}"
-        + (f" (resumed at line {summary.resumed_from_line})" if summary.resumed_from_line else ""),
+        + (f" (resumed at line {summary.resumed_from_line})" if summary.resumed_from_line else "")
+        + (" (stopped before the end)" if summary.interrupted else ""),
         f"  events stored   {summary.events_stored}",
         f"  duplicates      {summary.duplicates}"
         + (
@@ -118,7 +177,7 @@ def ingest_csv_command(
         lines.append(f"  rejected line {sample['line']}: {printable(sample['reason'])}")
     if summary.rejects > 10:
         lines.append(f"  (see all with: ledger rejects {name})")
-    click.echo("\n".join(lines))
+    return "\n".join(lines)
 
 
 def coinbase_options(func: F) -> F:
@@ -130,7 +189,8 @@ def coinbase_options(func: F) -> F:
             multiple=True,
             required=True,
             metavar="PRODUCT",
-            help="A product id; repeat for more.",
+            callback=_check_products,
+            help="A product id; repeat for more. Its stream is coinbase:<PRODUCT>.",
         ),
         click.option("--channel", type=click.Choice(["full", "level3"]), default="full", show_default=True),
         click.option(
@@ -153,6 +213,18 @@ def coinbase_options(func: F) -> F:
     for option in reversed(options):
         func = option(func)
     return func
+
+
+def _check_products(_ctx: click.Context, _param: click.Parameter, products: Sequence[str]) -> Sequence[str]:
+    """Each product names a stream, coinbase:<PRODUCT>: an empty product or one with control
+    characters is refused like any bad stream name."""
+    for product in products:
+        if not product:
+            raise click.BadParameter("a product id cannot be empty")
+        problem = stream_name_problem(f"coinbase:{product}")
+        if problem is not None:
+            raise click.BadParameter(problem)
+    return products
 
 
 def capture_settings(

@@ -4,17 +4,29 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 from datetime import datetime
 from typing import Any
 
 import click
 
-from ledger.cli._app import cli, echo_json, fail_on_ledger_error, json_option, level_table, open_db, printable
+from ledger.cli._app import (
+    STREAM,
+    STREAM_NAME_HELP,
+    cli,
+    echo_json,
+    fail_on_ledger_error,
+    json_option,
+    level_table,
+    open_db,
+    printable,
+)
+from ledger.cli._signals import stopping_on_signals
 from ledger.cli.ingest import capture_report, capture_settings, coinbase_options, log_capture_progress
 
 
-@cli.command()
-@click.argument("stream")
+@cli.command(epilog=STREAM_NAME_HELP)
+@click.argument("stream", type=STREAM)
 @click.option("--depth", type=click.IntRange(min=1), default=10, show_default=True, help="Levels per side.")
 @click.option(
     "--fps", type=click.FloatRange(min=0.1, max=60), default=10, show_default=True, help="Most redraws per second."
@@ -28,6 +40,7 @@ def watch(stream: str, depth: int, fps: float, as_json: bool) -> None:
     on by each new batch, woken by ingest's notifications. A redraw happens only when the
     top levels change, at most --fps times a second, the latest state winning. When the
     output is not a terminal, each change is one line (a JSON object with --json).
+    Ctrl-C (or SIGTERM, SIGHUP) ends it, with exit code 0.
 
     \b
     Example:
@@ -37,9 +50,11 @@ def watch(stream: str, depth: int, fps: float, as_json: bool) -> None:
     from ledger.services.read.watch import follow_top
 
     tty = sys.stdout.isatty() and not as_json
-    with open_db() as database:
+    stop = threading.Event()
+    # Rule: watch runs until stopped: a signal ends it between two frames, exit code 0.
+    with stopping_on_signals(stop.set), open_db() as database:
         try:
-            for view in follow_top(database.engine, stream, depth=depth, max_fps=fps):
+            for view in follow_top(database.engine, stream, depth=depth, max_fps=fps, stop=stop.is_set):
                 if as_json:
                     bids = [[str(lv.price), str(lv.size), lv.orders] for lv in view.bids]
                     asks = [[str(lv.price), str(lv.size), lv.orders] for lv in view.asks]
@@ -53,8 +68,6 @@ def watch(stream: str, depth: int, fps: float, as_json: bool) -> None:
                     left = " ".join(f"{lv.price}x{lv.size}" for lv in view.bids)
                     right = " ".join(f"{lv.price}x{lv.size}" for lv in view.asks)
                     click.echo(f"{printable(stream)} seq {view.seq}  bids {left or '-'} | asks {right or '-'}")
-        except KeyboardInterrupt:
-            pass
         except BrokenPipeError:  # `| head` closed the pipe: nothing more to show
             sys.stderr.close()
 

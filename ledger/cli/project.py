@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import signal
 import sys
 import threading
 from typing import TYPE_CHECKING, Any
@@ -11,6 +10,8 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from ledger.cli._app import (
+    STREAM,
+    STREAM_NAME_HELP,
     cli,
     echo_json,
     fail_on_ledger_error,
@@ -20,6 +21,7 @@ from ledger.cli._app import (
     printable,
     progress_bar,
 )
+from ledger.cli._signals import stopping_on_signals
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
@@ -29,8 +31,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("ledger")
 
 
-@cli.command()
-@click.option("--stream", "streams", multiple=True, help="Stream to project (repeatable). Default: all.")
+@cli.command(epilog=STREAM_NAME_HELP)
+@click.option("--stream", "streams", type=STREAM, multiple=True, help="Stream to project (repeatable). Default: all.")
 @click.option("--skip-gaps", is_flag=True, help="Go on across missing seqs, and record that it did.")
 @click.option(
     "--error-threshold",
@@ -95,6 +97,11 @@ def project(
     followers as you like: they split the streams between them, and take over the streams
     of one that stops or dies.
 
+    Ctrl-C (or SIGTERM, SIGHUP) stops it cleanly after the chunk of events in hand, whose
+    L1 rows and position are committed: a batch run prints its summary and exits 130 (143,
+    129), and the same command run again goes on from there; --follow exits 0. A second
+    Ctrl-C stops at once.
+
     \b
     Example:
       ledger project
@@ -112,34 +119,42 @@ def project(
         snapshot_every=snapshot_every or None,
         snapshot_interval=snapshot_interval,
     )
-    with open_db() as database:
+    stop = threading.Event()
+    with stopping_on_signals(stop.set) as signalled, open_db() as database:
         if rebuild:
             dropped = drop_projection(database.engine, list(streams) or None)
             log.info("dropped the projection of %s", ", ".join(dropped) or "no stream")
         if follow:
-            summaries = _follow(database.engine, streams, options, poll)
+            summaries = _follow(database.engine, streams, options, poll, stop)
         else:
-            summaries = _batch(database.engine, streams, options)
+            summaries = _batch(database.engine, streams, options, stop)
     _report(summaries, as_json)
+    if signalled.is_set() and not follow:
+        # Rule: a batch projection stopped by a signal has committed what it applied, says
+        # how to go on, and exits 128 + the signal's number (see ledger.cli._signals).
+        again = "the same command without --rebuild" if rebuild else "the same command"
+        click.echo(
+            f"ledger: stopped by {signalled.name}, what was projected is committed: run {again} again to resume",
+            err=True,
+        )
+        sys.exit(signalled.exit_code)
     stopped = ("stopped_at_gap", "error_threshold", "needs_rebuild", "busy")
     if not follow and any(s.status in stopped for s in summaries):
         sys.exit(3)
 
 
-def _follow(engine: Engine, streams: tuple[str, ...], options: ProjectOptions, poll: float) -> list[ProjectSummary]:
+def _follow(
+    engine: Engine, streams: tuple[str, ...], options: ProjectOptions, poll: float, stop: threading.Event
+) -> list[ProjectSummary]:
     from ledger.services.project.follow import FollowOptions, follow
 
-    stop = threading.Event()
-    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        log.info("following the log; Ctrl-C to stop")
-        return follow(engine, FollowOptions(streams=streams, poll=poll, project=options), stop)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    log.info("following the log; Ctrl-C to stop")
+    return follow(engine, FollowOptions(streams=streams, poll=poll, project=options), stop)
 
 
-def _batch(engine: Engine, streams: tuple[str, ...], options: ProjectOptions) -> list[ProjectSummary]:
+def _batch(
+    engine: Engine, streams: tuple[str, ...], options: ProjectOptions, stop: threading.Event
+) -> list[ProjectSummary]:
     from ledger.services.project.batch import project as run_project
     from ledger.services.read.status import stream_status
 
@@ -157,7 +172,7 @@ def _batch(engine: Engine, streams: tuple[str, ...], options: ProjectOptions) ->
             if bar is not None:
                 bar(done)
 
-        return run_project(engine, streams=list(streams) or None, options=options, progress=advance)
+        return run_project(engine, streams=list(streams) or None, options=options, progress=advance, stop=stop.is_set)
 
 
 def _report(summaries: list[ProjectSummary], as_json: bool) -> None:
@@ -179,8 +194,8 @@ def _report(summaries: list[ProjectSummary], as_json: bool) -> None:
                 click.echo(f"  {printable(s.message)}", err=True)
 
 
-@cli.command()
-@click.argument("stream")
+@cli.command(epilog=STREAM_NAME_HELP)
+@click.argument("stream", type=STREAM)
 @click.option("--depth", type=click.IntRange(min=1), default=10, show_default=True, help="Levels per side.")
 @click.option("--at-seq", type=int, default=None, help="The book after the event with this seq.")
 @click.option(
@@ -263,8 +278,8 @@ def snapshots() -> None:
     """
 
 
-@snapshots.command("list")
-@click.argument("stream")
+@snapshots.command("list", epilog=STREAM_NAME_HELP)
+@click.argument("stream", type=STREAM)
 @json_option
 @fail_on_ledger_error
 def snapshots_list(stream: str, as_json: bool) -> None:
@@ -291,8 +306,8 @@ def snapshots_list(stream: str, as_json: bool) -> None:
         )
 
 
-@snapshots.command("prune")
-@click.option("--stream", "streams", multiple=True, help="Stream to prune (repeatable). Default: all.")
+@snapshots.command("prune", epilog=STREAM_NAME_HELP)
+@click.option("--stream", "streams", type=STREAM, multiple=True, help="Stream to prune (repeatable). Default: all.")
 @click.option("--keep", type=click.IntRange(min=1), required=True, help="Keep the newest N snapshots per stream.")
 @click.option("--keep-every", type=click.IntRange(min=1), default=None, help="Of the older ones, keep every M-th.")
 @fail_on_ledger_error

@@ -2,20 +2,37 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import re
+import shlex
+import stat
 import sys
-import time
+import threading
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import IO, TYPE_CHECKING
 
 import click
 
-from ledger.cli._app import cli, echo_json, fail_on_ledger_error, json_option, open_db, printable
+from ledger.cli._app import (
+    STREAM,
+    STREAM_NAME_HELP,
+    cli,
+    echo_json,
+    fail_on_ledger_error,
+    json_option,
+    open_db,
+    printable,
+)
+from ledger.cli._signals import stopping_on_signals
 
 if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection
+
     from ledger.services.read.status import StreamStatus
 
 
@@ -33,8 +50,8 @@ def _safe_name(stream: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", stream).strip("_") or "stream"
 
 
-@export.command("l1")
-@click.argument("stream")
+@export.command("l1", epilog=STREAM_NAME_HELP)
+@click.argument("stream", type=STREAM)
 @click.option(
     "-o",
     "--output",
@@ -46,7 +63,11 @@ def export_l1(stream: str, output: str | None) -> None:
     """Write a stream's L1 rows as CSV: time,bid_price,ask_price,bid_size,ask_size,seq_num.
 
     UTF-8 with BOM, LF line ends; time with six fractional digits; prices and sizes in their
-    shortest exact decimal form. The file is written whole or not at all.
+    shortest exact decimal form. A regular file (or a new one) is written whole or not at
+    all: written aside, then renamed over it, keeping its permissions. Anything else (a
+    FIFO, /dev/stdout, a device) is written to as it is; a symbolic link is followed to its
+    target. The stream must have been projected (`ledger project`); a projection behind
+    the log is exported with a warning.
 
     \b
     Example:
@@ -58,26 +79,112 @@ def export_l1(stream: str, output: str | None) -> None:
 
     with open_db() as database, database.engine.connect() as conn:
         stream_id = Streams(conn).get(stream)
+        _check_projection(conn, stream)
+
+        def write(out: IO[bytes]) -> int:
+            return L1Rows(conn).export_csv(stream_id, out)
+
         if output == "-":
-            count = L1Rows(conn).export_csv(stream_id, sys.stdout.buffer)
-            sys.stdout.flush()
+            _write_stdout(write)
             return
-        target = Path(output or f"l1_{_safe_name(stream)}.csv")
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        count, written, replaced = _write_file(Path(output or f"l1_{_safe_name(stream)}.csv"), write)
+    # Written through (/dev/stdout, a FIFO), the rows may be on stdout: the note is not.
+    click.echo(f"wrote {count} L1 rows of {printable(stream)} to {printable(written)}", err=not replaced)
+
+
+def _check_projection(conn: Connection, stream: str) -> None:
+    """Rule: an export is of a projection. A stream never projected is an error that says how
+    to make one (not a file with a header only); a projection behind the log is exported as
+    it is, with a warning on stderr saying by how much and how to bring it up to date."""
+    from ledger.services.read.status import stream_status
+
+    [status] = stream_status(conn, stream)
+    command = f"ledger project --stream {shlex.quote(printable(stream))}"
+    if status.projected_seq is None:
+        raise click.ClickException(
+            f"stream {printable(stream)} has no projection yet, so it has no L1 rows: run `{command}` first"
+        )
+    if status.lag_events:
+        click.echo(
+            f"warning: the projection of {printable(stream)} is {status.lag_events} events behind the log "
+            f"(projected up to seq {status.projected_seq}, the log goes on to seq {status.last_seq}); "
+            f"the export ends there: run `{command}` first to include them",
+            err=True,
+        )
+
+
+def _write_stdout(write: Callable[[IO[bytes]], int]) -> None:
+    try:
+        write(sys.stdout.buffer)
+        sys.stdout.flush()
+    except OSError as e:
+        if e.errno == errno.EPIPE:
+            raise  # `| head` has what it wanted: click ends quietly
+        _drop_stdout()
+        raise click.ClickException(f"cannot write to standard output: {e.strerror or e}") from None
+
+
+def _drop_stdout() -> None:
+    """Send what is still buffered for stdout to /dev/null, so that the flush at exit does
+    not fail a second time (and print a traceback of its own)."""
+    with contextlib.suppress(OSError, ValueError):  # a test runner's stdout has no descriptor
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+
+
+def _write_file(target: Path, write: Callable[[IO[bytes]], int]) -> tuple[int, Path, bool]:
+    """Write to ``target`` by the rule of export_l1: the row count, the path written, and
+    whether it was a regular file (replaced) rather than written through.
+
+    Rule: only a regular file, or a path where nothing is yet, is replaced, by renaming a
+    finished copy over it (so a reader never sees half a file, and a failure leaves the old
+    one), with the old file's mode (and owner, where allowed). A symbolic link is followed:
+    its target is the file replaced, the link stays. Anything else is written through, as
+    `cat > PATH` would: a FIFO's reader gets the rows, /dev/stdout goes to standard output,
+    a device gets the bytes (and its error: /dev/full is "no space left"), and none of them
+    is ever replaced by a regular file. Any write error is one line saying what and where.
+    """
+
+    def failed(e: OSError) -> click.ClickException:
+        return click.ClickException(f"cannot write {printable(target)}: {e.strerror or e}")
+
+    try:
+        found: os.stat_result | None = os.stat(target)  # through symbolic links
+    except FileNotFoundError:
+        found = None
+    except OSError as e:
+        raise failed(e) from None
+    if found is not None and stat.S_ISDIR(found.st_mode):
+        raise click.ClickException(f"cannot write {printable(target)}: it is a folder")
+    if found is not None and not stat.S_ISREG(found.st_mode):
         try:
-            with tmp.open("wb") as out:
-                count = L1Rows(conn).export_csv(stream_id, out)
-            tmp.replace(target)
+            with open(target, "wb") as out:
+                count = write(out)
         except OSError as e:
-            tmp.unlink(missing_ok=True)
-            raise click.ClickException(f"cannot write {target}: {e.strerror or e}") from None
-        finally:
-            tmp.unlink(missing_ok=True)
-    click.echo(f"wrote {count} L1 rows of {printable(stream)} to {printable(target.resolve())}")
+            raise failed(e) from None
+        return count, target, False
+    final = Path(os.path.realpath(target))  # a link's target, existing or not
+    tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "xb") as out:
+            count = write(out)
+        if found is not None:
+            os.chmod(tmp, stat.S_IMODE(found.st_mode))
+            if (found.st_uid, found.st_gid) != (os.geteuid(), os.getegid()):
+                with contextlib.suppress(OSError):  # only root may give a file away
+                    os.chown(tmp, found.st_uid, found.st_gid)
+        os.replace(tmp, final)
+    except OSError as e:
+        raise failed(e) from None
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+    return count, final, True
 
 
-@cli.command()
-@click.argument("stream", required=False)
+@cli.command(epilog=STREAM_NAME_HELP)
+@click.argument("stream", required=False, type=STREAM)
 @click.option("--watch", is_flag=True, help="Redraw every --interval seconds until Ctrl-C.")
 @click.option(
     "--interval", type=click.FloatRange(min=0.1), default=1.0, show_default=True, help="Seconds between redraws."
@@ -89,7 +196,11 @@ def status(stream: str | None, watch: bool, interval: float, as_json: bool) -> N
     latest book snapshot, last ingest activity.
 
     With --watch it redraws in place on a terminal (a JSON line per round with --json,
-    or a block of text per round when the output is not a terminal).
+    or a block of text per round when the output is not a terminal), until Ctrl-C (or
+    SIGTERM, SIGHUP), which ends it after the round in hand, with exit code 0.
+
+    Duplicates are those counted by the ingests of each source (file, stdin, capture): for
+    a CSV stream, in the last run of each of its sources; for a capture, over all its runs.
 
     \b
     Example:
@@ -99,7 +210,11 @@ def status(stream: str | None, watch: bool, interval: float, as_json: bool) -> N
     """
     from ledger.services.read.status import stream_status
 
-    with open_db() as database, database.engine.connect() as conn:
+    stop = threading.Event()
+    # Rule: --watch ends on a signal between two rounds, never inside one (a query cut
+    # short by Ctrl-C used to end it with an error); it runs until stopped, so it exits 0.
+    signals = stopping_on_signals(stop.set) if watch else contextlib.nullcontext()
+    with signals, open_db() as database, database.engine.connect() as conn:
         while True:
             rows = stream_status(conn, stream)
             conn.rollback()  # a fresh snapshot of the tables for the next round
@@ -115,11 +230,7 @@ def status(stream: str | None, watch: bool, interval: float, as_json: bool) -> N
                     stamp = f"{datetime.now().astimezone():%Y-%m-%d %H:%M:%S}"
                     text = f"{stamp}  (every {interval:g}s, Ctrl-C to stop)\n{text}"
                 click.echo(text)
-            if not watch:
-                return
-            try:
-                time.sleep(interval)
-            except KeyboardInterrupt:
+            if not watch or stop.wait(interval):
                 return
 
 
@@ -136,8 +247,8 @@ def _status_text(rows: list[StreamStatus]) -> str:
         blocks.append(
             f"{name}  ({printable(r.source)})\n"
             f"  events {r.events}, seqs {r.first_seq}..{r.last_seq}, last ingest {r.last_ingest or '-'}\n"
-            f"  open gaps {r.open_gaps} ({r.missing_seqs} seqs missing), duplicates {r.duplicates}, "
-            f"rejects {r.rejects}\n"
+            f"  open gaps {r.open_gaps} ({r.missing_seqs} seqs missing), duplicates {r.duplicates}"
+            f"{_duplicates_scope(r)}, rejects {r.rejects}\n"
             f"  projector: {projector}; latest book snapshot {snapshot}"
             + (f"\n  {printable(r.projector_message)}" if r.projector_message else "")
             + (
@@ -150,8 +261,17 @@ def _status_text(rows: list[StreamStatus]) -> str:
     return "\n".join(blocks)
 
 
-@cli.command()
-@click.argument("stream")
+def _duplicates_scope(r: StreamStatus) -> str:
+    """What the duplicate count counts, in words (see ledger.services.read.status)."""
+    if r.duplicates_scope == "all_runs":
+        return " (over all runs)"
+    if r.ingest_sources > 1:
+        return f" (in the last run of each of its {r.ingest_sources} sources)"
+    return " (in the last run)" if r.ingest_sources else ""
+
+
+@cli.command(epilog=STREAM_NAME_HELP)
+@click.argument("stream", type=STREAM)
 @click.option("--all", "include_closed", is_flag=True, help="Also list gaps that were filled later.")
 @json_option
 @fail_on_ledger_error
@@ -177,8 +297,8 @@ def gaps(stream: str, include_closed: bool, as_json: bool) -> None:
         click.echo(f"{g['first_seq']}..{g['last_seq']}  {g['missing']} missing  {g['status']}{skipped}")
 
 
-@cli.command()
-@click.argument("stream")
+@cli.command(epilog=STREAM_NAME_HELP)
+@click.argument("stream", type=STREAM)
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Show at most this many.")
 @json_option
 @fail_on_ledger_error

@@ -35,7 +35,10 @@ second process therefore never starts a second server. :meth:`EmbeddedPostgres.s
 stops the server only when it was started by ledger (``home/pg/server.owner`` matches the
 running postmaster; a server someone started by hand is left alone) and no other client
 file is still locked, so the last ledger process to leave shuts it down, even if the process
-that started it crashed. Both run under an exclusive ``flock`` on ``home/pg/lock``.
+that started it crashed. Both run under an exclusive ``flock`` on ``home/pg/lock``, with
+SIGINT, SIGTERM and SIGHUP held until they are done (then delivered), so a signal cannot
+leave a started server uncounted. A ``ledger`` command that SIGTERM or SIGHUP ends unwinds
+and lets go of the server like any other exit (see :mod:`ledger.cli._signals`).
 
 Root: PostgreSQL refuses to run as root, so as root the server runs as the system user
 ``ledger`` (created with ``useradd --system`` when missing and possible; ``nobody``

@@ -11,8 +11,11 @@ import logging
 import os
 import secrets
 import shutil
+import signal
 import stat
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -129,6 +132,10 @@ class EmbeddedPostgres(_ServerHome):
         URL. Calling it again on a started instance returns the same URL."""
         if self.url is not None:
             return self.url
+        with _signals_held():
+            return self._start()
+
+    def _start(self) -> str:
         try:
             user = self._server_user()
             self._make_home(user)
@@ -160,6 +167,10 @@ class EmbeddedPostgres(_ServerHome):
         still uses it. Does nothing when this instance is not started."""
         if self._client is None:
             return
+        with _signals_held():
+            self._stop()
+
+    def _stop(self) -> None:
         atexit.unregister(self._stop_at_exit)
         user, install = self._user, self._install
         assert user is not None and install is not None
@@ -452,6 +463,37 @@ class EmbeddedPostgres(_ServerHome):
 
 
 # --------------------------------------------------------------------------- helpers
+
+_HELD_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """Rule: a SIGINT, SIGTERM or SIGHUP that arrives while the server is being started or
+    let go of waits until that is done, then goes to the handler that was in place. So a
+    signal never leaves a server started but not yet counted (its owner file unwritten: no
+    one would ever stop it), nor a client entry half removed, and a command that the signal
+    then ends still lets go of the server (its ``finally`` blocks and the atexit hook run).
+    Only the main thread can do this (Python runs signal handlers there); elsewhere nothing
+    is held. A handler installed outside Python, which cannot be put back, is left alone."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+    previous = {}
+    for sig in _HELD_SIGNALS:
+        handler = signal.getsignal(sig)
+        if handler is None or handler is signal.SIG_IGN:
+            continue
+        previous[sig] = handler
+        signal.signal(sig, lambda signum, _frame: pending.append(signum))
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for signum in dict.fromkeys(pending):  # each once, in the order they came
+            signal.raise_signal(signum)
 
 
 def _is_pid_alive(pid: int) -> bool:

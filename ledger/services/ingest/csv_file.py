@@ -7,6 +7,9 @@ line (event, duplicate or reject) with the stream's
 parsed. A run killed at any moment and started again resumes after the last committed
 batch and stores nothing twice. A session-level advisory lock keeps a second writer off
 the stream, so the tracker, loaded from the database at the start, stays in step with it.
+
+A run can also be asked to stop early (Ctrl-C, SIGTERM: see :class:`StopReading`): it then
+commits the whole lines it has read and returns its summary, marked ``interrupted``.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 
 import psycopg
 import sqlalchemy as sa
@@ -41,8 +44,9 @@ from ledger.storage.log import (
 from ledger.storage.notify import notify_appended
 from ledger.venues.csv.format import CsvRow, RowError, check_header, copy_row, parse_line
 
-__all__ = ["IngestSummary", "ingest_csv", "stream_lock_key"]
+__all__ = ["IngestSummary", "StopReading", "ingest_csv", "stream_lock_key"]
 
+_T = TypeVar("_T")
 _INGEST_LOCK_CLASS = 0x1ED6
 _FINGERPRINT_SPAN = 4096
 _NULL = "\\N"  # NULL in COPY text format
@@ -79,6 +83,7 @@ class IngestSummary:
     missing_seqs: int = 0
     seconds: float = 0.0
     resumed_from_line: int | None = None
+    interrupted: bool = False  # stopped early on request (a signal): the input was not read to its end
     reject_samples: list[dict[str, object]] = field(default_factory=list)
 
     @property
@@ -90,6 +95,60 @@ class IngestSummary:
         out["events_per_second"] = round(self.events_per_second, 1)
         out["seconds"] = round(self.seconds, 3)
         return out
+
+
+class StopReading:
+    """A request, made by a signal handler, that a running ingest stop early.
+
+    Rule: a stopped ingest commits every whole line it has read (in the batches already
+    sealed and in the one being filled), never the unfinished line after them; records a
+    checkpoint that is not ``complete``, so that the same command run again resumes after
+    the last stored line (a file; stdin is read again from its start, and the lines
+    already stored count as duplicates); and returns its summary with ``interrupted`` set.
+    The request is looked at between two chunks of lines, so at most one chunk is parsed
+    after it. A read that blocks (stdin waiting for more input, as under ``tail -f``) is
+    cut short: :meth:`request`, which the handler calls in the main thread, raises into the
+    read the main thread is blocked in, and the input then ends there. With a flush
+    interval the reading thread is not cut short: the request is seen within the interval.
+    """
+
+    def __init__(self) -> None:
+        self._requested = threading.Event()
+        self._in_read = False  # the main thread is in a read that the request may cut short
+
+    def request(self) -> None:
+        """Ask the ingest to stop (call it from a signal handler, in the main thread)."""
+        self._requested.set()
+        if self._in_read:
+            self._in_read = False
+            raise _ReadCut
+
+    def is_set(self) -> bool:
+        return self._requested.is_set()
+
+    def read(self, read: Callable[[int], bytes], size: int) -> bytes:
+        """``read(size)``, or b"" (the end of the input) once a stop is requested, also when
+        it comes while the read blocks in the main thread."""
+        return self.unless_stopped(lambda: read(size), b"")
+
+    def unless_stopped(self, call: Callable[[], _T], stopped: _T) -> _T:
+        """``call()``, or ``stopped`` once a stop is requested, also when it comes while the
+        call blocks in the main thread."""
+        if self._requested.is_set():
+            return stopped
+        if threading.current_thread() is not threading.main_thread():
+            return call()
+        try:
+            self._in_read = True
+            return call()
+        except _ReadCut:
+            return stopped
+        finally:
+            self._in_read = False
+
+
+class _ReadCut(Exception):
+    """Raised by :meth:`StopReading.request` into a blocked read; never leaves it."""
 
 
 @dataclass
@@ -118,14 +177,21 @@ def ingest_csv(
     flush_interval: float | None = None,
     resumable: bool = True,
     progress: Callable[[int], None] | None = None,
+    stop: StopReading | None = None,
 ) -> IngestSummary:
     """Append the L3 CSV read from ``fp`` to ``stream``; ``source`` names it in rejects and
-    checkpoints (a file's absolute path, or ``stdin``). ``progress`` gets bytes read."""
+    checkpoints (a file's absolute path, or ``stdin``). ``progress`` gets bytes read.
+    ``stop``: see :class:`StopReading`."""
     if batch_size < 1:
         raise InputError("--batch-size must be at least 1")
     started = time.perf_counter()
     summary = IngestSummary(stream=stream, source=source)
-    header = fp.readline(_MAX_LINE)  # bounded: a binary file may have no newline at all
+    stop = stop or StopReading()
+    header = stop.read(fp.readline, _MAX_LINE)  # bounded: a binary file may have no newline at all
+    if stop.is_set():  # stopped before the header was read: nothing to do
+        summary.interrupted = True
+        summary.seconds = time.perf_counter() - started
+        return summary
     if not header.strip():
         raise InputError(f"{source}: the input is empty (expected a header line first)")
     if not _is_text(header):
@@ -138,7 +204,7 @@ def ingest_csv(
     with engine.connect() as conn:
         run = _Run(conn, stream, source, summary, header, fp)
         try:
-            _read(run, fp, batch_size, flush_interval, resumable, progress)
+            _read(run, fp, batch_size, flush_interval, resumable, progress, stop)
         finally:
             run.release()
     summary.open_gaps = len(run.tracker.gaps)
@@ -154,6 +220,7 @@ def _read(
     flush_interval: float | None,
     resumable: bool,
     progress: Callable[[int], None] | None,
+    stop: StopReading,
 ) -> None:
     """The reading side: parse lines into batches and hand them to the writer."""
     offset = len(run.header)
@@ -168,7 +235,7 @@ def _read(
     try:
         batch = _Batch()
         deadline = None if flush_interval is None else time.monotonic() + flush_interval
-        for lines in _line_chunks(fp, flush_interval):
+        for lines in _line_chunks(fp, flush_interval, stop):
             start = 0
             while start < len(lines):
                 part = lines[start : start + batch_size - batch.lines]
@@ -188,7 +255,9 @@ def _read(
                     writer.submit(run.seal(batch, line_no, offset, complete=False))
                     batch = _Batch()
                 deadline = time.monotonic() + (flush_interval or 0)
-        writer.submit(run.seal(batch, line_no, offset, complete=True))
+        # On a stop request the chunks end (see _line_chunks): commit what they gave.
+        run.summary.interrupted = stop.is_set()
+        writer.submit(run.seal(batch, line_no, offset, complete=not run.summary.interrupted))
     except BaseException:
         writer.abandon()
         raise
@@ -505,10 +574,11 @@ class _LongLine(bytes):
     skipped: int
 
 
-def _lines(read: Callable[[int], bytes]) -> Iterator[list[bytes]]:
+def _lines(read: Callable[[int], bytes], stopped: Callable[[], bool] = lambda: False) -> Iterator[list[bytes]]:
     """Lists of the lines ``read`` gives, each with its newline (the input's last line may
     have none), in memory bounded whatever the lines' lengths: a line that grows past
-    _MAX_LINE comes alone in its list as a :class:`_LongLine`."""
+    _MAX_LINE comes alone in its list as a :class:`_LongLine`. When ``read`` ended because
+    a stop was requested (``stopped``), the unfinished line it was in is not given."""
     pending = b""  # the start of a line not ended yet: at most _MAX_LINE bytes
     while data := read(_BLOCK):
         if pending:
@@ -522,8 +592,10 @@ def _lines(read: Callable[[int], bytes]) -> Iterator[list[bytes]]:
                 break
             long, data = _skip_line(read, pending)  # data: what follows its newline
             pending = b""
+            if stopped():  # cut short inside the long line: it is not whole
+                return
             yield [long]
-    if pending:
+    if pending and not stopped():
         yield [pending]
 
 
@@ -544,19 +616,21 @@ def _skip_line(read: Callable[[int], bytes], start: bytes) -> tuple[_LongLine, b
     return long, rest
 
 
-def _line_chunks(fp: BinaryIO, flush_interval: float | None) -> Iterator[list[bytes]]:
+def _line_chunks(fp: BinaryIO, flush_interval: float | None, stop: StopReading) -> Iterator[list[bytes]]:
     """Lists of whole lines (see :func:`_lines`). With a flush interval, a reader thread feeds
     them and an empty list comes at least every ``flush_interval`` seconds while the input
-    is quiet."""
+    is quiet. Once a stop is requested the lists end, after those the thread had already
+    read (the thread reads no more: it may stay blocked in a read, as a daemon)."""
     if flush_interval is None:
-        yield from _lines(fp.read)
+        yield from _lines(lambda size: stop.read(fp.read, size), stop.is_set)
         return
     chunks: queue.Queue[list[bytes] | None] = queue.Queue(maxsize=64)
     failure: list[BaseException] = []
+    read = getattr(fp, "read1", fp.read)
 
     def reader() -> None:
         try:
-            for lines in _lines(getattr(fp, "read1", fp.read)):
+            for lines in _lines(lambda size: stop.read(read, size), stop.is_set):
                 chunks.put(lines)
         except (OSError, ValueError) as e:
             failure.append(e)
@@ -565,14 +639,32 @@ def _line_chunks(fp: BinaryIO, flush_interval: float | None) -> Iterator[list[by
 
     thread = threading.Thread(target=reader, name="ledger-stdin", daemon=True)
     thread.start()
-    while True:
+    nothing: list[bytes] | None = []
+    while not stop.is_set():
         try:
-            item = chunks.get(timeout=flush_interval)
+            item = stop.unless_stopped(lambda: chunks.get(timeout=flush_interval), nothing)
         except queue.Empty:
             yield []
             continue
         if item is None:
             break
-        yield item
+        if item:
+            yield item
+    else:  # stopped: what the thread has read already, without waiting for more
+        while (item := _queued(chunks)) is not None:
+            if type(item[-1]) is bytes and not item[-1].endswith(b"\n"):
+                # the input's end came with the stop (the signal may have ended the writer
+                # of a pipe too): an unfinished last line is not taken
+                item = item[:-1]
+            if item:
+                yield item
+        return
     if failure:
         raise InputError(f"reading the input failed: {failure[0]}")
+
+
+def _queued(chunks: queue.Queue[list[bytes] | None]) -> list[bytes] | None:
+    try:
+        return chunks.get_nowait()
+    except queue.Empty:
+        return None

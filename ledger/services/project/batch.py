@@ -47,8 +47,14 @@ def project(
     streams: Sequence[str] | None = None,
     options: ProjectOptions | None = None,
     progress: Callable[[str, int], None] | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> list[ProjectSummary]:
-    """Bring the projection of each stream (all when None) up to the head of its log."""
+    """Bring the projection of each stream (all when None) up to the head of its log.
+
+    Rule: once ``stop()`` says so (a signal asked the command to stop), the stream in hand
+    stops after the chunk it is applying, whose L1 rows and position are committed as
+    usual, and no further stream is started; the summaries of the streams begun are
+    returned, so a later run goes on from the committed positions."""
     options = options or ProjectOptions()
     with engine.connect() as conn:
         known = {name: sid for sid, name, _ in Streams(conn).all()}
@@ -58,8 +64,13 @@ def project(
     timer = SnapshotTimer(options.snapshot_interval)
     committer = Committer(engine)
     committer.start()
+    stop = stop or _never
+    summaries = []
     try:
-        summaries = [_project_stream(engine, known[name], name, options, committer, timer, progress) for name in wanted]
+        for name in wanted:
+            if stop():
+                break
+            summaries.append(_project_stream(engine, known[name], name, options, committer, timer, progress, stop))
     except BaseException:
         committer.abandon()
         raise
@@ -67,6 +78,10 @@ def project(
         timer.shutdown()
     committer.close()
     return summaries
+
+
+def _never() -> bool:
+    return False
 
 
 def rebuild(engine: Engine, streams: Sequence[str] | None = None) -> list[str]:
@@ -97,6 +112,7 @@ def _project_stream(
     committer: Committer,
     timer: SnapshotTimer,
     progress: Callable[[str, int], None] | None,
+    stop: Callable[[], bool],
 ) -> ProjectSummary:
     lock = {"c": PROJECT_LOCK_CLASS, "o": stream_id}
     with engine.connect() as conn:  # holds the stream's projector lock for the whole run
@@ -109,7 +125,7 @@ def _project_stream(
         run = None
         try:
             run = StreamRun(engine, stream_id, name, options, committer, timer, progress, owner=owner)
-            run.catch_up()
+            run.catch_up(stop)
             committer.flush()  # written before the lock goes
         except (sa.exc.DBAPIError, psycopg.Error) as e:
             after = None if run is None else run.summary.last_seq

@@ -21,6 +21,7 @@ _STATUS = sa.text(
            (SELECT count(*) FROM rejects r WHERE r.stream_id = s.id) AS rejects,
            (SELECT coalesce(sum(c.duplicates), 0) FROM ingest_checkpoints c WHERE c.stream_id = s.id)
                AS duplicates,
+           (SELECT count(*) FROM ingest_checkpoints c WHERE c.stream_id = s.id) AS ingest_sources,
            greatest((SELECT max(c.updated_at) FROM ingest_checkpoints c WHERE c.stream_id = s.id),
                     (SELECT max(ss.received_at) FROM source_snapshots ss WHERE ss.stream_id = s.id))
                AS last_ingest,
@@ -55,11 +56,22 @@ _STATUS = sa.text(
 )
 
 
+# Rule: ``duplicates`` is the sum, over the stream's ingest checkpoints (one per source: a
+# file's path, stdin, a capture), of the duplicates each one counts; ``duplicates_scope``
+# says what that count covers, and the text report says it in words. CSV ingest counts per
+# run of a source (a run it resumes included), so a CSV stream's figure is the duplicates
+# of the latest run of each of its sources ("last_run_per_source"); a Coinbase capture
+# carries its counts over from one run to the next ("all_runs").
+_DUPLICATES_SCOPE = {"coinbase": "all_runs"}
+_DEFAULT_DUPLICATES_SCOPE = "last_run_per_source"
+
+
 @dataclass
 class StreamStatus:
     """One stream at a glance. ``events`` is derived: the seq range less the gaps not filled
     (open, or made up for by a source snapshot). ``lag_seconds`` is the event time between
-    the log's last event and the last one projected."""
+    the log's last event and the last one projected. ``duplicates``: see
+    ``duplicates_scope`` (the rule above); ``ingest_sources`` is how many sources it sums."""
 
     stream: str
     source: str
@@ -69,6 +81,8 @@ class StreamStatus:
     open_gaps: int
     missing_seqs: int
     duplicates: int
+    duplicates_scope: str  # last_run_per_source | all_runs
+    ingest_sources: int
     rejects: int
     last_ingest: str | None
     projected_seq: int | None
@@ -105,6 +119,8 @@ def stream_status(conn: Connection, name: str | None = None) -> list[StreamStatu
                 open_gaps=int(r.open_gaps),
                 missing_seqs=int(r.missing),
                 duplicates=int(r.duplicates),
+                duplicates_scope=_DUPLICATES_SCOPE.get(r.source, _DEFAULT_DUPLICATES_SCOPE),
+                ingest_sources=int(r.ingest_sources),
                 rejects=int(r.rejects),
                 last_ingest=None if r.last_ingest is None else r.last_ingest.isoformat(),
                 projected_seq=r.projected_seq,
