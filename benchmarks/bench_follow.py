@@ -36,7 +36,7 @@ from scratch import libpq, scratch_database
 from ledger.storage.database import create_engine
 from ledger.storage.log import EventLog, Streams
 from ledger.storage.notify import notify_appended
-from ledger.venues.csv.format import copy_row
+from ledger.venues.csv.format import fast_row
 
 
 def _lines(n: int, seed: int) -> list[bytes]:
@@ -59,7 +59,6 @@ def bench(rate: int, seconds: float, tick: float, url: str, dsn: str, env: dict[
         sid = Streams(conn).ensure(stream, "csv")
     per_tick = max(1, round(rate * tick))
     lines = _lines(int(rate * seconds) + per_tick, seed=rate)
-    prefix = str(sid).encode()
     follower = subprocess.Popen(
         [sys.executable, "-m", "ledger.cli", "project", "--follow", "--stream", stream, "--json"],
         env=env,
@@ -90,10 +89,9 @@ def bench(rate: int, seconds: float, tick: float, url: str, dsn: str, env: dict[
         due = started + (i // per_tick) * tick
         if (wait := due - time.perf_counter()) > 0:
             time.sleep(wait)
-        rows = [copy_row(line, prefix) for line in lines[i : i + per_tick]]
-        payload = b"".join(r[1] for r in rows if r is not None)
+        rows = [fast_row(line) for line in lines[i : i + per_tick]]
         with engine.begin() as conn:
-            EventLog(conn).copy_text(payload)
+            EventLog(conn).append(sid, [r[1] for r in rows if r is not None])
             notify_appended(conn, [sid])
         committed.append((max(r[0] for r in rows if r is not None), time.perf_counter()))
         sent += len(rows)

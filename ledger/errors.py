@@ -10,8 +10,11 @@ The CLI turns a ``LedgerError`` into a one-line message and a non-zero exit code
     ├── DatabaseError          the database refused a statement or lost the connection
     ├── InputError             an input file or stream cannot be read at all
     │                          (missing, unreadable, wrong header, empty)
+    ├── RecordError            one input record cannot be stored as an event (it becomes
+    │                          a reject); also a ValueError
     ├── StreamError            a stream is unknown, busy, or cannot go on
-    │   └── UnknowableBook     a book asked for at a seq the log cannot know (in a gap)
+    │   ├── UnknowableBook     a book asked for at a seq the log cannot know (in a gap)
+    │   └── LockLost           a projector lost its hold on a stream: it writes no more
     └── SnapshotError          a book snapshot is unreadable or refused
 
 A stream that stops at a gap or at its error threshold is not an error: it is a status
@@ -27,6 +30,8 @@ __all__ = [
     "EmbeddedServerError",
     "InputError",
     "LedgerError",
+    "LockLost",
+    "RecordError",
     "SnapshotError",
     "StreamError",
     "UnknowableBook",
@@ -57,6 +62,11 @@ class InputError(LedgerError):
     """An input cannot be read at all (missing file, wrong header, empty input)."""
 
 
+class RecordError(LedgerError, ValueError):
+    """One input record (a line, a message) cannot be stored as an event; ``str(err)`` is
+    the reason its reject carries."""
+
+
 class StreamError(LedgerError):
     """A stream is unknown, held by another process, or cannot go on."""
 
@@ -67,6 +77,11 @@ class UnknowableBook(StreamError):
     that can be asked for)."""
 
     exit_code = 3
+
+
+class LockLost(StreamError):
+    """The process no longer holds a stream's projector lock (its lock connection was lost),
+    or another projector has written the stream's position: nothing more is written for it."""
 
 
 class SnapshotError(LedgerError):

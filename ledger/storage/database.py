@@ -11,6 +11,7 @@ with the URL shown password-hidden. Other modules talk to the database through t
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -35,6 +36,7 @@ __all__ = [
     "alembic_config",
     "connection_lost",
     "current_revision",
+    "drop_connection",
     "head_revision",
     "open_database",
     "upgrade",
@@ -128,6 +130,15 @@ def connection_lost(error: BaseException) -> bool:
         return True
     original = getattr(error, "orig", None) or error
     return isinstance(original, psycopg.OperationalError | psycopg.InterfaceError)
+
+
+def drop_connection(conn: Connection) -> None:
+    """Invalidate and close ``conn``, whatever state it is in: its session ends on the
+    server (and every lock it held with it), and the pool never hands it out again."""
+    with contextlib.suppress(sa.exc.SQLAlchemyError, psycopg.Error):
+        conn.invalidate()
+    with contextlib.suppress(sa.exc.SQLAlchemyError, psycopg.Error):
+        conn.close()
 
 
 def create_engine(url: URL) -> Engine:

@@ -2,7 +2,8 @@
 
 Small interfaces over one SQLAlchemy connection; the caller owns the transaction, so an
 ingest batch (its events, rejects, gap changes and checkpoint) commits or vanishes whole.
-Events go in with COPY (psycopg 3); everything else is parameterised Core SQL.
+Events go in with COPY (psycopg 3; the rows encoded by :mod:`ledger.storage.copy`);
+everything else is parameterised Core SQL.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Connection
 
 from ledger.errors import StreamError
+from ledger.storage.copy import EVENT_COPY_COLUMNS, events_chunks
 from ledger.storage.schema import events, gaps, ingest_checkpoints, rejects, source_snapshots, streams
 
 __all__ = [
@@ -30,11 +32,8 @@ __all__ = [
     "SourceSnapshots",
     "StoredSourceSnapshot",
     "Streams",
-    "copy_escape",
 ]
 
-#: Column order of the COPY text rows built by ingest.
-EVENT_COPY_COLUMNS = ("stream_id", "seq", "kind", "order_id", "side", "price", "size", "ts", "raw")
 _READ = (
     "SELECT seq, kind, order_id, side, price::text, size::text, {ts} FROM events"
     " WHERE stream_id = %s AND seq > %s AND seq <= %s ORDER BY seq LIMIT %s"
@@ -42,14 +41,6 @@ _READ = (
 _READ_WITH_TIME = _READ.format(ts="ts::text")
 _READ_WITHOUT_TIME = _READ.format(ts="NULL::text")
 _COPY_EVENTS = f"COPY events ({', '.join(EVENT_COPY_COLUMNS)}) FROM STDIN"
-_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
-
-
-def copy_escape(text: str) -> str:
-    """Escape a value for PostgreSQL's COPY text format."""
-    if "\\" in text or "\t" in text or "\n" in text or "\r" in text:
-        return text.translate(_ESCAPES)
-    return text
 
 
 class Streams:
@@ -100,12 +91,46 @@ class EventLog:
     def __init__(self, conn: Connection) -> None:
         self._conn = conn
 
+    def append(self, stream_id: int, rows: Sequence[bytes]) -> None:
+        """Append one stream's events, given as their rows (:func:`ledger.storage.copy.event_row`)."""
+        self.append_many([(stream_id, rows)])
+
+    def append_many(self, parts: Iterable[tuple[int, Sequence[bytes]]]) -> None:
+        """Append the events of several streams, (stream id, rows) each, in one COPY."""
+        chunks = [chunk for stream_id, rows in parts for chunk in events_chunks(stream_id, rows)]
+        if chunks:
+            self._copy(chunks)
+
     def copy_text(self, payload: bytes) -> None:
         """Append rows already in COPY text format (columns: EVENT_COPY_COLUMNS)."""
+        self._copy([payload])
+
+    def _copy(self, chunks: list[bytes]) -> None:
         driver = self._conn.connection.driver_connection
         assert driver is not None
         with driver.cursor() as cur, cur.copy(_COPY_EVENTS) as copy:
-            copy.write(payload)
+            for chunk in chunks:
+                copy.write(chunk)
+
+    def any_between(self, stream_id: int, *, first: int, last: int) -> bool:
+        """Whether the log holds an event with a seq in [first, last]."""
+        query = sa.select(sa.literal(1)).where(events.c.stream_id == stream_id, events.c.seq.between(first, last))
+        return self._conn.execute(query.limit(1)).first() is not None
+
+    def nearest(
+        self, stream_id: int, *, at_or_after: int | None = None, at_or_before: int | None = None
+    ) -> tuple[int, datetime | None]:
+        """(seq, time) of the first event at or after one seq, or of the last one at or
+        before it (give one of the two); NoResultFound when there is none."""
+        query = sa.select(events.c.seq, events.c.ts).where(events.c.stream_id == stream_id)
+        if at_or_after is not None and at_or_before is None:
+            query = query.where(events.c.seq >= at_or_after).order_by(events.c.seq)
+        elif at_or_before is not None and at_or_after is None:
+            query = query.where(events.c.seq <= at_or_before).order_by(events.c.seq.desc())
+        else:
+            raise TypeError("give at_or_after or at_or_before")
+        row = self._conn.execute(query.limit(1)).one()
+        return int(row.seq), row.ts
 
     def seq_range(self, stream_id: int) -> tuple[int | None, int | None]:
         row = self._conn.execute(
@@ -197,6 +222,16 @@ class Rejects:
             ).scalar_one()
         )
 
+    def rows(self, stream_id: int, *, limit: int | None = None) -> list[dict[str, Any]]:
+        """The stream's rejects (source, line_no, reason, raw), by source and line."""
+        query = (
+            sa.select(rejects.c.source, rejects.c.line_no, rejects.c.reason, rejects.c.raw)
+            .where(rejects.c.stream_id == stream_id)
+            .order_by(rejects.c.source, rejects.c.line_no)
+            .limit(limit)
+        )
+        return [dict(row._mapping) for row in self._conn.execute(query)]
+
 
 class GapStore:
     """Open gaps as rows. :meth:`reconcile` makes the rows match a tracker's open gaps."""
@@ -280,6 +315,44 @@ class GapStore:
                 gaps.c.stream_id == stream_id, gaps.c.status == "snapshot", gaps.c.first_seq == first_seq
             )
         ).scalar()
+
+    def age(self, stream_id: int, *, first: int, last: int) -> float:
+        """Seconds since the earliest of the open gap rows that overlap [first, last] was
+        detected (inf: no open row does)."""
+        age = self._conn.execute(
+            sa.select(sa.func.extract("epoch", sa.func.now() - sa.func.min(gaps.c.detected_at))).where(
+                gaps.c.stream_id == stream_id,
+                gaps.c.status == "open",
+                gaps.c.first_seq <= last,
+                gaps.c.last_seq >= first,
+            )
+        ).scalar()
+        return float("inf") if age is None else float(age)
+
+    def highest_seq(self, stream_id: int) -> int | None:
+        """The highest seq a gap row of the stream covers, whatever its status (None: no
+        row). A gap may end after the last event: a lost tail that a venue book resolved."""
+        found = self._conn.execute(sa.select(sa.func.max(gaps.c.last_seq)).where(gaps.c.stream_id == stream_id))
+        value = found.scalar()
+        return None if value is None else int(value)
+
+    def rows(self, stream_id: int, *, include_closed: bool = False) -> list[dict[str, Any]]:
+        """The stream's gap rows (open ones only unless ``include_closed``), by first seq,
+        times as ISO text."""
+        query = sa.select(
+            gaps.c.first_seq,
+            gaps.c.last_seq,
+            (gaps.c.last_seq - gaps.c.first_seq + 1).label("missing"),
+            gaps.c.status,
+            gaps.c.detected_at,
+            gaps.c.resolved_at,
+            gaps.c.resolved_by_seq,
+            gaps.c.projector_skipped_at,
+        ).where(gaps.c.stream_id == stream_id)
+        if not include_closed:
+            query = query.where(gaps.c.status == "open")
+        rows = self._conn.execute(query.order_by(gaps.c.first_seq, gaps.c.id))
+        return [{k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in row._mapping.items()} for row in rows]
 
     def clear_skipped(self, stream_id: int) -> None:
         """Forget that the projector skipped this stream's gaps (before a rebuild)."""
@@ -366,10 +439,26 @@ class SourceSnapshots:
     def __init__(self, conn: Connection) -> None:
         self._conn = conn
 
-    def save(self, stream_id: int, seq: int, raw: str, *, order_count: int) -> bool:
-        """Store a snapshot; False when one at that seq is already stored."""
-        stmt = pg_insert(source_snapshots).values(stream_id=stream_id, seq=seq, raw=raw, order_count=order_count)
-        return bool(self._conn.execute(stmt.on_conflict_do_nothing()).rowcount)
+    def save(
+        self, stream_id: int, seq: int, raw: str, *, order_count: int, received_at: datetime | None = None
+    ) -> bool:
+        """Store a snapshot; False when one at that seq is already stored. ``received_at``:
+        when it was received (timezone-aware; None: now, as the database sees it)."""
+        values: dict[str, object] = {"stream_id": stream_id, "seq": seq, "raw": raw, "order_count": order_count}
+        if received_at is not None:
+            if received_at.tzinfo is None:
+                raise ValueError(f"the book at seq {seq} has a naive received_at: give a timezone-aware time")
+            values["received_at"] = received_at.astimezone(UTC)
+        stmt = pg_insert(source_snapshots).values(**values).on_conflict_do_nothing()
+        # RETURNING, not rowcount: SQLAlchemy gives no rowcount for an INSERT (-1).
+        return self._conn.execute(stmt.returning(source_snapshots.c.seq)).first() is not None
+
+    def latest_seq(self, stream_id: int) -> int | None:
+        """The seq of the stream's newest snapshot (None: none)."""
+        found = self._conn.execute(
+            sa.select(sa.func.max(source_snapshots.c.seq)).where(source_snapshots.c.stream_id == stream_id)
+        ).scalar()
+        return None if found is None else int(found)
 
     def first_from(self, stream_id: int, seq: int, *, upto: int | None = None) -> StoredSourceSnapshot | None:
         """The earliest snapshot at or after ``seq`` (and at or before ``upto``)."""

@@ -21,15 +21,13 @@ from sqlalchemy.engine import Connection
 
 from ledger.domain.events import Number
 from ledger.errors import SnapshotError
+from ledger.storage.copy import L1_COPY_COLUMNS, L1Row, l1_payload
 from ledger.storage.schema import book_snapshots, l1, projector_positions
 
 __all__ = ["L1_HEADER", "L1Row", "L1Rows", "Position", "Positions", "SnapshotInfo", "Snapshots"]
 
 L1_HEADER = "time,bid_price,ask_price,bid_size,ask_size,seq_num"
-
-# seq, ts (a datetime or timestamptz text), bid, bid_size, ask, ask_size
-L1Row = tuple[int, datetime | str | None, Number, Number, Number, Number]
-_NULL = "\\N"
+_COPY_L1 = f"COPY l1 ({', '.join(L1_COPY_COLUMNS)}) FROM STDIN"
 
 # The export format of the L1 CSV (docs: time with six fractional digits and " UTC",
 # numbers in their shortest exact decimal form, trim_scale), produced by PostgreSQL itself.
@@ -106,19 +104,8 @@ class L1Rows:
             return
         driver = self._conn.connection.driver_connection
         assert driver is not None
-        prefix = f"{stream_id}\t"
-        # !s: str() is much cheaper than format() (what a bare {} calls) on a Decimal.
-        payload = "".join(
-            [
-                f"{prefix}{seq}\t{_NULL if ts is None else ts}\t{bid!s}\t{bid_size!s}\t{ask!s}\t{ask_size!s}\n"
-                for seq, ts, bid, bid_size, ask, ask_size in rows
-            ]
-        )
-        with (
-            driver.cursor() as cur,
-            cur.copy("COPY l1 (stream_id, seq, ts, bid_price, bid_size, ask_price, ask_size) FROM STDIN") as copy,
-        ):
-            copy.write(payload.encode("ascii"))
+        with driver.cursor() as cur, cur.copy(_COPY_L1) as copy:
+            copy.write(l1_payload(stream_id, rows))
 
     def delete(self, stream_id: int) -> None:
         self._conn.execute(l1.delete().where(l1.c.stream_id == stream_id))

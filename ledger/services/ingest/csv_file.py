@@ -31,6 +31,8 @@ from sqlalchemy.engine import Connection, Engine
 
 from ledger.domain.sequencing import Arrival, GapTracker
 from ledger.errors import DatabaseError, InputError, StreamError, first_line
+from ledger.storage.copy import event_row
+from ledger.storage.locks import Locks, writer_lock
 from ledger.storage.log import (
     Checkpoint,
     Checkpoints,
@@ -39,17 +41,14 @@ from ledger.storage.log import (
     Reject,
     Rejects,
     Streams,
-    copy_escape,
 )
 from ledger.storage.notify import notify_appended
-from ledger.venues.csv.format import CsvRow, RowError, check_header, copy_row, parse_line
+from ledger.venues.csv.format import CsvRow, RowError, check_header, fast_row, parse_line
 
-__all__ = ["IngestSummary", "StopReading", "ingest_csv", "stream_lock_key"]
+__all__ = ["IngestSummary", "StopReading", "ingest_csv"]
 
 _T = TypeVar("_T")
-_INGEST_LOCK_CLASS = 0x1ED6
 _FINGERPRINT_SPAN = 4096
-_NULL = "\\N"  # NULL in COPY text format
 # Rule: a line longer than _MAX_LINE bytes (with its newline) is never held whole. It is
 # read on to its newline and dropped; its first _KEEP_OF_LONG_LINE bytes go to the reject.
 # An event line is a few hundred bytes, so nothing valid comes near this.
@@ -61,11 +60,6 @@ _BLOCK = 1 << 18  # bytes read at a time
 _REJECT_CHARS_PER_BATCH = 2 << 20
 # How a reject's raw escapes a line PostgreSQL text cannot hold (see _reject_text).
 _ESCAPED = "raw escaped: \\xHH for a NUL or a byte that is not UTF-8, \\\\ for a backslash"
-
-
-def stream_lock_key(stream_id: int) -> tuple[int, int]:
-    """The advisory lock (class, object) a writer of a stream holds."""
-    return (_INGEST_LOCK_CLASS, stream_id)
 
 
 @dataclass
@@ -155,7 +149,7 @@ class _ReadCut(Exception):
 class _Batch:
     """Parsed lines waiting to be committed, and where in the input they end."""
 
-    rows: list[bytes] = field(default_factory=list)  # COPY text rows
+    rows: list[bytes] = field(default_factory=list)  # event rows (ledger.storage.copy)
     rejects: list[Reject] = field(default_factory=list)
     reject_chars: int = 0  # the characters of the rejects' raw text and reasons
     duplicates: list[tuple[int, int, str]] = field(default_factory=list)  # seq, line_no, text
@@ -229,7 +223,6 @@ def _read(
         line_no, offset = resumed
         fp.seek(offset)
         run.summary.resumed_from_line = line_no + 1
-    prefix = str(run.stream_id).encode()
     writer = _Writer(run)
     writer.start()
     try:
@@ -240,7 +233,7 @@ def _read(
             while start < len(lines):
                 part = lines[start : start + batch_size - batch.lines]
                 start += len(part)
-                _take_lines(run.tracker, batch, part, line_no, prefix)
+                _take_lines(run.tracker, batch, part, line_no)
                 line_no += len(part)
                 offset += sum(map(len, part))
                 if type(part[0]) is _LongLine:  # alone in its list; only its start was kept
@@ -266,20 +259,20 @@ def _read(
         progress(offset)
 
 
-def _take_lines(tracker: GapTracker, batch: _Batch, lines: list[bytes], line_no: int, prefix: bytes) -> None:
+def _take_lines(tracker: GapTracker, batch: _Batch, lines: list[bytes], line_no: int) -> None:
     """Parse ``lines`` (numbered from ``line_no + 1``) into the batch. The hot loop of ingest."""
     rows = batch.rows
     observe = tracker.observe
     duplicate = Arrival.DUPLICATE
     for raw in lines:
         line_no += 1
-        fast = copy_row(raw, prefix)
+        fast = fast_row(raw)
         if fast is None:
             slow = _parse_slowly(raw, line_no, batch)
             if slow is None:
                 continue
             row, text = slow
-            fast = (row.seq, _copy_row_of(prefix, row, text))
+            fast = (row.seq, event_row(row.seq, row.kind, row.order_id, row.side, row.price, row.size, row.time, text))
         seq, copy_line = fast
         high = tracker.high
         if high is not None and seq == high + 1:  # the usual case, without a call
@@ -370,20 +363,6 @@ def _is_text(header: bytes) -> bool:
     return not any(c < " " and c not in "\t\r\n" for c in text)
 
 
-def _copy_row_of(prefix: bytes, row: CsvRow, text: str) -> bytes:
-    cells = (
-        str(row.seq),
-        row.kind,
-        copy_escape(row.order_id),
-        row.side,
-        row.price or _NULL,
-        row.size or _NULL,
-        row.time,
-        copy_escape(text),
-    )
-    return prefix + b"\t" + "\t".join(cells).encode("utf-8") + b"\n"
-
-
 class _Run:
     """The state of one ingest run: its stream, tracker, checkpoint and connection."""
 
@@ -398,12 +377,7 @@ class _Run:
         self._fd = _regular_file_fd(fp)
         with conn.begin():
             self.stream_id = Streams(conn).ensure(stream, "csv")
-        self.locked = bool(
-            conn.execute(
-                sa.text("SELECT pg_try_advisory_lock(:c, :o)"),
-                dict(zip(("c", "o"), stream_lock_key(self.stream_id), strict=True)),
-            ).scalar()
-        )
+        self.locked = Locks(conn).try_take(writer_lock(self.stream_id))
         conn.commit()
         if not self.locked:
             raise StreamError(f"stream {stream!r} is being written by another ingest; wait for it to finish")
@@ -449,7 +423,7 @@ class _Run:
         try:
             with conn.begin():
                 if batch.rows:
-                    EventLog(conn).copy_text(b"".join(batch.rows))
+                    EventLog(conn).append(self.stream_id, batch.rows)
                     notify_appended(conn, [self.stream_id])
                 conflicting = self._conflicting_duplicates(batch)
                 rejects = batch.rejects + conflicting
@@ -500,15 +474,7 @@ class _Run:
         if not self.locked:
             return
         self.locked = False
-        try:
-            self.conn.rollback()
-            self.conn.execute(
-                sa.text("SELECT pg_advisory_unlock(:c, :o)"),
-                dict(zip(("c", "o"), stream_lock_key(self.stream_id), strict=True)),
-            )
-            self.conn.commit()
-        except (sa.exc.DBAPIError, psycopg.Error):
-            self.conn.invalidate()
+        Locks(self.conn).give_back(writer_lock(self.stream_id))
 
 
 class _Writer(threading.Thread):

@@ -33,6 +33,7 @@ from ledger.services.project.run import (
     SnapshotTimer,
     StreamRun,
 )
+from ledger.storage.locks import Locks, projector_lock
 from ledger.storage.log import GapStore, Streams
 from ledger.storage.projection import L1Rows, Positions, Snapshots
 
@@ -94,8 +95,7 @@ def rebuild(engine: Engine, streams: Sequence[str] | None = None) -> list[str]:
     names = list(streams) if streams else sorted(known)
     for name in names:
         with engine.begin() as conn:
-            lock = {"c": PROJECT_LOCK_CLASS, "o": known[name]}
-            if not conn.execute(sa.text("SELECT pg_try_advisory_xact_lock(:c, :o)"), lock).scalar():
+            if not Locks(conn).try_take_for_transaction(projector_lock(known[name])):
                 raise StreamError(f"stream {name!r} is being projected by another process; stop it first")
             L1Rows(conn).delete(known[name])
             Snapshots(conn).delete_all(known[name])
@@ -114,13 +114,14 @@ def _project_stream(
     progress: Callable[[str, int], None] | None,
     stop: Callable[[], bool],
 ) -> ProjectSummary:
-    lock = {"c": PROJECT_LOCK_CLASS, "o": stream_id}
+    lock = projector_lock(stream_id)
     with engine.connect() as conn:  # holds the stream's projector lock for the whole run
-        if not conn.execute(sa.text("SELECT pg_try_advisory_lock(:c, :o)"), lock).scalar():
+        locks = Locks(conn)
+        if not locks.try_take(lock):
             return ProjectSummary(
                 stream=name, status="busy", message=f"stream {name!r} is being projected by another process"
             )
-        owner = int(conn.execute(sa.text("SELECT pg_backend_pid()")).scalar_one())
+        owner = locks.backend_pid()
         conn.commit()
         run = None
         try:
@@ -134,9 +135,5 @@ def _project_stream(
                 f"{first_line(e)}. Run the same command again: it goes on from the last committed position"
             ) from e
         finally:
-            try:
-                conn.execute(sa.text("SELECT pg_advisory_unlock(:c, :o)"), lock)
-                conn.commit()
-            except (sa.exc.DBAPIError, psycopg.Error):
-                conn.invalidate()  # the server is gone, and the lock with it
+            locks.give_back(lock)  # on a lost connection, the server let go of it already
     return run.finish()

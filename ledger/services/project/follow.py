@@ -32,7 +32,6 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from ledger.errors import DatabaseError, first_line
-from ledger.services.project.batch import PROJECT_LOCK_CLASS
 from ledger.services.project.run import (
     Committer,
     LockLost,
@@ -41,14 +40,14 @@ from ledger.services.project.run import (
     SnapshotTimer,
     StreamRun,
 )
-from ledger.storage.database import connection_lost
+from ledger.storage.database import connection_lost, drop_connection
+from ledger.storage.locks import MEMBER_LOCK_CLASS, Locks, member_lock, projector_lock
 from ledger.storage.log import Streams
 from ledger.storage.notify import Listener
 
 __all__ = ["FollowOptions", "follow"]
 
 log = logging.getLogger(__name__)
-_MEMBER_LOCK_CLASS = 0x1ED8
 
 
 @dataclass(frozen=True)
@@ -180,15 +179,14 @@ class _Follower:
         self._given_up: set[int] = set()  # streams that cannot go on (they need a rebuild, say)
         # The connection first: if the database is not there, nothing else is started.
         self._lock_conn: Connection = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        self._locks = Locks(self._lock_conn)
         try:
             #: This process's backend on the lock connection: its pid keys the membership
             #: lock, and the committer checks before each write that it still holds the stream.
-            self.owner = int(self._lock_conn.execute(sa.text("SELECT pg_backend_pid()")).scalar_one())
-            self._lock_conn.execute(
-                sa.text("SELECT pg_advisory_lock(:c, :o)"), {"c": _MEMBER_LOCK_CLASS, "o": self.owner}
-            )
+            self.owner = self._locks.backend_pid()
+            self._locks.take(member_lock(self.owner))
         except BaseException:
-            self._lock_conn.invalidate()
+            drop_connection(self._lock_conn)
             raise
         self._timer = SnapshotTimer(options.project.snapshot_interval)
         self._committer = Committer(engine)
@@ -225,18 +223,8 @@ class _Follower:
 
     def _balance(self) -> None:
         """Take or hand back streams so that each live follower has its fair share."""
-        conn = self._lock_conn
-        members = int(
-            conn.execute(
-                sa.text(
-                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted"
-                    " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
-                    " AND classid = :c AND objsubid = 2"
-                ),
-                {"c": _MEMBER_LOCK_CLASS},
-            ).scalar_one()
-        )
-        known = {sid: name for sid, name, _ in Streams(conn).all()}
+        members = self._locks.holders(lock_class=MEMBER_LOCK_CLASS)
+        known = {sid: name for sid, name, _ in Streams(self._lock_conn).all()}
         wanted = {sid: name for sid, name in known.items() if not self.options.streams or name in self.options.streams}
         share = math.ceil(len(wanted) / max(1, members))
         for sid in sorted(self._runs, reverse=True)[: max(0, len(self._runs) - share)]:
@@ -249,8 +237,7 @@ class _Follower:
         for sid in free[offset:] + free[:offset]:
             if len(self._runs) >= share:
                 break
-            got = conn.execute(sa.text("SELECT pg_try_advisory_lock(:c, :o)"), {"c": PROJECT_LOCK_CLASS, "o": sid})
-            if got.scalar():
+            if self._locks.try_take(projector_lock(sid)):
                 log.info("following stream %r", wanted[sid])
                 self._runs[sid] = StreamRun(
                     self.engine,
@@ -266,7 +253,7 @@ class _Follower:
     def _release(self, sid: int, why: str) -> None:
         run = self._runs.pop(sid)
         self._committer.flush()  # its writes are committed before another process may take it
-        self._lock_conn.execute(sa.text("SELECT pg_advisory_unlock(:c, :o)"), {"c": PROJECT_LOCK_CLASS, "o": sid})
+        self._locks.release(projector_lock(sid))
         self._finished.append(run.finish())
         log.info("%s", why)
 
@@ -277,7 +264,7 @@ class _Follower:
         summaries = self._finished + [run.finish() for run in self._runs.values()]
         self._runs.clear()
         self._timer.shutdown()
-        self._lock_conn.execute(sa.text("SELECT pg_advisory_unlock_all()"))  # the connection goes back to a pool
+        self._locks.release_all()  # the connection goes back to a pool
         self._lock_conn.close()
         return sorted(summaries, key=lambda s: s.stream)
 
@@ -288,7 +275,7 @@ class _Follower:
     def abandon(self) -> None:
         self._committer.abandon()
         self._timer.shutdown()
-        self._lock_conn.invalidate()  # ends the session, and its locks with it
+        drop_connection(self._lock_conn)  # ends the session, and its locks with it
 
 
 def _wait(

@@ -22,16 +22,15 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-import sqlalchemy as sa
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from ledger.domain.snapshot import FORMAT_VERSION as SNAPSHOT_FORMAT
 from ledger.domain.snapshot import encode
-from ledger.errors import StreamError
+from ledger.errors import LockLost
 from ledger.services.project.replay import contiguous, read_ahead, replay, restore_latest, stream_projector
+from ledger.storage.locks import PROJECT_LOCK_CLASS, fence_projector
 from ledger.storage.log import EventLog, GapStore, SourceSnapshots
 from ledger.storage.projection import L1Row, L1Rows, Position, Positions, Snapshots
-from ledger.storage.schema import gaps, projector_positions
 
 __all__ = [
     "PROJECT_LOCK_CLASS",
@@ -42,9 +41,6 @@ __all__ = [
     "SnapshotTimer",
     "StreamRun",
 ]
-
-#: The advisory lock class a projector holds per stream (object: the stream id).
-PROJECT_LOCK_CLASS = 0x1ED7
 
 log = logging.getLogger(__name__)
 
@@ -357,15 +353,7 @@ class StreamRun:
     def _gap_age(self, gap: tuple[int, int]) -> float:
         """Seconds since ingest recorded the open gap rows that ``gap`` overlaps (inf: none)."""
         with self.engine.connect() as conn:
-            age = conn.execute(
-                sa.select(sa.func.extract("epoch", sa.func.now() - sa.func.min(gaps.c.detected_at))).where(
-                    gaps.c.stream_id == self.stream_id,
-                    gaps.c.status == "open",
-                    gaps.c.first_seq <= gap[1],
-                    gaps.c.last_seq >= gap[0],
-                )
-            ).scalar()
-        return float("inf") if age is None else float(age)
+            return GapStore(conn).age(self.stream_id, first=gap[0], last=gap[1])
 
     def finish(self) -> ProjectSummary:
         """The run's summary (after the committer has written its jobs)."""
@@ -453,32 +441,10 @@ class Committer(threading.Thread):
             raise error
 
 
-class LockLost(StreamError):
-    """The process no longer holds a stream's projector lock (its lock connection was lost):
-    another may have taken the stream, so nothing more is written for it."""
-
-
-_HOLDS_LOCK = sa.text(
-    "SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted AND pid = :pid AND classid = :c"
-    " AND objid = :o AND objsubid = 2 AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
-)
-
-
-def _write(conn: Any, job: _Job) -> None:
+def _write(conn: Connection, job: _Job) -> None:
     sid = job.stream_id
-    holder = {"pid": job.owner, "c": PROJECT_LOCK_CLASS, "o": sid}
-    if job.owner is not None and conn.execute(_HOLDS_LOCK, holder).first() is None:
-        raise LockLost(f"stream {sid}: this projector lost its lock on the stream; it writes nothing more for it")
-    # The fence that closes the race the lock check leaves: the position must still be the
-    # one this job follows on from (the row is locked until the commit).
-    current = conn.execute(
-        sa.select(projector_positions.c.last_seq).where(projector_positions.c.stream_id == sid).with_for_update()
-    ).scalar()
-    if current != job.expected:
-        raise LockLost(
-            f"stream {sid}: its projector position is {current}, not {job.expected} as this projector wrote it; "
-            "another projector has written it, so this one writes nothing more for it"
-        )
+    # Only while this process holds the stream, on from the position it wrote last.
+    fence_projector(conn, sid, owner=job.owner, expected=job.expected)
     L1Rows(conn).copy(sid, job.out)
     for first, last in job.skipped:
         GapStore(conn).mark_skipped(sid, first, last)

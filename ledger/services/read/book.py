@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import NamedTuple
 
-import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from ledger.domain.book import Book
@@ -15,7 +14,6 @@ from ledger.errors import StreamError, UnknowableBook
 from ledger.services.project.replay import SourceBook, replay, restore_latest, stream_projector
 from ledger.services.project.rows import StreamProjector
 from ledger.storage.log import EventLog, GapStore, SourceSnapshots, Streams
-from ledger.storage.schema import events
 
 __all__ = ["BookView", "Rebuilt", "book_at", "rebuild", "seq_at_time"]
 
@@ -35,10 +33,11 @@ class BookView:
 def seq_at_time(conn: Connection, stream_id: int, at: datetime) -> int:
     """The seq of the last event at or before ``at``. A binary search over the primary key,
     so it needs no index on time; it assumes time does not go back as seq goes up."""
-    low, high = EventLog(conn).seq_range(stream_id)
+    log = EventLog(conn)
+    low, high = log.seq_range(stream_id)
     if low is None or high is None:
         raise StreamError("the stream has no events")
-    first_ts = _event_at_or_after(conn, stream_id, low)[1]
+    first_ts = log.nearest(stream_id, at_or_after=low)[1]
     if first_ts is not None and first_ts > at:
         raise StreamError(f"{at.isoformat()} is before the stream's first event ({first_ts.isoformat()})")
     # Largest x in [low, high] whose first event at or after x is not later than `at`;
@@ -46,32 +45,12 @@ def seq_at_time(conn: Connection, stream_id: int, at: datetime) -> int:
     lo, hi = low, high
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        ts = _event_at_or_after(conn, stream_id, mid)[1]
+        ts = log.nearest(stream_id, at_or_after=mid)[1]
         if ts is None or ts <= at:
             lo = mid
         else:
             hi = mid - 1
-    return _event_at_or_before(conn, stream_id, lo)[0]
-
-
-def _event_at_or_after(conn: Connection, stream_id: int, seq: int) -> tuple[int, datetime | None]:
-    row = conn.execute(
-        sa.select(events.c.seq, events.c.ts)
-        .where(events.c.stream_id == stream_id, events.c.seq >= seq)
-        .order_by(events.c.seq)
-        .limit(1)
-    ).one()
-    return int(row.seq), row.ts
-
-
-def _event_at_or_before(conn: Connection, stream_id: int, seq: int) -> tuple[int, datetime | None]:
-    row = conn.execute(
-        sa.select(events.c.seq, events.c.ts)
-        .where(events.c.stream_id == stream_id, events.c.seq <= seq)
-        .order_by(events.c.seq.desc())
-        .limit(1)
-    ).one()
-    return int(row.seq), row.ts
+    return log.nearest(stream_id, at_or_before=lo)[0]
 
 
 def book_at(engine: Engine, stream: str, *, at_seq: int | None = None, at_time: datetime | None = None) -> BookView:
@@ -85,7 +64,8 @@ def book_at(engine: Engine, stream: str, *, at_seq: int | None = None, at_time: 
     heartbeat showed) makes that book the newest point of the stream."""
     with engine.connect() as conn:
         stream_id = Streams(conn).get(stream)
-        low, high = EventLog(conn).seq_range(stream_id)
+        log = EventLog(conn)
+        low, high = log.seq_range(stream_id)
         if low is None or high is None:
             raise StreamError(f"stream {stream!r} has no events yet")
         tail = GapStore(conn).tail_resolved(stream_id, high + 1)
@@ -101,9 +81,9 @@ def book_at(engine: Engine, stream: str, *, at_seq: int | None = None, at_time: 
         if tail is not None and high < target < tail:
             raise _unknowable(stream, target, high + 1, tail)
         if target < high:  # a seq in a hole of the log that a venue book ends is unknowable too
-            before, _ = _event_at_or_before(conn, stream_id, target)
+            before, _ = log.nearest(stream_id, at_or_before=target)
             if before < target:
-                after, _ = _event_at_or_after(conn, stream_id, target)
+                after, _ = log.nearest(stream_id, at_or_after=target)
                 found = SourceSnapshots(conn).first_from(stream_id, after - 1)
                 if found is not None and found.seq > target:
                     raise _unknowable(stream, target, before + 1, found.seq)
@@ -112,7 +92,7 @@ def book_at(engine: Engine, stream: str, *, at_seq: int | None = None, at_time: 
         if venue_book.seq > target:
             raise _unknowable(stream, target, first, venue_book.seq)
     with engine.connect() as conn:
-        seq, ts = _event_at_or_before(conn, stream_id, target)
+        seq, ts = EventLog(conn).nearest(stream_id, at_or_before=target)
     for _, venue_book in resets:
         if venue_book.seq == last and seq < last:  # the book is the venue's, at a seq no event has
             seq, ts = last, venue_book.received_at

@@ -14,7 +14,6 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from ledger.domain.book import LevelView
@@ -23,7 +22,6 @@ from ledger.services.project.rows import StreamProjector
 from ledger.services.read.book import rebuild
 from ledger.storage.log import EventLog, SourceSnapshots, Streams
 from ledger.storage.notify import Listener
-from ledger.storage.schema import events
 
 __all__ = ["BookFollower", "TopView", "follow_top"]
 
@@ -96,15 +94,8 @@ class BookFollower:
                 found = snapshots.first_from(self.stream_id, last)
                 if found is not None and found[0] not in self._tried:
                     return True
-            return any(
-                conn.execute(
-                    sa.select(sa.literal(1))
-                    .where(events.c.stream_id == self.stream_id, events.c.seq.between(first, last))
-                    .limit(1)
-                ).first()
-                is not None
-                for first, last in self.missing
-            )
+            log = EventLog(conn)
+            return any(log.any_between(self.stream_id, first=first, last=last) for first, last in self.missing)
 
     def top(self, depth: int) -> TopView | None:
         if self._proj is None or self.seq is None:

@@ -50,14 +50,14 @@ import aiohttp
 from sqlalchemy.engine import Engine
 
 from ledger.domain.sequencing import GapTracker
-from ledger.errors import InputError, LedgerError
+from ledger.errors import InputError, LedgerError, RecordError
+from ledger.storage.copy import event_row
 from ledger.storage.log import Reject
 from ledger.venues.coinbase.auth import sign_request, subscribe_message
 from ledger.venues.coinbase.capture_store import CaptureBatch, CaptureStore, StreamBatch
 from ledger.venues.coinbase.codec import (
     MessageError,
     classify,
-    copy_row,
     decode,
     decode_frame,
     rest_snapshot_rows,
@@ -380,8 +380,8 @@ class Capture:
             sync = self._syncs.get(row.product_id)
             if sync is None:
                 raise MessageError(f"product {row.product_id} was not subscribed to")
-            line = copy_row(row, self._stream_ids[row.product_id])
-        except MessageError as e:
+            line = event_row(row.seq, row.kind, row.order_id, row.side, row.price, row.size, row.time, row.raw)
+        except (MessageError, RecordError) as e:
             self._reject(raw, str(e))
             return
         except (ValueError, TypeError, KeyError, IndexError) as e:  # kept, not lost, whatever it is

@@ -28,13 +28,12 @@ from datetime import UTC, datetime
 
 import psycopg
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Connection, Engine
 
 from ledger.domain.sequencing import GapTracker
 from ledger.errors import DatabaseError, StreamError, first_line
-from ledger.services.ingest.csv_file import stream_lock_key
-from ledger.storage.database import connection_lost
+from ledger.storage.database import connection_lost, drop_connection
+from ledger.storage.locks import Locks, writer_lock
 from ledger.storage.log import (
     Checkpoint,
     Checkpoints,
@@ -42,10 +41,10 @@ from ledger.storage.log import (
     GapStore,
     Reject,
     Rejects,
+    SourceSnapshots,
     Streams,
 )
 from ledger.storage.notify import notify_appended
-from ledger.storage.schema import events, gaps, source_snapshots
 from ledger.venues.coinbase.sync import RestBook
 
 __all__ = ["CaptureBatch", "CaptureStore", "StreamBatch"]
@@ -62,7 +61,7 @@ class StreamBatch:
 
     stream_id: int
     name: str
-    rows: list[tuple[int, bytes]] = field(default_factory=list)  # (seq, COPY text line)
+    rows: list[tuple[int, bytes]] = field(default_factory=list)  # (seq, row: ledger.storage.copy.event_row)
     rejects: list[Reject] = field(default_factory=list)
     gaps: list[tuple[int, int]] = field(default_factory=list)  # the open gaps the rows leave, and those resolved
     books: list[RestBook] = field(default_factory=list)
@@ -109,23 +108,21 @@ class CaptureStore:
             trackers = {}
             log_ = EventLog(conn)
             checkpoints = Checkpoints(conn)
+            gap_store = GapStore(conn)
+            books = SourceSnapshots(conn)
             for name in self.names:
                 sid = self.ids[name]
                 low, high = log_.seq_range(sid)
                 # A gap may end after the last event: the lost tail of a quiet feed, resolved
                 # by a book with nothing after it. The log accounts for every seq up to it.
-                accounted = conn.execute(
-                    sa.select(sa.func.max(gaps.c.last_seq)).where(gaps.c.stream_id == sid)
-                ).scalar()
+                accounted = gap_store.highest_seq(sid)
                 if high is not None and accounted is not None and accounted > high:
-                    high = int(accounted)
+                    high = accounted
                 trackers[name] = GapTracker(low, high, self._stored[sid])
                 self._base[sid] = checkpoints.get(sid, SOURCE) or Checkpoint(0, 0, "", False)
-                latest = conn.execute(
-                    sa.select(sa.func.max(source_snapshots.c.seq)).where(source_snapshots.c.stream_id == sid)
-                ).scalar()
+                latest = books.latest_seq(sid)
                 if latest is not None:
-                    self.latest_books[sid] = int(latest)
+                    self.latest_books[sid] = latest
             conn.commit()
             return trackers
         except (sa.exc.DBAPIError, psycopg.Error) as e:
@@ -139,16 +136,15 @@ class CaptureStore:
                 streams = Streams(conn)
                 for name in self.names:
                     self.ids[name] = streams.ensure(name, "coinbase")
+            locks = Locks(conn)
             for name in self.names:
-                c, o = stream_lock_key(self.ids[name])
-                if not conn.execute(sa.text("SELECT pg_try_advisory_lock(:c, :o)"), {"c": c, "o": o}).scalar():
+                if not locks.try_take(writer_lock(self.ids[name])):
                     raise StreamError(f"stream {name!r} is being written by another ingest; stop it first")
             gap_store = GapStore(conn)
             self._stored = {sid: gap_store.open_gaps(sid) for sid in self.ids.values()}
             conn.commit()
         except BaseException:
-            conn.invalidate()  # drops the session and any lock taken
-            conn.close()
+            drop_connection(conn)  # ends the session, and any lock taken with it
             raise
         self._conn = conn
         return conn
@@ -157,13 +153,8 @@ class CaptureStore:
         """Close the connection: the server drops its locks with the session."""
         conn, self._conn = self._conn, None
         if conn is not None:
-            try:
-                conn.rollback()
-                conn.execute(sa.text("SELECT pg_advisory_unlock_all()"))
-                conn.commit()
-                conn.close()
-            except (sa.exc.DBAPIError, psycopg.Error):
-                conn.invalidate()
+            Locks(conn).give_back()
+            conn.close()
 
     # -- committing ------------------------------------------------------------------------------
 
@@ -205,22 +196,17 @@ class CaptureStore:
     def _drop_connection(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
-            try:
-                conn.invalidate()
-                conn.close()
-            except (sa.exc.DBAPIError, psycopg.Error):
-                pass
+            drop_connection(conn)
 
     def _write(self, conn: Connection, batch: CaptureBatch, *, check_landed: bool) -> None:
         with conn.begin():
-            payload = b"".join(line for part in batch.streams for _, line in part.rows)
-            if payload and check_landed and self._landed(conn, batch):
+            if check_landed and self._landed(conn, batch):
                 log.info("the batch committed before the connection was lost; not written again")
                 return
-            if payload:
-                EventLog(conn).copy_text(payload)
+            EventLog(conn).append_many((part.stream_id, [row for _, row in part.rows]) for part in batch.streams)
             notify_appended(conn, [p.stream_id for p in batch.streams if p.rows or p.books])
             gap_store = GapStore(conn)
+            books = SourceSnapshots(conn)
             stored = dict(self._stored)
             created: dict[int, int] = {}
             for part in batch.streams:
@@ -229,7 +215,11 @@ class CaptureStore:
                 kept = gap_store.reconcile(part.stream_id, stored[part.stream_id], part.gaps)
                 created[part.stream_id] = len(set(kept.values()) - before)  # the rows reconcile inserted
                 for book in part.books:
-                    _save_book(conn, part.stream_id, book)
+                    # Rule: a book is dated by the moment its response was received, on the
+                    # capture's clock, not by the insert: the projector dates its L1 row so.
+                    books.save(
+                        part.stream_id, book.seq, book.raw, order_count=book.order_count, received_at=book.received_at
+                    )
                 if part.resolved_by is not None:
                     gap_store.resolve_by_snapshot(part.stream_id, part.resolved_by)
                     kept = {g: i for g, i in kept.items() if g[1] > part.resolved_by}
@@ -257,28 +247,9 @@ class CaptureStore:
 
     @staticmethod
     def _landed(conn: Connection, batch: CaptureBatch) -> bool:
-        part = next(p for p in batch.streams if p.rows)
+        """Whether the batch's first event is in the log (it has events)."""
+        part = next((p for p in batch.streams if p.rows), None)
+        if part is None:
+            return False
         seq = part.rows[0][0]
-        return (
-            conn.execute(
-                sa.select(sa.literal(1)).where(events.c.stream_id == part.stream_id, events.c.seq == seq)
-            ).first()
-            is not None
-        )
-
-
-def _save_book(conn: Connection, stream_id: int, book: RestBook) -> None:
-    """Store a REST book (once per seq). Rule: its ``received_at`` is the moment its response
-    was received, on the capture's clock (timezone-aware UTC), not the insert time: the
-    projector dates the L1 row written at the book with it."""
-    values: dict[str, object] = {
-        "stream_id": stream_id,
-        "seq": book.seq,
-        "raw": book.raw,
-        "order_count": book.order_count,
-    }
-    if book.received_at is not None:
-        if book.received_at.tzinfo is None:
-            raise ValueError(f"the book at seq {book.seq} has a naive received_at: give a timezone-aware time")
-        values["received_at"] = book.received_at.astimezone(UTC)
-    conn.execute(pg_insert(source_snapshots).values(**values).on_conflict_do_nothing())
+        return EventLog(conn).any_between(part.stream_id, first=seq, last=seq)

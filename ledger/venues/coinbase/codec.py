@@ -51,9 +51,8 @@ Errors (all from this module)::
     └── MessageError    a frame or payload that cannot be read, or a value that cannot be
                         stored (``.field``, ``.product_id``, ``.sequence`` say where)
 
-:func:`copy_row` makes the row's line for ``COPY events ... FROM STDIN`` (text format, the
-columns of ``EVENT_COPY_COLUMNS``); :func:`rest_snapshot_rows` validates a REST
-``book?level=3`` payload.
+A row is stored by :mod:`ledger.storage.copy` (:func:`copy_row` gives its line of COPY text,
+for tests and tools); :func:`rest_snapshot_rows` validates a REST ``book?level=3`` payload.
 """
 
 from __future__ import annotations
@@ -66,6 +65,8 @@ from functools import lru_cache
 from typing import Any, Final, Literal, NamedTuple, TypeAlias
 
 from ledger.domain.events import Side
+from ledger.errors import RecordError
+from ledger.storage.copy import event_row, events_payload
 
 __all__ = [
     "EVENT_KINDS",
@@ -112,8 +113,6 @@ _CLASSES: Final[dict[str, MessageClass]] = {
     "status": "status",
     "level3": "schema",
 }
-_NULL: Final = "\\N"
-_ESCAPES: Final = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 
 
 # -- errors ----------------------------------------------------------------------------------
@@ -465,37 +464,16 @@ def to_row(message: Mapping[str, Any], raw: str) -> CoinbaseRow | None:
 # -- storage -----------------------------------------------------------------------------------
 
 
-def _escape(text: str) -> str:
-    if "\\" in text or "\t" in text or "\n" in text or "\r" in text:
-        return text.translate(_ESCAPES)
-    return text
-
-
 def copy_row(row: CoinbaseRow, stream_id: int) -> bytes:
-    """The row as one line of PostgreSQL COPY text format, columns ``EVENT_COPY_COLUMNS``
-    (stream_id, seq, kind, order_id, side, price, size, ts, raw): tab-separated, ``\\N`` for
-    NULL, backslash, tab, newline and carriage return escaped."""
+    """The row as one line of COPY text, stream id first, as :mod:`ledger.storage.copy`
+    encodes it; :class:`MessageError` for a value PostgreSQL text cannot hold."""
     if type(stream_id) is not int or type(row.seq) is not int:
         raise MessageError(f"stream id and seq must be integers, not {_show(stream_id)} and {_show(row.seq)}")
-    line = "\t".join(
-        (
-            str(stream_id),
-            str(row.seq),
-            _escape(row.kind),
-            _NULL if row.order_id is None else _escape(row.order_id),
-            _NULL if row.side is None else _escape(row.side),
-            _NULL if row.price is None else _escape(row.price),
-            _NULL if row.size is None else _escape(row.size),
-            _escape(row.time),
-            _escape(row.raw),
-        )
-    )
-    if "\x00" in line:
-        raise MessageError(f"row at sequence {row.seq}: contains a NUL character, which PostgreSQL text cannot hold")
     try:
-        return line.encode("utf-8") + b"\n"
-    except UnicodeEncodeError as e:
-        raise MessageError(f"row at sequence {row.seq}: not valid Unicode text ({e.reason})") from e
+        stored = event_row(row.seq, row.kind, row.order_id, row.side, row.price, row.size, row.time, row.raw)
+    except RecordError as e:
+        raise MessageError(str(e)) from e
+    return events_payload(stream_id, [stored])
 
 
 def rest_snapshot_rows(payload: Mapping[str, Any]) -> tuple[int, list[tuple[Side, str, str, str]]]:

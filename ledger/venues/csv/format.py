@@ -25,6 +25,7 @@ from functools import lru_cache
 from typing import NamedTuple
 
 from ledger.domain.events import Number
+from ledger.storage.copy import NULL, join_cells
 
 __all__ = [
     "COPY_COLUMNS",
@@ -32,7 +33,7 @@ __all__ = [
     "CsvRow",
     "RowError",
     "check_header",
-    "copy_row",
+    "fast_row",
     "parse_line",
     "to_number",
 ]
@@ -43,7 +44,8 @@ HEADER = (
     "trade_price,trade_qty,time"
 )
 _COLUMNS = 16
-#: The event-log columns of the rows :func:`copy_row` makes, after the stream id.
+#: The event-log columns of the rows :func:`fast_row` makes (those of the event log after
+#: the stream id: :data:`ledger.storage.copy.EVENT_COPY_COLUMNS`).
 COPY_COLUMNS = ("seq", "kind", "order_id", "side", "price", "size", "ts", "raw")
 _MAX_INT8 = 2**63 - 1
 _SHOWN = 60  # characters of a cell a reason quotes
@@ -84,7 +86,7 @@ _GROUPS = (("add", 1, 4), ("update", 5, 4), ("delete", 9, 2), ("trade", 11, 4))
 
 # The same checks on raw bytes, one pattern per kind, picked by the run of empty cells
 # after seq_num (0 for add, 4 for update, 8 for delete, 10 for trade). This is the ingest
-# hot path: it yields a COPY text row without building any Python objects per cell.
+# hot path: it makes the event's row from slices of the line, decoding nothing.
 _B_ID = rb"([0-9]{1,19})"
 _B_SIDE = rb"(BUY|SELL)"
 _B_PRICE = rb"(-?[0-9]{1,20}(?:\.[0-9]{1,18})?)"
@@ -100,16 +102,18 @@ _B_KINDS = {
     10: (b"trade", re.compile(_B_ID + b"," + _B_SIDE + b"," + _B_PRICE + b"," + _B_QTY + _B_TIME)),
 }
 _B_SIDES = {b"BUY": b"B", b"SELL": b"S"}
-_B_NULL = b"\\N"
+_B_NULL = NULL.encode()
 _valid_dates: dict[bytes, bool] = {}
 
 
-def copy_row(line: bytes, prefix: bytes) -> tuple[int, bytes] | None:
-    """(seq, COPY text row) for a well-formed line, else None (then :func:`parse_line`
-    says what is wrong, or accepts an unusual but valid form such as quoted cells).
+def fast_row(line: bytes) -> tuple[int, bytes] | None:
+    """(seq, event-log row) for a well-formed line, else None (then :func:`parse_line` says
+    what is wrong, or accepts an unusual but valid form such as quoted cells).
 
-    The row is ``prefix`` (the stream id) followed by seq, kind, order_id, side,
-    price, size, time and the raw line, tab-separated, as :data:`COPY_COLUMNS` lists."""
+    The row holds the event's values in the order of :data:`COPY_COLUMNS` (seq, kind,
+    order_id, side, price, size, time and the raw line), joined by storage's
+    :data:`~ledger.storage.copy.join_cells`: the pattern admits none of the characters COPY
+    text escapes, so the values are the line's own bytes."""
     p = line.find(b",")
     if p < 1 or p > 19:
         return None
@@ -131,8 +135,8 @@ def copy_row(line: bytes, prefix: bytes) -> tuple[int, bytes] | None:
         if len(_valid_dates) > 10_000:
             _valid_dates.clear()
         valid = _valid_dates[day] = _valid_time(day.decode("ascii"))
-    # Only 19-digit numbers can pass 2**63 - 1. The pattern leaves no tab or backslash in
-    # the line, so it goes into COPY unescaped.
+    # Only 19-digit numbers can pass 2**63 - 1. The pattern leaves no tab, backslash, CR or
+    # NUL in the line (nor a newline but the one stripped), so nothing in it needs escaping.
     if not valid or (p == 19 and seq > _MAX_INT8) or (len(g[0]) == 19 and int(g[0]) > _MAX_INT8):
         return None
     if kind == b"add" and not g[3].strip(b"0."):
@@ -140,10 +144,8 @@ def copy_row(line: bytes, prefix: bytes) -> tuple[int, bytes] | None:
     raw = line.rstrip(b"\r\n")
     ts = day + b" " + g[-1] + b"+00"
     if kind == b"delete":
-        cells = (prefix, seq_text, kind, g[0], _B_SIDES[g[1]], _B_NULL, _B_NULL, ts, raw)
-    else:
-        cells = (prefix, seq_text, kind, g[0], _B_SIDES[g[1]], g[2], g[3], ts, raw)
-    return seq, b"\t".join(cells) + b"\n"
+        return seq, join_cells((seq_text, kind, g[0], _B_SIDES[g[1]], _B_NULL, _B_NULL, ts, raw))
+    return seq, join_cells((seq_text, kind, g[0], _B_SIDES[g[1]], g[2], g[3], ts, raw))
 
 
 class RowError(ValueError):

@@ -1,0 +1,132 @@
+"""PostgreSQL's COPY text format: the one encoder of the rows ledger appends with COPY.
+
+A row is its values separated by tabs and ended by a newline; NULL is ``\\N``; inside a
+value, backslash, tab, newline and carriage return are escaped with a backslash (``\\\\``,
+``\\t``, ``\\n``, ``\\r``); the payload is UTF-8, and PostgreSQL text holds no NUL.
+
+Venues decode their input into values; this module encodes them:
+
+- :func:`event_row` turns the text values of one event (a parsed CSV line, a Coinbase
+  message) into its row after the stream id, escaped and encoded, or refuses a value
+  PostgreSQL cannot hold;
+- :func:`events_payload` (:func:`events_chunks`) makes the COPY text of one stream's rows,
+  columns :data:`EVENT_COPY_COLUMNS` (:meth:`ledger.storage.log.EventLog.append` sends it);
+- :func:`l1_payload` does the same for L1 rows, whose values are numbers and times.
+
+    >>> events_payload(3, [event_row(7, "add", "42", "B", "10.5", "3", None, "a\\tb")])
+    b'3\\t7\\tadd\\t42\\tB\\t10.5\\t3\\t\\\\N\\ta\\\\tb\\n'
+
+The CSV ingest's fast path (:func:`ledger.venues.csv.format.fast_row`) makes the row of a
+well-formed line from its bytes with :data:`join_cells`, without :func:`escape`: its
+pattern admits no byte of :data:`SPECIAL_BYTES` and no NUL, so escaping would change
+nothing, and the line costs no more than a slice per value and one join. Every other value
+goes through :func:`escape`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime
+
+from ledger.domain.events import Number
+from ledger.errors import RecordError
+
+__all__ = [
+    "EVENT_COPY_COLUMNS",
+    "L1_COPY_COLUMNS",
+    "NULL",
+    "SPECIAL_BYTES",
+    "L1Row",
+    "escape",
+    "event_row",
+    "events_chunks",
+    "events_payload",
+    "join_cells",
+    "l1_payload",
+]
+
+#: The columns of the event rows :func:`events_payload` makes, in order.
+EVENT_COPY_COLUMNS = ("stream_id", "seq", "kind", "order_id", "side", "price", "size", "ts", "raw")
+#: The columns of the L1 rows :func:`l1_payload` makes, in order.
+L1_COPY_COLUMNS = ("stream_id", "seq", "ts", "bid_price", "bid_size", "ask_price", "ask_size")
+#: NULL, as COPY text spells it.
+NULL = "\\N"
+_NULL_BYTES = NULL.encode()
+#: The characters a value escapes (a value holding none of them goes as it is).
+SPECIAL_BYTES = b"\\\t\n\r"
+_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+#: One event's row after its stream id from its cells (seq, kind, order_id, side, price,
+#: size, ts, raw), each already a COPY text value. A bound C method: the CSV ingest's hot
+#: loop pays no Python call for it.
+join_cells: Callable[[Iterable[bytes]], bytes] = b"\t".join
+#: seq, ts (a datetime or timestamptz text, None for none), bid, bid size, ask, ask size.
+L1Row = tuple[int, datetime | str | None, Number, Number, Number, Number]
+
+
+def escape(text: str) -> str:
+    """``text`` as a COPY text value (its special characters escaped)."""
+    if "\\" in text or "\t" in text or "\n" in text or "\r" in text:
+        return text.translate(_ESCAPES)
+    return text
+
+
+def _cell(seq: int, value: str | None) -> bytes:
+    if value is None:
+        return _NULL_BYTES
+    if "\x00" in value:
+        raise RecordError(f"row at sequence {seq}: contains a NUL character, which PostgreSQL text cannot hold")
+    try:
+        return escape(value).encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise RecordError(f"row at sequence {seq}: not valid Unicode text ({e.reason})") from e
+
+
+def event_row(
+    seq: int,
+    kind: str,
+    order_id: str | None,
+    side: str | None,
+    price: str | None,
+    size: str | None,
+    ts: str | None,
+    raw: str,
+) -> bytes:
+    """One event's row after its stream id (None: NULL). :class:`~ledger.errors.RecordError`
+    for a value PostgreSQL text cannot hold (a NUL, a lone surrogate) or a seq that is not
+    an int."""
+    if type(seq) is not int:
+        raise RecordError(f"seq must be an integer, not {seq!r}")
+    values = (kind, order_id, side, price, size, ts, raw)
+    return join_cells([str(seq).encode(), *(_cell(seq, value) for value in values)])
+
+
+def events_chunks(stream_id: int, rows: Sequence[bytes]) -> list[bytes]:
+    """The COPY text of one stream's event rows (:func:`event_row`), columns
+    :data:`EVENT_COPY_COLUMNS`, in pieces to be sent one after the other: the stream id
+    begins the first row and follows each newline, so the rows are joined once and never
+    copied again."""
+    if type(stream_id) is not int:
+        raise RecordError(f"stream id must be an integer, not {stream_id!r}")
+    if not rows:
+        return []
+    head = b"%d\t" % stream_id
+    return [head, (b"\n" + head).join(rows), b"\n"]
+
+
+def events_payload(stream_id: int, rows: Sequence[bytes]) -> bytes:
+    """:func:`events_chunks` in one piece."""
+    return b"".join(events_chunks(stream_id, rows))
+
+
+def l1_payload(stream_id: int, rows: Iterable[L1Row]) -> bytes:
+    """The COPY text of one stream's L1 rows (columns :data:`L1_COPY_COLUMNS`). Numbers and
+    times hold no special character, so nothing is escaped."""
+    prefix = f"{stream_id}\t"
+    # !s: str() is much cheaper than format() (what a bare {} calls) on a Decimal.
+    return "".join(
+        [
+            f"{prefix}{seq}\t{NULL if ts is None else ts}\t{bid!s}\t{bid_size!s}\t{ask!s}\t{ask_size!s}\n"
+            for seq, ts, bid, bid_size, ask, ask_size in rows
+        ]
+    ).encode("ascii")
