@@ -17,15 +17,15 @@ import signal
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
-import psycopg
-import sqlalchemy as sa
 
 from ledger.cli._signals import Terminated, end_on_termination
 from ledger.errors import LedgerError, first_line
-from ledger.storage.database import Database, open_database
+
+if TYPE_CHECKING:  # the database modules load SQLAlchemy and psycopg: only when a command needs them
+    from ledger.storage.database import Database
 
 __all__ = [
     "STREAM",
@@ -142,6 +142,8 @@ def json_option(func: F) -> F:
 
 @contextmanager
 def open_db() -> Iterator[Database]:
+    from ledger.storage.database import open_database
+
     try:
         with open_database() as db:
             yield db
@@ -174,6 +176,16 @@ def click_error(error: LedgerError) -> click.ClickException:
     return (_CannotAnswer if error.exit_code == 3 else click.ClickException)(str(error))
 
 
+def _driver_error(error: BaseException) -> bool:
+    """Whether ``error`` comes from the database driver (or SQLAlchemy around it). Both are
+    loaded by then if it does: checking costs no import."""
+    psycopg = sys.modules.get("psycopg")
+    sqlalchemy_exc = sys.modules.get("sqlalchemy.exc")
+    return (psycopg is not None and isinstance(error, psycopg.Error)) or (
+        sqlalchemy_exc is not None and isinstance(error, sqlalchemy_exc.DBAPIError)
+    )
+
+
 def fail_on_ledger_error(func: F) -> F:
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -181,8 +193,10 @@ def fail_on_ledger_error(func: F) -> F:
             return func(*args, **kwargs)
         except LedgerError as e:
             raise click_error(e) from e
-        except (sa.exc.DBAPIError, psycopg.Error) as e:  # the one boundary for driver errors
-            raise click.ClickException(f"database error: {first_line(e)}") from e
+        except Exception as e:
+            if _driver_error(e):  # the one boundary for driver errors
+                raise click.ClickException(f"database error: {first_line(e)}") from e
+            raise
 
     return wrapper  # type: ignore[return-value]
 

@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import json
-import os
-import shutil
-import subprocess
 import sys
 from collections.abc import Iterator
 from datetime import date, datetime, time
@@ -72,23 +67,26 @@ def _text(value: Any) -> str:
 
 
 def _csv(columns: list[str], rows: Iterator[tuple[Any, ...]]) -> None:
+    import csv
+
     out = csv.writer(sys.stdout, lineterminator="\n")
     out.writerow(columns)
     for row in rows:
         out.writerow([_text(v) for v in row])
 
 
-class _Exact(json.JSONEncoder):
-    def default(self, o: Any) -> Any:
-        if isinstance(o, datetime | date | time):
-            return o.isoformat()
-        if isinstance(o, bytes):
-            return "\\x" + o.hex()
-        return str(o)
+def _default(o: Any) -> Any:
+    if isinstance(o, datetime | date | time):
+        return o.isoformat()
+    if isinstance(o, bytes):
+        return "\\x" + o.hex()
+    return str(o)
 
 
 def _json(columns: list[str], rows: Iterator[tuple[Any, ...]]) -> None:
-    encode = _Exact(ensure_ascii=False).encode
+    import json
+
+    encode = json.JSONEncoder(ensure_ascii=False, default=_default).encode
     for row in rows:
         parts = []
         for name, value in zip(columns, row, strict=True):
@@ -136,6 +134,10 @@ def psql_command(psql_args: tuple[str, ...]) -> None:
       ledger psql
       ledger psql -c "SELECT count(*) FROM events"
     """
+    import os
+    import shutil
+    import subprocess
+
     found = shutil.which("psql")
     if found is None:
         raise click.ClickException("psql is not installed (Debian: apt install postgresql-client)")
