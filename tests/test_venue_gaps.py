@@ -18,37 +18,20 @@ from click.testing import CliRunner
 from sqlalchemy.engine import Engine
 
 from ledger.cli import cli
-from ledger.domain.events import BUY, SELL
 from ledger.errors import UnknowableBook
 from ledger.services.project.batch import ProjectOptions, project
 from ledger.services.read.book import book_at
-from ledger.storage.log import EventLog, SourceSnapshots, Streams
+from ledger.storage.log import SourceSnapshots, Streams
 from ledger.testing import MatchingEngine, RandomOrderFlow, fixed_clock
-from ledger.venues.coinbase.codec import copy_row, to_row
+from tests.test_source_snapshots import _engine_book
+from tests.test_source_snapshots import _store as _store_events
 
 STREAM = "coinbase:BTC-USD"
 RECEIVED = [datetime(2026, 11, 30, 12, 0, i, tzinfo=UTC) for i in range(3)]
 
 
-def _engine_book(exchange: MatchingEngine, at: int | None = None) -> list[tuple[str, Decimal, Decimal, str]]:
-    book = exchange.book_level3(at_sequence=at)
-    return [(BUY, Decimal(p), Decimal(s), o) for p, s, o in book["bids"]] + [
-        (SELL, Decimal(p), Decimal(s), o) for p, s, o in book["asks"]
-    ]
-
-
 def _ours(view: Any) -> list[tuple[str, Decimal, Decimal, str]]:
     return [(o.side, Decimal(o.price), Decimal(o.size), o.order_id) for o in view.book.iter_orders()]
-
-
-def _store_events(db: Engine, stream_id: int, messages: list[dict[str, Any]]) -> None:
-    payload = b""
-    for m in messages:
-        row = to_row(m, json.dumps(m))
-        if row is not None:
-            payload += copy_row(row, stream_id)
-    with db.begin() as conn:
-        EventLog(conn).copy_text(payload)
 
 
 def _store_book(db: Engine, stream_id: int, exchange: MatchingEngine, at: int, received: datetime) -> None:
