@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, BinaryIO, NamedTuple
+from typing import IO, TYPE_CHECKING, Any, NamedTuple
 
 from ledger.errors import InputError, StreamError
 
@@ -125,18 +125,28 @@ class Ledger:
         source: str | Path | IO[bytes],
         *,
         stream: str | None = None,
+        source_name: str | None = None,
         batch_size: int = 10_000,
         flush_interval: float | None = None,
         resume: bool = True,
         progress: Callable[[int], None] | None = None,
+        stop: Any = None,
     ) -> IngestSummary:
         """Append an L3 CSV file (a path, ``"-"`` for stdin, or a binary file object) to
         ``stream`` (default ``csv:<file stem>``; ``csv:stdin`` for a file object). Idempotent
-        and resumable for files; ``progress`` gets the bytes read so far."""
+        and resumable for files (``source_name`` names a file object in rejects and
+        checkpoints); ``progress`` gets the bytes read so far; ``stop`` (a
+        ``services.ingest.csv_file.StopReading``) ends it cleanly after whole lines."""
         import sys
 
         from ledger.services.ingest.csv_file import ingest_csv
 
+        options: dict[str, Any] = {
+            "batch_size": batch_size,
+            "flush_interval": flush_interval,
+            "progress": progress,
+            "stop": stop,
+        }
         if isinstance(source, str | Path) and str(source) != "-":
             path = Path(source)
             try:
@@ -148,31 +158,59 @@ class Ledger:
                     self.engine,
                     fp,  # type: ignore[arg-type]
                     stream=stream or "csv:" + path.stem,
-                    source=str(path.resolve()),
-                    batch_size=batch_size,
-                    flush_interval=flush_interval,
+                    source=source_name or str(path.resolve()),
                     resumable=resume,
-                    progress=progress,
+                    **options,
                 )
         fp = sys.stdin.buffer if isinstance(source, str | Path) else source
+        name = source_name or "stdin"
         return ingest_csv(
             self.engine,
             fp,  # type: ignore[arg-type]
             stream=stream or "csv:stdin",
-            source="stdin",
-            batch_size=batch_size,
-            flush_interval=flush_interval,
-            resumable=False,
-            progress=progress,
+            source=name,
+            resumable=resume and name != "stdin",
+            **options,
         )
 
-    def capture(self, options: CoinbaseOptions, credentials: ApiCredentials | None = None) -> CaptureSummary:
+    def capture(
+        self,
+        options: CoinbaseOptions,
+        credentials: ApiCredentials | None = None,
+        *,
+        on_summary: Callable[[CaptureSummary], None] | None = None,
+    ) -> CaptureSummary:
         """Capture Coinbase Exchange's live feed (until the options' duration or message
-        count, or SIGINT/SIGTERM); ``credentials`` default to ``LEDGER_COINBASE_*``."""
+        count, or SIGINT/SIGTERM); ``credentials`` default to ``LEDGER_COINBASE_*``;
+        ``on_summary`` gets the periodic summaries."""
         from ledger.venues.coinbase.capture import Capture, capture
         from ledger.venues.coinbase.options import ApiCredentials
 
-        return capture(Capture(self.engine, options, credentials or ApiCredentials.from_env()))
+        creds = credentials or ApiCredentials.from_env()
+        return capture(Capture(self.engine, options, creds, on_summary=on_summary))
+
+    def run_live(
+        self,
+        options: CoinbaseOptions,
+        credentials: ApiCredentials | None = None,
+        *,
+        settings: ProjectSettings | None = None,
+        on_summary: Callable[[CaptureSummary], None] | None = None,
+    ) -> tuple[CaptureSummary, builtins.list[ProjectSummary]]:
+        """Capture and project in one process (``ledger run``), until the capture stops."""
+        from ledger.services.project.live import run_live
+        from ledger.venues.coinbase.options import ApiCredentials
+
+        creds = credentials or ApiCredentials.from_env()
+        return run_live(self.engine, options, creds, self._options(settings), on_summary=on_summary)
+
+    @staticmethod
+    def stop_request() -> Any:
+        """A stop request for :meth:`ingest_csv` (``stop=``): its ``request()`` (safe from a
+        signal handler) ends the ingest cleanly after whole lines, cutting a blocked read short."""
+        from ledger.services.ingest.csv_file import StopReading
+
+        return StopReading()
 
     # -- project -------------------------------------------------------------------------
 
@@ -183,17 +221,24 @@ class Ledger:
         rebuild: bool = False,
         settings: ProjectSettings | None = None,
         progress: Callable[[str, int], None] | None = None,
+        stop: Callable[[], bool] | None = None,
     ) -> list[ProjectSummary]:
         """Bring the projection of ``streams`` (default: all) to the head of their logs:
-        L1 rows, book snapshots and positions. ``rebuild`` drops each projection first."""
+        L1 rows, book snapshots and positions. ``rebuild`` drops each projection first;
+        ``stop`` is asked between chunks (a clean stop: what was applied is committed)."""
         from ledger.services.project.batch import project
-        from ledger.services.project.batch import rebuild as drop
 
         if rebuild:
-            drop(self.engine, list(streams) if streams else None)
-        return project(
-            self.engine, streams=list(streams) if streams else None, options=self._options(settings), progress=progress
-        )
+            self.drop_projection(streams)
+        chosen = list(streams) if streams else None
+        return project(self.engine, streams=chosen, options=self._options(settings), progress=progress, stop=stop)
+
+    def drop_projection(self, streams: Sequence[str] | None = None) -> builtins.list[str]:
+        """Drop the L1 rows, book snapshots and position of ``streams`` (default: all); the
+        names of the streams dropped."""
+        from ledger.services.project.batch import rebuild
+
+        return rebuild(self.engine, list(streams) if streams else None)
 
     def follow(
         self,
@@ -254,7 +299,7 @@ class Ledger:
             for row in L1Rows(conn).iter(stream_id, start=start, end=end):
                 yield L1Record(*row)
 
-    def export_l1_csv(self, stream: str, out: BinaryIO) -> int:
+    def export_l1_csv(self, stream: str, out: IO[bytes]) -> int:
         """Write the L1 rows of ``stream`` to ``out`` in the L1 CSV format; the row count."""
         from ledger.storage.log import Streams
         from ledger.storage.projection import L1Rows
@@ -283,6 +328,23 @@ class Ledger:
         with self.engine.connect() as conn:
             return reject_rows(conn, stream, limit=limit)
 
+    def prune_snapshots(
+        self, streams: Sequence[str] | None = None, *, keep: int, keep_every: int | None = None
+    ) -> dict[str, int]:
+        """Delete old book snapshots of ``streams`` (default: all): keep the newest ``keep``
+        and, of the older ones, every ``keep_every``-th. How many went, per stream."""
+        from ledger.storage.log import Streams
+        from ledger.storage.projection import Snapshots
+
+        deleted: dict[str, int] = {}
+        with self.engine.begin() as conn:
+            known = {name: sid for sid, name, _ in Streams(conn).all()}
+            for name in streams or ():
+                Streams(conn).get(name)  # an unknown name is an error that lists the known ones
+            for name in streams or sorted(known):
+                deleted[name] = Snapshots(conn).prune(known[name], keep=keep, keep_every=keep_every)
+        return deleted
+
     def snapshots(self, stream: str) -> builtins.list[SnapshotInfo]:
         """The projector's saved books of ``stream``, newest first."""
         from ledger.storage.log import Streams
@@ -298,9 +360,29 @@ class Ledger:
 
         return run_query(self.engine, query, params, write=write)
 
-    def watch(self, stream: str, *, depth: int = 10, max_fps: float = 10.0) -> Iterator[TopView]:
-        """The top ``depth`` levels of ``stream`` each time they change, as ingest appends
-        (an endless iterator: stop iterating to stop)."""
+    def watch(
+        self, stream: str, *, depth: int = 10, max_fps: float = 10.0, stop: Callable[[], bool] | None = None
+    ) -> Iterator[TopView]:
+        """The top ``depth`` levels of ``stream`` each time they change, as ingest appends,
+        until ``stop`` says so (or the caller stops iterating)."""
         from ledger.services.read.watch import follow_top
 
-        return follow_top(self.engine, stream, depth=depth, max_fps=max_fps)
+        if stop is None:
+            return follow_top(self.engine, stream, depth=depth, max_fps=max_fps)
+        return follow_top(self.engine, stream, depth=depth, max_fps=max_fps, stop=stop)
+
+    # -- the database --------------------------------------------------------------------
+
+    def schema_revision(self) -> tuple[str | None, str]:
+        """The schema's migration revision, and the newest this ledger knows."""
+        from ledger.storage.database import current_revision, head_revision
+
+        with self.engine.connect() as conn:
+            return current_revision(conn), head_revision()
+
+    def libpq(self) -> tuple[str, dict[str, str]]:
+        """A URL psql and other libpq tools accept (without the password), and the
+        environment that hands them the password (PGPASSWORD), if there is one."""
+        url = self._database.url
+        plain = url.set(drivername="postgresql", password=None).render_as_string(hide_password=False)
+        return plain, ({"PGPASSWORD": str(url.password)} if url.password else {})

@@ -25,7 +25,7 @@ from ledger.cli._signals import Terminated, end_on_termination
 from ledger.errors import LedgerError, first_line
 
 if TYPE_CHECKING:  # the database modules load SQLAlchemy and psycopg: only when a command needs them
-    from ledger.storage.database import Database
+    from ledger.api import Ledger
 
 __all__ = [
     "STREAM",
@@ -36,7 +36,7 @@ __all__ = [
     "json_option",
     "level_table",
     "main",
-    "open_db",
+    "open_ledger",
     "printable",
     "printable_text",
     "progress_bar",
@@ -141,12 +141,14 @@ def json_option(func: F) -> F:
 
 
 @contextmanager
-def open_db() -> Iterator[Database]:
-    from ledger.storage.database import open_database
+def open_ledger() -> Iterator[Ledger]:
+    """The library's :class:`~ledger.api.Ledger` on the configured (or embedded) database:
+    the one door of every command to the data."""
+    from ledger.api import open as open_ledger_database
 
     try:
-        with open_database() as db:
-            yield db
+        with open_ledger_database() as ledger:
+            yield ledger
     except LedgerError as e:
         raise click_error(e) from e
 

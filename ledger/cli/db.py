@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ledger.cli._app import cli, fail_on_ledger_error, open_db, printable
+from ledger.cli._app import cli, fail_on_ledger_error, open_ledger, printable
 
 
 @cli.group()
@@ -27,10 +27,9 @@ def db_upgrade() -> None:
     Example:
       LEDGER_DATABASE_URL=postgresql+psycopg://me@localhost/ledger ledger db upgrade
     """
-    from ledger.storage.database import current_revision, head_revision
-
-    with open_db() as database, database.engine.connect() as conn:
-        click.echo(f"schema at revision {current_revision(conn)} (head {head_revision()})")
+    with open_ledger() as ledger:
+        current, head = ledger.schema_revision()
+    click.echo(f"schema at revision {current} (head {head})")
 
 
 @db.command("url")
@@ -48,11 +47,9 @@ def db_url(for_psql: bool) -> None:
       ledger db url
       psql "$(ledger db url --psql)" -c "SELECT 1"    # with your own server
     """
-    from ledger.cli.sql import psql_url
-
-    with open_db() as database:
-        click.echo(printable(psql_url(database.url) if for_psql else database.display_url))
-        if database.embedded:
+    with open_ledger() as ledger:
+        click.echo(printable(ledger.libpq()[0] if for_psql else ledger.url))
+        if ledger.embedded:
             click.echo(
                 "(embedded PostgreSQL: it runs while a ledger command uses it; "
                 "set LEDGER_DATABASE_URL to use your own server)",

@@ -15,7 +15,7 @@ from ledger.cli._app import (
     echo_json,
     fail_on_ledger_error,
     json_option,
-    open_db,
+    open_ledger,
     printable,
     progress_bar,
     stream_name_problem,
@@ -89,8 +89,8 @@ def ingest_csv_command(
       ledger ingest csv tests/data/l3-l1/v3.1/l3_data_v3.1.csv
       tail -f live.csv | ledger ingest csv - --stream csv:live --flush-interval 1
     """
+    from ledger.api import Ledger
     from ledger.errors import InputError
-    from ledger.services.ingest.csv_file import StopReading, ingest_csv
 
     if file == "-":
         fp: BinaryIO = _stdin()
@@ -109,21 +109,20 @@ def ingest_csv_command(
         if problem is not None:
             fp.close()
             raise click.BadParameter(f"the file name gives no stream name: {problem}; name one with --stream")
-    stop = StopReading()
+    stop = Ledger.stop_request()
     with (
         stopping_on_signals(stop.request) as signalled,
-        open_db() as database,
+        open_ledger() as ledger,
         fp,
         progress_bar(size, "ingesting") as progress,
     ):
-        summary = ingest_csv(
-            database.engine,
+        summary = ledger.ingest_csv(
             fp,
             stream=stream,
-            source=source,
+            source_name=source,
             batch_size=batch_size,
             flush_interval=flush_interval,
-            resumable=file != "-" and not no_resume,
+            resume=file != "-" and not no_resume,
             progress=progress,
             stop=stop,
         )
@@ -275,11 +274,9 @@ def ingest_coinbase_command(as_json: bool, **capture_options: Any) -> None:
       ledger ingest coinbase --product BTC-USD --product ETH-USD --duration 3600
       ledger project --stream coinbase:BTC-USD
     """
-    from ledger.venues.coinbase.capture import Capture, capture
-
     options, credentials = capture_settings(**capture_options)
-    with open_db() as database:
-        summary = capture(Capture(database.engine, options, credentials, on_summary=log_capture_progress))
+    with open_ledger() as ledger:
+        summary = ledger.capture(options, credentials, on_summary=log_capture_progress)
     if as_json:
         echo_json(summary.as_dict())
         return

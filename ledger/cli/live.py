@@ -18,7 +18,7 @@ from ledger.cli._app import (
     fail_on_ledger_error,
     json_option,
     level_table,
-    open_db,
+    open_ledger,
     printable,
 )
 from ledger.cli._signals import stopping_on_signals
@@ -47,14 +47,12 @@ def watch(stream: str, depth: int, fps: float, as_json: bool) -> None:
       ledger watch coinbase:BTC-USD --depth 5
       ledger watch csv:live --json | head
     """
-    from ledger.services.read.watch import follow_top
-
     tty = sys.stdout.isatty() and not as_json
     stop = threading.Event()
     # Rule: watch runs until stopped: a signal ends it between two frames, exit code 0.
-    with stopping_on_signals(stop.set), open_db() as database:
+    with stopping_on_signals(stop.set), open_ledger() as ledger:
         try:
-            for view in follow_top(database.engine, stream, depth=depth, max_fps=fps, stop=stop.is_set):
+            for view in ledger.watch(stream, depth=depth, max_fps=fps, stop=stop.is_set):
                 if as_json:
                     bids = [[str(lv.price), str(lv.size), lv.orders] for lv in view.bids]
                     asks = [[str(lv.price), str(lv.size), lv.orders] for lv in view.asks]
@@ -104,13 +102,12 @@ def run(snapshot_every: int, snapshot_interval: float, as_json: bool, **capture_
       ledger run --product BTC-USD --product ETH-USD
       ledger watch coinbase:BTC-USD --depth 5
     """
-    from ledger.services.project.live import run_live
-    from ledger.services.project.run import ProjectOptions
+    from ledger.api import ProjectSettings
 
     options, credentials = capture_settings(**capture_options)
-    project = ProjectOptions(snapshot_every=snapshot_every or None, snapshot_interval=snapshot_interval)
-    with open_db() as database:
-        summary, projected = run_live(database.engine, options, credentials, project, on_summary=log_capture_progress)
+    settings = ProjectSettings(snapshot_every=snapshot_every or None, snapshot_interval=snapshot_interval)
+    with open_ledger() as ledger:
+        summary, projected = ledger.run_live(options, credentials, settings=settings, on_summary=log_capture_progress)
     if as_json:
         echo_json({"capture": summary.as_dict(), "projection": [s.as_dict() for s in projected]})
         return

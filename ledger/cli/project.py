@@ -17,16 +17,15 @@ from ledger.cli._app import (
     fail_on_ledger_error,
     json_option,
     level_table,
-    open_db,
+    open_ledger,
     printable,
     progress_bar,
 )
 from ledger.cli._signals import stopping_on_signals
 
 if TYPE_CHECKING:
-    from sqlalchemy.engine import Engine
-
-    from ledger.services.project.run import ProjectOptions, ProjectSummary
+    from ledger.api import Ledger, ProjectSettings
+    from ledger.services.project.run import ProjectSummary
 
 log = logging.getLogger("ledger")
 
@@ -109,10 +108,9 @@ def project(
       ledger project --rebuild --stream csv:l3_data_v3.1
       ledger project --follow
     """
-    from ledger.services.project.batch import ProjectOptions
-    from ledger.services.project.batch import rebuild as drop_projection
+    from ledger.api import ProjectSettings
 
-    options = ProjectOptions(
+    settings = ProjectSettings(
         skip_gaps=skip_gaps,
         error_threshold=error_threshold,
         from_snapshot=from_snapshot,
@@ -120,14 +118,15 @@ def project(
         snapshot_interval=snapshot_interval,
     )
     stop = threading.Event()
-    with stopping_on_signals(stop.set) as signalled, open_db() as database:
+    with stopping_on_signals(stop.set) as signalled, open_ledger() as ledger:
         if rebuild:
-            dropped = drop_projection(database.engine, list(streams) or None)
+            dropped = ledger.drop_projection(streams)
             log.info("dropped the projection of %s", ", ".join(dropped) or "no stream")
         if follow:
-            summaries = _follow(database.engine, streams, options, poll, stop)
+            log.info("following the log; Ctrl-C to stop")
+            summaries = ledger.follow(streams, stop=stop, poll=poll, settings=settings)
         else:
-            summaries = _batch(database.engine, streams, options, stop)
+            summaries = _batch(ledger, streams, settings, stop)
     _report(summaries, as_json)
     if signalled.is_set() and not follow:
         # Rule: a batch projection stopped by a signal has committed what it applied, says
@@ -143,25 +142,12 @@ def project(
         sys.exit(3)
 
 
-def _follow(
-    engine: Engine, streams: tuple[str, ...], options: ProjectOptions, poll: float, stop: threading.Event
-) -> list[ProjectSummary]:
-    from ledger.services.project.follow import FollowOptions, follow
-
-    log.info("following the log; Ctrl-C to stop")
-    return follow(engine, FollowOptions(streams=streams, poll=poll, project=options), stop)
-
-
 def _batch(
-    engine: Engine, streams: tuple[str, ...], options: ProjectOptions, stop: threading.Event
+    ledger: Ledger, streams: tuple[str, ...], settings: ProjectSettings, stop: threading.Event
 ) -> list[ProjectSummary]:
-    from ledger.services.project.batch import project as run_project
-    from ledger.services.read.status import stream_status
-
     total = None
     if sys.stderr.isatty():
-        with engine.connect() as conn:
-            rows = [r for r in stream_status(conn) if not streams or r.stream in streams]
+        rows = [r for r in ledger.status() if not streams or r.stream in streams]
         total = sum(r.events if r.lag_events is None else r.lag_events for r in rows)
     with progress_bar(total or None, "projecting") as bar:
         done = 0
@@ -172,7 +158,7 @@ def _batch(
             if bar is not None:
                 bar(done)
 
-        return run_project(engine, streams=list(streams) or None, options=options, progress=advance, stop=stop.is_set)
+        return ledger.project(streams, settings=settings, progress=advance, stop=stop.is_set)
 
 
 def _report(summaries: list[ProjectSummary], as_json: bool) -> None:
@@ -221,7 +207,6 @@ def book(stream: str, depth: int, at_seq: int | None, at_time: str | None, show_
     from datetime import UTC, datetime
 
     from ledger.domain.events import BUY, SELL
-    from ledger.services.read.book import book_at
 
     if at_seq is not None and at_time is not None:
         raise click.UsageError("give --at-seq or --at-time, not both")
@@ -233,8 +218,8 @@ def book(stream: str, depth: int, at_seq: int | None, at_time: str | None, show_
             raise click.BadParameter(f"not an ISO date and time: {at_time!r}", param_hint="--at-time") from None
         if when.tzinfo is None:
             when = when.replace(tzinfo=UTC)
-    with open_db() as database:
-        view = book_at(database.engine, stream, at_seq=at_seq, at_time=when)
+    with open_ledger() as ledger:
+        view = ledger.book(stream, at_seq=at_seq, at_time=when)
     b = view.book
     if as_json:
         data: dict[str, Any] = {
@@ -289,11 +274,8 @@ def snapshots_list(stream: str, as_json: bool) -> None:
     Example:
       ledger snapshots list csv:l3_data_v3.1
     """
-    from ledger.storage.log import Streams
-    from ledger.storage.projection import Snapshots
-
-    with open_db() as database, database.engine.connect() as conn:
-        infos = Snapshots(conn).infos(Streams(conn).get(stream))
+    with open_ledger() as ledger:
+        infos = ledger.snapshots(stream)
     if as_json:
         echo_json([{**i.__dict__, "created_at": i.created_at.isoformat()} for i in infos])
         return
@@ -319,13 +301,7 @@ def snapshots_prune(streams: tuple[str, ...], keep: int, keep_every: int | None)
       ledger snapshots prune --keep 3
       ledger snapshots prune --keep 3 --keep-every 10 --stream csv:l3_data_v3.1
     """
-    from ledger.storage.log import Streams
-    from ledger.storage.projection import Snapshots
-
-    with open_db() as database, database.engine.begin() as conn:
-        known = {name: sid for sid, name, _ in Streams(conn).all()}
-        for name in streams:
-            Streams(conn).get(name)
-        for name in streams or sorted(known):
-            gone = Snapshots(conn).prune(known[name], keep=keep, keep_every=keep_every)
-            click.echo(f"{printable(name)}: deleted {gone} snapshots")
+    with open_ledger() as ledger:
+        deleted = ledger.prune_snapshots(streams, keep=keep, keep_every=keep_every)
+    for name, gone in deleted.items():
+        click.echo(f"{printable(name)}: deleted {gone} snapshots")

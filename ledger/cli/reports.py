@@ -25,14 +25,13 @@ from ledger.cli._app import (
     echo_json,
     fail_on_ledger_error,
     json_option,
-    open_db,
+    open_ledger,
     printable,
 )
 from ledger.cli._signals import stopping_on_signals
 
 if TYPE_CHECKING:
-    from sqlalchemy.engine import Connection
-
+    from ledger.api import Ledger
     from ledger.services.read.status import StreamStatus
 
 
@@ -74,15 +73,11 @@ def export_l1(stream: str, output: str | None) -> None:
       ledger export l1 csv:l3_data_v3.1 -o l1_data_v3.1.csv
       ledger export l1 csv:l3_data_v3.1 -o - | head
     """
-    from ledger.storage.log import Streams
-    from ledger.storage.projection import L1Rows
-
-    with open_db() as database, database.engine.connect() as conn:
-        stream_id = Streams(conn).get(stream)
-        _check_projection(conn, stream)
+    with open_ledger() as ledger:
+        _check_projection(ledger, stream)
 
         def write(out: IO[bytes]) -> int:
-            return L1Rows(conn).export_csv(stream_id, out)
+            return ledger.export_l1_csv(stream, out)
 
         if output == "-":
             _write_stdout(write)
@@ -92,13 +87,11 @@ def export_l1(stream: str, output: str | None) -> None:
     click.echo(f"wrote {count} L1 rows of {printable(stream)} to {printable(written)}", err=not replaced)
 
 
-def _check_projection(conn: Connection, stream: str) -> None:
+def _check_projection(ledger: Ledger, stream: str) -> None:
     """Rule: an export is of a projection. A stream never projected is an error that says how
     to make one (not a file with a header only); a projection behind the log is exported as
     it is, with a warning on stderr saying by how much and how to bring it up to date."""
-    from ledger.services.read.status import stream_status
-
-    [status] = stream_status(conn, stream)
+    [status] = ledger.status(stream)
     command = f"ledger project --stream {shlex.quote(printable(stream))}"
     if status.projected_seq is None:
         raise click.ClickException(
@@ -208,23 +201,17 @@ def status(stream: str | None, watch: bool, interval: float, as_json: bool) -> N
       ledger status csv:l3_data_v3.1 --json
       ledger status --watch --interval 0.5
     """
-    from ledger.services.read.status import stream_status
-
     stop = threading.Event()
     # Rule: --watch ends on a signal between two rounds, never inside one (a query cut
     # short by Ctrl-C used to end it with an error); it runs until stopped, so it exits 0.
     signals = stopping_on_signals(stop.set) if watch else contextlib.nullcontext()
-    with signals, open_db() as database, database.engine.connect() as conn:
+    with signals, open_ledger() as ledger:
         while True:
-            rows = stream_status(conn, stream)
-            conn.rollback()  # a fresh snapshot of the tables for the next round
+            rows = ledger.status(stream)  # each round in a transaction of its own
             if as_json:
                 click.echo(json.dumps([r.as_dict() for r in rows], default=str, indent=None if watch else 2))
             else:
-                text = (
-                    _status_text(rows)
-                    or f"no streams yet in {printable(database.display_url)}: run `ledger ingest` first"
-                )
+                text = _status_text(rows) or f"no streams yet in {printable(ledger.url)}: run `ledger ingest` first"
                 if watch and sys.stdout.isatty():
                     click.clear()
                     stamp = f"{datetime.now().astimezone():%Y-%m-%d %H:%M:%S}"
@@ -283,10 +270,8 @@ def gaps(stream: str, include_closed: bool, as_json: bool) -> None:
       ledger gaps csv:l3_data_v3
       ledger gaps csv:l3_data_v3 --all --json
     """
-    from ledger.services.read.status import gap_rows
-
-    with open_db() as database, database.engine.connect() as conn:
-        rows = gap_rows(conn, stream, include_closed=include_closed)
+    with open_ledger() as ledger:
+        rows = ledger.gaps(stream, include_closed=include_closed)
     if as_json:
         echo_json(rows)
         return
@@ -309,10 +294,8 @@ def rejects(stream: str, limit: int | None, as_json: bool) -> None:
     Example:
       ledger rejects csv:l3_data_v3.1 --limit 20
     """
-    from ledger.services.read.status import reject_rows
-
-    with open_db() as database, database.engine.connect() as conn:
-        rows = reject_rows(conn, stream, limit=limit)
+    with open_ledger() as ledger:
+        rows = ledger.rejects(stream, limit=limit)
     if as_json:
         echo_json(rows)
         return

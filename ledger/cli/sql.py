@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from ledger.cli._app import cli, fail_on_ledger_error, open_db, printable
+from ledger.cli._app import cli, fail_on_ledger_error, open_ledger, printable
 
 _TABLE_SAMPLE = 200  # rows looked at to size the columns of --format table; the rest stream
 
@@ -39,10 +39,8 @@ def sql_command(query: str, fmt: str, write: bool) -> None:
       ledger sql "SELECT seq, bid_price, ask_price FROM l1 ORDER BY seq DESC LIMIT 5" --format csv
       ledger sql "SELECT * FROM gaps WHERE status = 'open'" --format json
     """
-    from ledger.storage.query import run_query
-
-    with open_db() as database:
-        result = run_query(database.engine, query, write=write)
+    with open_ledger() as ledger:
+        result = ledger.sql(query, write=write)
         try:
             if fmt == "csv":
                 _csv(result.columns, result.rows)
@@ -141,14 +139,7 @@ def psql_command(psql_args: tuple[str, ...]) -> None:
     found = shutil.which("psql")
     if found is None:
         raise click.ClickException("psql is not installed (Debian: apt install postgresql-client)")
-    with open_db() as database:
-        env = dict(os.environ)
-        if database.url.password:
-            env["PGPASSWORD"] = str(database.url.password)
-        code = subprocess.call([found, psql_url(database.url), *psql_args], env=env)
+    with open_ledger() as ledger:
+        url, secret = ledger.libpq()
+        code = subprocess.call([found, url, *psql_args], env={**os.environ, **secret})
     sys.exit(code)
-
-
-def psql_url(url: Any) -> str:
-    """A libpq URL for ``url`` (a SQLAlchemy URL), without its password."""
-    return str(url.set(drivername="postgresql", password=None).render_as_string(hide_password=False))
