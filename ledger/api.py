@@ -361,15 +361,22 @@ class Ledger:
         return run_query(self.engine, query, params, write=write)
 
     def watch(
-        self, stream: str, *, depth: int = 10, max_fps: float = 10.0, stop: Callable[[], bool] | None = None
+        self,
+        stream: str,
+        *,
+        depth: int = 10,
+        max_fps: float = 10.0,
+        stop: Callable[[], bool] | None = None,
+        say: Callable[[str], None] | None = None,
     ) -> Iterator[TopView]:
         """The top ``depth`` levels of ``stream`` each time they change, as ingest appends,
-        until ``stop`` says so (or the caller stops iterating)."""
+        until ``stop`` says so (or the caller stops iterating). A stream that does not exist
+        yet is waited for; ``say`` hears what it is doing meanwhile."""
         from ledger.services.read.watch import follow_top
 
-        if stop is None:
-            return follow_top(self.engine, stream, depth=depth, max_fps=max_fps)
-        return follow_top(self.engine, stream, depth=depth, max_fps=max_fps, stop=stop)
+        return follow_top(
+            self.engine, stream, depth=depth, max_fps=max_fps, stop=stop or (lambda: False), say=say or (lambda _: None)
+        )
 
     # -- the database --------------------------------------------------------------------
 

@@ -97,3 +97,27 @@ def test_frames_are_throttled_to_the_latest_state(db_env: dict[str, str], engine
     follower = BookFollower(engine, "csv:fast")
     last = frames[-1][1]
     assert last.seq == follower.seq and last.bids == follower.top(1).bids  # type: ignore[union-attr]
+
+
+def test_watch_waits_for_a_stream_that_does_not_exist_yet(db_env: dict[str, str], engine: Engine) -> None:
+    """Like ``tail -F``: it says it waits, then shows the stream's first frame once it appears."""
+    proc = track(
+        subprocess.Popen(
+            [sys.executable, "-m", "ledger.cli", "watch", "csv:later", "--depth", "3", "--json"],
+            env=db_env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+    )
+    time.sleep(3)
+    assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+    header, *rows = V31.read_text(encoding="utf-8").splitlines(keepends=True)
+    _ingest(engine, header + "".join(rows[:3000]), "csv:later")
+    assert proc.stdout is not None
+    first = json.loads(proc.stdout.readline())
+    assert first["stream"] == "csv:later" and [first["bids"], first["asks"]] == list(_top(engine, "csv:later", 3))
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "waiting for stream csv:later to appear" in err

@@ -40,7 +40,9 @@ def watch(stream: str, depth: int, fps: float, as_json: bool) -> None:
     on by each new batch, woken by ingest's notifications. A redraw happens only when the
     top levels change, at most --fps times a second, the latest state winning. When the
     output is not a terminal, each change is one line (a JSON object with --json).
-    Ctrl-C (or SIGTERM, SIGHUP) ends it, with exit code 0.
+    A stream that does not exist yet is waited for (as `tail -F` waits for a file), and a
+    long stream's book is rebuilt with a word on stderr. Ctrl-C (or SIGTERM, SIGHUP) ends
+    it, with exit code 0.
 
     \b
     Example:
@@ -52,7 +54,11 @@ def watch(stream: str, depth: int, fps: float, as_json: bool) -> None:
     # Rule: watch runs until stopped: a signal ends it between two frames, exit code 0.
     with stopping_on_signals(stop.set), open_ledger() as ledger:
         try:
-            for view in ledger.watch(stream, depth=depth, max_fps=fps, stop=stop.is_set):
+
+            def say(message: str) -> None:
+                click.echo(printable(message), err=True)
+
+            for view in ledger.watch(stream, depth=depth, max_fps=fps, stop=stop.is_set, say=say):
                 if as_json:
                     bids = [[str(lv.price), str(lv.size), lv.orders] for lv in view.bids]
                     asks = [[str(lv.price), str(lv.size), lv.orders] for lv in view.asks]

@@ -118,13 +118,19 @@ def follow_top(
     max_fps: float = 10.0,
     poll: float = 1.0,
     stop: Callable[[], bool] = lambda: False,
+    say: Callable[[str], None] = lambda _: None,
 ) -> Iterator[TopView]:
     """Frames of the stream's top ``depth`` levels as they change (see the module's text).
-    Waits for notifications from ingest; polls every ``poll`` seconds in case one is missed."""
-    follower = BookFollower(engine, stream)
+    Waits for notifications from ingest; polls every ``poll`` seconds in case one is missed.
+
+    A stream that does not exist yet is waited for, as ``tail -F`` waits for a file; ``say``
+    hears what it is doing meanwhile (waiting, rebuilding a long stream's book)."""
     shown: tuple[object, ...] | None = None
     last_frame = 0.0
     with Listener(engine) as listener:
+        follower = _wait_for_stream(engine, stream, listener, poll, stop, say)
+        if follower is None:
+            return
         while not stop():
             view = follower.top(depth)
             if view is not None and (view.bids, view.asks) != shown:
@@ -141,3 +147,24 @@ def follow_top(
             if woken and follower.stream_id not in woken:
                 continue
             follower.advance()
+
+
+def _wait_for_stream(
+    engine: Engine, stream: str, listener: Listener, poll: float, stop: Callable[[], bool], say: Callable[[str], None]
+) -> BookFollower | None:
+    """The stream's follower once the stream exists and its book is rebuilt (None: stopped
+    first). Rule: a stream not there yet is waited for, saying so once."""
+    waiting = False
+    while not stop():
+        with engine.connect() as conn:
+            known = stream in Streams(conn).names()
+            low, high = EventLog(conn).seq_range(Streams(conn).get(stream)) if known else (None, None)
+        if known:
+            if low is not None and high is not None and high - low > 100_000:
+                say(f"rebuilding the book of {stream} at seq {high} (from its newest book snapshot)...")
+            return BookFollower(engine, stream)
+        if not waiting:
+            say(f"waiting for stream {stream} to appear (Ctrl-C to stop)...")
+            waiting = True
+        listener.wait(poll)
+    return None
