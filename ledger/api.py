@@ -29,6 +29,7 @@ from typing import IO, TYPE_CHECKING, Any, NamedTuple
 from ledger.errors import InputError, StreamError
 
 if TYPE_CHECKING:
+    import pyarrow as pa
     from sqlalchemy.engine import Engine
 
     from ledger.services.ingest.csv_file import IngestSummary
@@ -298,6 +299,49 @@ class Ledger:
             stream_id = Streams(conn).get(stream)
             for row in L1Rows(conn).iter(stream_id, start=start, end=end):
                 yield L1Record(*row)
+
+    def l1(self, stream: str, start: int | datetime | None = None, end: int | datetime | None = None) -> pa.Table:
+        """``stream``'s L1 rows from ``start`` through ``end`` (seqs or times, inclusive) as a
+        ``pyarrow.Table``: seq, time (UTC timestamps), bid_price, bid_size, ask_price,
+        ask_size (exact Arrow decimals). ``.to_pandas()`` and ``polars.from_arrow()`` take it."""
+        import pyarrow as pa
+
+        from ledger.services.read.research import l1_batches
+
+        schema, batches = l1_batches(self.engine, stream, start=start, end=end)
+        return pa.Table.from_batches(list(batches), schema=schema)
+
+    def events(
+        self, stream: str, start: int | datetime | None = None, end: int | datetime | None = None, *, raw: bool = False
+    ) -> pa.Table:
+        """``stream``'s parsed events (the log) from ``start`` through ``end`` as a
+        ``pyarrow.Table``: seq, time, kind, order_id, side, price, size (and raw)."""
+        import pyarrow as pa
+
+        from ledger.services.read.research import events_batches
+
+        schema, batches = events_batches(self.engine, stream, start=start, end=end, raw=raw)
+        return pa.Table.from_batches(list(batches), schema=schema)
+
+    def export_parquet(
+        self,
+        what: str,
+        stream: str,
+        out: str | Path | IO[bytes],
+        *,
+        start: int | datetime | None = None,
+        end: int | datetime | None = None,
+    ) -> int:
+        """Write ``stream``'s ``l1`` rows or ``events`` to a Parquet file (zstd, a row group per
+        100,000 rows, so memory stays bounded; the stream, its venue and the ledger version in
+        the file's metadata); the number of rows."""
+        from ledger.services.read.research import events_batches, l1_batches, write_parquet
+
+        if what not in ("l1", "events"):
+            raise StreamError(f"no export named {what!r} (l1, events)")
+        make = l1_batches if what == "l1" else events_batches
+        schema, batches = make(self.engine, stream, start=start, end=end)
+        return write_parquet(schema, batches, out)
 
     def export_l1_csv(self, stream: str, out: IO[bytes]) -> int:
         """Write the L1 rows of ``stream`` to ``out`` in the L1 CSV format; the row count."""

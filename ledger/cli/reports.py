@@ -12,7 +12,7 @@ import stat
 import sys
 import threading
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
@@ -55,10 +55,21 @@ def _safe_name(stream: str) -> str:
     "-o",
     "--output",
     default=None,
-    help="File to write, or '-' for stdout. Default: l1_<stream>.csv in this folder.",
+    help="File to write, or '-' for stdout. Default: l1_<stream>.csv (or .parquet) in this folder.",
 )
+@click.option(
+    "-f",
+    "--format",
+    "fmt",
+    type=click.Choice(["csv", "parquet"]),
+    default="csv",
+    show_default=True,
+    help="csv: the L1 CSV format below; parquet: zstd row groups, exact decimals, UTC timestamps.",
+)
+@click.option("--from", "start", default=None, help="First row: a seq, or an ISO time (UTC unless it says). Parquet.")
+@click.option("--to", "end", default=None, help="Last row (inclusive): a seq or an ISO time. Parquet.")
 @fail_on_ledger_error
-def export_l1(stream: str, output: str | None) -> None:
+def export_l1(stream: str, output: str | None, fmt: str, start: str | None, end: str | None) -> None:
     """Write a stream's L1 rows as CSV: time,bid_price,ask_price,bid_size,ask_size,seq_num.
 
     UTF-8 with BOM, LF line ends; time with six fractional digits; prices and sizes in their
@@ -69,22 +80,71 @@ def export_l1(stream: str, output: str | None) -> None:
     the log is exported with a warning.
 
     \b
+    With --format parquet it writes a Parquet file instead (seq, time, bid_price, bid_size,
+    ask_price, ask_size; the stream, venue and ledger version in its metadata), from --from
+    through --to. The CSV export is always the whole stream.
+
+    \b
     Example:
       ledger export l1 csv:l3_data_v3.1 -o l1_data_v3.1.csv
       ledger export l1 csv:l3_data_v3.1 -o - | head
+      ledger export l1 csv:l3_data_v3.1 -f parquet --from '2021-08-03 05:00' --to '2021-08-03 06:00'
     """
+    if fmt == "csv" and (start is not None or end is not None):
+        raise click.UsageError("--from and --to go with --format parquet (the CSV export is the whole stream)")
+    low, high = _bound(start, "--from"), _bound(end, "--to")
     with open_ledger() as ledger:
         _check_projection(ledger, stream)
 
         def write(out: IO[bytes]) -> int:
+            if fmt == "parquet":
+                return ledger.export_parquet("l1", stream, out, start=low, end=high)
             return ledger.export_l1_csv(stream, out)
 
         if output == "-":
             _write_stdout(write)
             return
-        count, written, replaced = _write_file(Path(output or f"l1_{_safe_name(stream)}.csv"), write)
+        count, written, replaced = _write_file(Path(output or f"l1_{_safe_name(stream)}.{fmt}"), write)
     # Written through (/dev/stdout, a FIFO), the rows may be on stdout: the note is not.
     click.echo(f"wrote {count} L1 rows of {printable(stream)} to {printable(written)}", err=not replaced)
+
+
+@export.command("events", epilog=STREAM_NAME_HELP)
+@click.argument("stream", type=STREAM)
+@click.option("-o", "--output", default=None, help="File to write. Default: events_<stream>.parquet in this folder.")
+@click.option("--from", "start", default=None, help="First event: a seq, or an ISO time (UTC unless it says).")
+@click.option("--to", "end", default=None, help="Last event (inclusive): a seq or an ISO time.")
+@fail_on_ledger_error
+def export_events(stream: str, output: str | None, start: str | None, end: str | None) -> None:
+    """Write a stream's parsed events (the log) as a Parquet file: seq, time, kind,
+    order_id, side, price, size (exact decimals), in zstd row groups of 100,000 events.
+
+    \b
+    Example:
+      ledger export events csv:l3_data_v3.1 -o events.parquet
+      ledger export events coinbase:BTC-USD --from 2026-11-30T12:00 --to 2026-11-30T13:00
+    """
+    low, high = _bound(start, "--from"), _bound(end, "--to")
+    with open_ledger() as ledger:
+
+        def write(out: IO[bytes]) -> int:
+            return ledger.export_parquet("events", stream, out, start=low, end=high)
+
+        count, written, _ = _write_file(Path(output or f"events_{_safe_name(stream)}.parquet"), write)
+    click.echo(f"wrote {count} events of {printable(stream)} to {printable(written)}", err=True)
+
+
+def _bound(text: str | None, option: str) -> int | datetime | None:
+    """A range bound: a seq (digits) or an ISO date and time, UTC unless it says otherwise."""
+    if text is None:
+        return None
+    if text.strip().isdigit():
+        return int(text)
+    try:
+        when = datetime.fromisoformat(text.strip().removesuffix(" UTC").removesuffix("Z"))
+    except ValueError:
+        raise click.BadParameter(f"not a seq or an ISO date and time: {text!r}", param_hint=option) from None
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
 
 
 def _check_projection(ledger: Ledger, stream: str) -> None:

@@ -1,0 +1,107 @@
+"""Arrow and Parquet outputs: ``Ledger.l1()``, ``Ledger.events()`` and ``ledger export l1|events
+--format parquet`` equal the reference L1 file (an independent expectation) row for row, with
+exact values through pandas and polars; bad input is one clear line."""
+
+from __future__ import annotations
+
+import csv
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+from sqlalchemy.engine import URL, Engine
+
+import ledger
+from ledger.cli import cli
+
+DATA = Path(__file__).parent / "data" / "l3-l1" / "v3.1"
+STREAM = "csv:l3_data_v3.1"
+
+
+def _reference() -> list[dict[str, str]]:
+    with (DATA / "expected_l1_data_v3.1.csv").open(encoding="utf-8-sig", newline="") as fp:
+        return list(csv.DictReader(fp))
+
+
+def _time(text: str) -> datetime:
+    return datetime.strptime(text.removesuffix(" UTC"), "%Y-%m-%d %H:%M:%S.%f").replace(tzinfo=UTC)
+
+
+@pytest.fixture
+def projected(database_url: URL, engine: Engine) -> ledger.Ledger:
+    lg = ledger.open(database_url.render_as_string(hide_password=False))
+    lg.ingest_csv(DATA / "l3_data_v3.1.csv")
+    lg.project()
+    yield lg
+    lg.close()
+
+
+def test_l1_table_equals_the_reference_exactly(projected: ledger.Ledger) -> None:
+    table = projected.l1(STREAM)
+    assert table.column_names == ["seq", "time", "bid_price", "bid_size", "ask_price", "ask_size"]
+    assert table.schema.metadata[b"ledger.stream"] == STREAM.encode()
+    assert table.schema.metadata[b"ledger.venue"] == b"csv"
+    reference = _reference()
+    rows = table.to_pylist()
+    assert len(rows) == len(reference) == 19_290
+    for got, want in zip(rows, reference, strict=True):
+        assert got["seq"] == int(want["seq_num"]) and got["time"] == _time(want["time"])
+        for name in ("bid_price", "bid_size", "ask_price", "ask_size"):
+            assert got[name] == Decimal(want[name]), name
+    frame = table.to_pandas()
+    assert frame["bid_price"].iloc[100] == Decimal(reference[100]["bid_price"])
+    assert str(frame["time"].dt.tz) == "UTC"
+    polars = pytest.importorskip("polars")
+    df = polars.from_arrow(table)
+    assert df["ask_price"][200] == Decimal(reference[200]["ask_price"])
+
+
+def test_ranges_by_seq_and_time(projected: ledger.Ledger) -> None:
+    reference = _reference()
+    a, b = reference[1000], reference[1009]
+    by_seq = projected.l1(STREAM, int(a["seq_num"]), int(b["seq_num"]))
+    assert by_seq["seq"].to_pylist() == [int(r["seq_num"]) for r in reference[1000:1010]]
+    by_time = projected.l1(STREAM, _time(a["time"]), _time(b["time"]))
+    assert set(by_seq["seq"].to_pylist()) <= set(by_time["seq"].to_pylist())
+    assert projected.l1(STREAM, 1, 2).num_rows == 0  # an empty range is an empty table
+
+
+def test_events_table(projected: ledger.Ledger) -> None:
+    table = projected.events(STREAM, raw=True)
+    assert table.num_rows == 34_247
+    lines = (DATA / "l3_data_v3.1.csv").read_text(encoding="utf-8-sig").splitlines()[1:]
+    assert sorted(table["raw"].to_pylist()) == sorted(lines)
+    first = table.slice(0, 1).to_pylist()[0]
+    assert first["kind"] in ("add", "update", "delete", "trade") and isinstance(first["seq"], int)
+
+
+def test_parquet_export_round_trips(projected: ledger.Ledger, db_env: dict[str, str], tmp_path: Path) -> None:
+    out = tmp_path / "l1.parquet"
+    result = CliRunner().invoke(cli, ["export", "l1", STREAM, "-f", "parquet", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    back = pq.read_table(out)
+    assert back.equals(projected.l1(STREAM))
+    assert pq.ParquetFile(out).metadata.row_group(0).column(0).compression == "ZSTD"
+    assert back.schema.metadata[b"ledger.version"]
+    ev = tmp_path / "events.parquet"
+    result = CliRunner().invoke(cli, ["export", "events", STREAM, "-o", str(ev), "--to", "1627942268920660000"])
+    assert result.exit_code == 0, result.output
+    assert pq.read_table(ev)["seq"].to_pylist() == projected.events(STREAM, end=1627942268920660000)["seq"].to_pylist()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["export", "l1", "csv:nope", "-f", "parquet"], "no stream named 'csv:nope'"),
+        (["export", "l1", STREAM, "-f", "parquet", "--from", "yesterday"], "not a seq or an ISO date and time"),
+        (["export", "l1", STREAM, "--from", "5"], "--from and --to go with --format parquet"),
+        (["export", "l1", STREAM, "-f", "parquet", "-o", "/nonexistent/dir/x.parquet"], "cannot write"),
+    ],
+)
+def test_bad_input_is_one_line(projected: ledger.Ledger, db_env: dict[str, str], args: list[str], message: str) -> None:
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code != 0 and message in result.output, result.output
+    assert "Traceback" not in result.output
