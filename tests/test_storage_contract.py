@@ -18,8 +18,18 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from ledger.errors import LockLost, RecordError, SnapshotError, StreamError
+from ledger.errors import (
+    ConnectionLost,
+    ConstraintViolation,
+    DatabaseError,
+    LockLost,
+    RecordError,
+    SchemaMismatch,
+    SnapshotError,
+    StreamError,
+)
 from ledger.storage.copy import escape, event_row, events_payload, l1_payload
+from ledger.storage.database import create_engine
 from ledger.storage.locks import (
     MEMBER_LOCK_CLASS,
     PROJECT_LOCK_CLASS,
@@ -163,7 +173,7 @@ def test_the_event_log_appends_and_reads_in_seq_order(engine: Engine) -> None:
             log.nearest(sid, at_or_after=9)
         with pytest.raises(TypeError):
             log.nearest(sid)
-    with engine.begin() as conn, pytest.raises(psycopg.errors.UniqueViolation):  # a seq is stored once
+    with engine.begin() as conn, pytest.raises(ConstraintViolation):  # a seq is stored once
         EventLog(conn).append(sid, [event_row(1, "add", "1", "B", "1", "1", None, "again")])
     assert _table(engine, "SELECT count(*) FROM events WHERE stream_id = :s", s=sid) == [(5,)]
 
@@ -423,3 +433,52 @@ def test_book_snapshots_are_checked_listed_and_pruned(engine: Engine) -> None:
         assert [i.seq for i in snapshots.infos(sid)] == [50, 30, 10]
         assert snapshots.delete_all(sid) == 3
     assert _table(engine, "SELECT count(*) FROM book_snapshots") == [(0,)]
+
+
+# -- driver errors -------------------------------------------------------------------------------
+
+
+def test_driver_errors_become_ledger_errors_at_the_engine(engine: Engine) -> None:
+    sid = _stream(engine)
+    with engine.begin() as conn, pytest.raises(ConstraintViolation) as broken:
+        conn.execute(sa.text("INSERT INTO streams (id, name, source) VALUES (:i, 'again', 'csv')"), {"i": sid})
+    assert broken.value.sqlstate == "23505" and isinstance(broken.value.orig, psycopg.errors.UniqueViolation)
+    assert str(broken.value).startswith("database error: duplicate key value violates unique constraint")
+    with engine.connect() as conn, pytest.raises(SchemaMismatch, match="no_such_column"):
+        conn.execute(sa.text("SELECT no_such_column FROM streams"))
+    with engine.connect() as conn, pytest.raises(DatabaseError) as refused:
+        conn.execute(sa.text("SELECT 1 / 0"))
+    assert type(refused.value) is DatabaseError and refused.value.sqlstate == "22012"
+    with engine.connect() as conn, pytest.raises(sa.exc.NoResultFound):  # not a driver error: as it is
+        conn.execute(sa.text("SELECT 1 WHERE false")).one()
+
+
+def test_a_lost_connection_is_connection_lost_and_the_pool_recovers(engine: Engine) -> None:
+    with engine.connect() as conn:
+        pid = Locks(conn).backend_pid()
+        with engine.connect() as admin:
+            admin.execute(sa.text("SELECT pg_terminate_backend(:p)"), {"p": pid})
+        with pytest.raises(ConnectionLost):
+            conn.execute(sa.text("SELECT 1"))
+    with engine.connect() as conn:  # a pooled connection whose server went: the ping replaces it
+        pid = Locks(conn).backend_pid()
+    with engine.connect() as admin:
+        admin.execute(sa.text("SELECT pg_terminate_backend(:p)"), {"p": pid})
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT 1")).scalar() == 1
+    unreachable = create_engine(engine.url.set(host="127.0.0.1", port=1))
+    try:
+        with pytest.raises(ConnectionLost, match="database error: "):
+            unreachable.connect()
+    finally:
+        unreachable.dispose()
+
+
+def test_copy_errors_are_mapped_as_well(engine: Engine) -> None:
+    sid = _stream(engine)
+    _append(engine, sid, [1])
+    with engine.begin() as conn, pytest.raises(ConstraintViolation) as broken:
+        EventLog(conn).append(sid, [event_row(1, "add", "1", "B", "1", "1", None, "again")])
+    assert broken.value.sqlstate == "23505"
+    with engine.begin() as conn, pytest.raises(DatabaseError, match="invalid input syntax"):
+        EventLog(conn).append(sid, [event_row(2, "add", "1", "B", "not a number", "1", None, "bad")])

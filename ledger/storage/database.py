@@ -4,9 +4,14 @@
         with db.engine.begin() as conn:
             ...
 
-Driver errors met while connecting or migrating are mapped to :class:`DatabaseError` here,
-with the URL shown password-hidden. Other modules talk to the database through the
-``engine`` and the small storage interfaces in :mod:`ledger.storage`.
+This module is the one boundary where driver errors become ledger's: every engine made
+here maps the psycopg and SQLAlchemy errors of its statements (and of its connections) with
+:func:`database_error`, and storage's own direct driver calls (COPY, LISTEN) do the same
+inside :func:`driver_errors`. Above storage, code catches :class:`~ledger.errors.DatabaseError`
+and its subclasses (:class:`~ledger.errors.ConnectionLost`, ...), never a driver's class. A
+database that cannot be reached on opening is named with its URL, password hidden. Other
+modules talk to the database through the ``engine`` and the small storage interfaces in
+:mod:`ledger.storage`.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import psycopg
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 
-from ledger.errors import DatabaseError, first_line
+from ledger.errors import ConnectionLost, ConstraintViolation, DatabaseError, SchemaMismatch, first_line
 from ledger.settings import DATABASE_URL_EXAMPLE, Settings
 
 if TYPE_CHECKING:
@@ -34,8 +39,9 @@ __all__ = [
     "HEAD_REVISION",
     "Database",
     "alembic_config",
-    "connection_lost",
     "current_revision",
+    "database_error",
+    "driver_errors",
     "drop_connection",
     "head_revision",
     "open_database",
@@ -123,26 +129,70 @@ def downgrade(engine: Engine, revision: str) -> None:
         command.downgrade(config, revision)
 
 
-def connection_lost(error: BaseException) -> bool:
-    """Whether a driver error means the connection (or the server) went away, so that
-    trying again on a new connection may work."""
-    if isinstance(error, sa.exc.DBAPIError) and error.connection_invalidated:
-        return True
+def database_error(error: BaseException, *, disconnected: bool = False) -> DatabaseError:
+    """The ledger error for a driver error (psycopg's, or SQLAlchemy's DBAPIError around
+    one), its message the driver's first line; ``disconnected``: SQLAlchemy found the
+    connection gone.
+
+    The rule: the connection or the server gone (an operational or interface error of the
+    driver) is :class:`~ledger.errors.ConnectionLost`, so that a new connection may be
+    tried; a constraint broken (SQLSTATE class 23) a :class:`~ledger.errors.ConstraintViolation`;
+    SQL that does not fit this database (class 42 but a missing privilege, 42501) or the
+    driver refusing how it is called, a :class:`~ledger.errors.SchemaMismatch`; anything
+    else a plain :class:`~ledger.errors.DatabaseError` (a missing privilege, a full disk, a
+    setting: an administrator may mend it)."""
+    if isinstance(error, sa.exc.DBAPIError):
+        disconnected = disconnected or error.connection_invalidated
     original = getattr(error, "orig", None) or error
-    return isinstance(original, psycopg.OperationalError | psycopg.InterfaceError)
+    state = getattr(original, "sqlstate", None)
+    kind: type[DatabaseError] = DatabaseError
+    if disconnected or isinstance(original, psycopg.OperationalError | psycopg.InterfaceError):
+        kind = ConnectionLost
+    elif isinstance(original, psycopg.IntegrityError) or (state or "").startswith("23"):
+        kind = ConstraintViolation
+    elif isinstance(original, psycopg.Error) and (
+        (state is None and isinstance(original, psycopg.ProgrammingError | psycopg.NotSupportedError))
+        or (state is not None and state.startswith("42") and state != "42501")
+    ):
+        kind = SchemaMismatch
+    mapped = kind(f"database error: {first_line(original)}")
+    mapped.orig, mapped.sqlstate = original, state
+    return mapped
+
+
+@contextlib.contextmanager
+def driver_errors() -> Iterator[None]:
+    """Map the errors of storage's direct driver calls (COPY, LISTEN), which SQLAlchemy
+    does not see, as the engine maps all others."""
+    try:
+        yield
+    except psycopg.Error as e:
+        raise database_error(e) from e
+
+
+def _map_error(context: sa.engine.ExceptionContext) -> BaseException | None:
+    """The engine's ``handle_error`` hook: the ledger error that replaces a driver error."""
+    if context.is_pre_ping or not isinstance(context.original_exception, psycopg.Error):
+        return None  # a failed ping: the pool connects anew by itself; not a driver error: as it is
+    return database_error(
+        context.sqlalchemy_exception or context.original_exception, disconnected=context.is_disconnect
+    )
 
 
 def drop_connection(conn: Connection) -> None:
     """Invalidate and close ``conn``, whatever state it is in: its session ends on the
     server (and every lock it held with it), and the pool never hands it out again."""
-    with contextlib.suppress(sa.exc.SQLAlchemyError, psycopg.Error):
+    with contextlib.suppress(DatabaseError, sa.exc.SQLAlchemyError, psycopg.Error):
         conn.invalidate()
-    with contextlib.suppress(sa.exc.SQLAlchemyError, psycopg.Error):
+    with contextlib.suppress(DatabaseError, sa.exc.SQLAlchemyError, psycopg.Error):
         conn.close()
 
 
 def create_engine(url: URL) -> Engine:
-    return sa.create_engine(url, pool_pre_ping=True, pool_size=4, max_overflow=4, connect_args=_keepalives(url))
+    """An engine on ``url`` whose errors are ledger's (see the module's text)."""
+    engine = sa.create_engine(url, pool_pre_ping=True, pool_size=4, max_overflow=4, connect_args=_keepalives(url))
+    sa.event.listen(engine, "handle_error", _map_error)
+    return engine
 
 
 def _keepalives(url: URL) -> dict[str, str | int]:
@@ -185,7 +235,7 @@ def open_database(settings: Settings | None = None, *, migrate: bool = True) -> 
                 before = upgrade(engine)
                 if before is not None:
                     log.info("migrated the database from %s to revision %s", before, HEAD_REVISION)
-        except sa.exc.OperationalError as e:
+        except ConnectionLost as e:
             raise DatabaseError(
                 f"cannot reach the database at {database.display_url}: {first_line(e)}. "
                 f"Check LEDGER_DATABASE_URL (for example {DATABASE_URL_EXAMPLE})"

@@ -24,11 +24,10 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-import psycopg
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from ledger.errors import LockLost
+from ledger.errors import DatabaseError, LockLost
 from ledger.storage.database import drop_connection
 from ledger.storage.schema import projector_positions
 
@@ -124,7 +123,7 @@ class Locks:
             else:
                 self.release(lock)
             self._conn.commit()
-        except (sa.exc.DBAPIError, psycopg.Error):
+        except DatabaseError:
             drop_connection(self._conn)
 
     def holds(self, lock: Lock, *, pid: int) -> bool:

@@ -19,6 +19,7 @@ from sqlalchemy.engine import Connection
 
 from ledger.errors import StreamError
 from ledger.storage.copy import EVENT_COPY_COLUMNS, events_chunks
+from ledger.storage.database import driver_errors
 from ledger.storage.schema import events, gaps, ingest_checkpoints, rejects, source_snapshots, streams
 
 __all__ = [
@@ -108,7 +109,7 @@ class EventLog:
     def _copy(self, chunks: list[bytes]) -> None:
         driver = self._conn.connection.driver_connection
         assert driver is not None
-        with driver.cursor() as cur, cur.copy(_COPY_EVENTS) as copy:
+        with driver_errors(), driver.cursor() as cur, cur.copy(_COPY_EVENTS) as copy:
             for chunk in chunks:
                 copy.write(chunk)
 
@@ -174,7 +175,7 @@ class EventLog:
         assert driver is not None
         lower = -(2**63) if after is None else after
         upper = 2**63 - 1 if upto is None else upto
-        with driver.cursor(binary=True) as cur:
+        with driver_errors(), driver.cursor(binary=True) as cur:
             while lower < upper:
                 # One round trip per chunk (a reader that waits on the network waits again
                 # for the GIL when it comes back).

@@ -9,13 +9,15 @@ notification comes or a timeout passes (the slow poll a follower falls back on).
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Iterable
 
 import psycopg
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
+
+from ledger.errors import DatabaseError
+from ledger.storage.database import driver_errors, drop_connection
 
 __all__ = ["CHANNEL", "Listener", "notify_appended"]
 
@@ -45,20 +47,20 @@ class Listener:
         as one arrives, with any others already queued."""
         woken: set[int] = set()
         deadline = time.monotonic() + timeout
-        for note in self._driver.notifies(timeout=max(0.0, deadline - time.monotonic()), stop_after=1):
-            woken.add(_stream_id(note.payload))
-        if woken:  # take what else is queued, without waiting
-            for note in self._driver.notifies(timeout=0.0):
+        with driver_errors():
+            for note in self._driver.notifies(timeout=max(0.0, deadline - time.monotonic()), stop_after=1):
                 woken.add(_stream_id(note.payload))
+            if woken:  # take what else is queued, without waiting
+                for note in self._driver.notifies(timeout=0.0):
+                    woken.add(_stream_id(note.payload))
         woken.discard(-1)
         return woken
 
     def close(self) -> None:
         try:
             self._conn.close()
-        except (sa.exc.DBAPIError, psycopg.Error):  # the server is gone: drop the connection
-            with contextlib.suppress(sa.exc.SQLAlchemyError, psycopg.Error):
-                self._conn.invalidate()
+        except DatabaseError:  # the server is gone: drop the connection
+            drop_connection(self._conn)
 
     def __enter__(self) -> Listener:
         return self

@@ -22,6 +22,7 @@ from sqlalchemy.engine import Connection
 from ledger.domain.events import Number
 from ledger.errors import SnapshotError
 from ledger.storage.copy import L1_COPY_COLUMNS, L1Row, l1_payload
+from ledger.storage.database import driver_errors
 from ledger.storage.schema import book_snapshots, l1, projector_positions
 
 __all__ = ["L1_HEADER", "L1Row", "L1Rows", "Position", "Positions", "SnapshotInfo", "Snapshots"]
@@ -104,7 +105,7 @@ class L1Rows:
             return
         driver = self._conn.connection.driver_connection
         assert driver is not None
-        with driver.cursor() as cur, cur.copy(_COPY_L1) as copy:
+        with driver_errors(), driver.cursor() as cur, cur.copy(_COPY_L1) as copy:
             copy.write(l1_payload(stream_id, rows))
 
     def delete(self, stream_id: int) -> None:
@@ -116,7 +117,7 @@ class L1Rows:
         assert driver is not None
         out.write(("\ufeff" + L1_HEADER + "\n").encode("utf-8"))
         count = 0
-        with driver.cursor() as cur, cur.copy(_EXPORT, (stream_id,)) as copy:
+        with driver_errors(), driver.cursor() as cur, cur.copy(_EXPORT, (stream_id,)) as copy:
             for data in copy:
                 chunk = bytes(data).replace(b"\t", b",")
                 count += chunk.count(b"\n")

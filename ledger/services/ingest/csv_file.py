@@ -25,12 +25,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import BinaryIO, TypeVar
 
-import psycopg
-import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from ledger.domain.sequencing import Arrival, GapTracker
-from ledger.errors import DatabaseError, InputError, StreamError, first_line
+from ledger.errors import ConstraintViolation, DatabaseError, InputError, RowError, StreamError, first_line
 from ledger.storage.copy import event_row
 from ledger.storage.locks import Locks, writer_lock
 from ledger.storage.log import (
@@ -43,7 +41,7 @@ from ledger.storage.log import (
     Streams,
 )
 from ledger.storage.notify import notify_appended
-from ledger.venues.csv.format import CsvRow, RowError, check_header, fast_row, parse_line
+from ledger.venues.csv.format import CsvRow, check_header, fast_row, parse_line
 
 __all__ = ["IngestSummary", "StopReading", "ingest_csv"]
 
@@ -440,13 +438,13 @@ class _Run:
                     rejects=rejected + summary.rejects + len(rejects),
                 )
                 Checkpoints(conn).put(self.stream_id, self.source, checkpoint)
-        except (sa.exc.IntegrityError, psycopg.errors.UniqueViolation) as e:
+        except ConstraintViolation as e:
             raise DatabaseError(
                 f"stream {summary.stream!r}: the log already holds events that its gaps table "
                 f"says are missing (lines up to {batch.line_no} of {self.source}); the gaps table was "
                 "changed by hand or by another writer"
             ) from e
-        except (sa.exc.DBAPIError, psycopg.Error) as e:
+        except DatabaseError as e:
             raise DatabaseError(
                 f"storing lines up to {batch.line_no} of {self.source} failed: {first_line(e)}. "
                 "Run the same command again: it resumes after the last stored batch"

@@ -20,8 +20,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 
-import psycopg
-import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from ledger.errors import DatabaseError, StreamError, first_line
@@ -128,7 +126,7 @@ def _project_stream(
             run = StreamRun(engine, stream_id, name, options, committer, timer, progress, owner=owner)
             run.catch_up(stop)
             committer.flush()  # written before the lock goes
-        except (sa.exc.DBAPIError, psycopg.Error) as e:
+        except DatabaseError as e:
             after = None if run is None else run.summary.last_seq
             raise DatabaseError(
                 f"lost the database while projecting stream {name!r} after seq {after}: "

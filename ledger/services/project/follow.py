@@ -27,20 +27,17 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import psycopg
-import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from ledger.errors import DatabaseError, first_line
+from ledger.errors import ConnectionLost, DatabaseError, LockLost, SchemaMismatch, first_line
 from ledger.services.project.run import (
     Committer,
-    LockLost,
     ProjectOptions,
     ProjectSummary,
     SnapshotTimer,
     StreamRun,
 )
-from ledger.storage.database import connection_lost, drop_connection
+from ledger.storage.database import drop_connection
 from ledger.storage.locks import MEMBER_LOCK_CLASS, Locks, member_lock, projector_lock
 from ledger.storage.log import Streams
 from ledger.storage.notify import Listener
@@ -71,8 +68,8 @@ def follow(
     """Follow the log until ``stop`` is set; the summaries of the streams followed.
     ``wakeups`` replaces LISTEN/NOTIFY with stream ids put by an ingest in this process.
 
-    When the database goes away, or refuses what the follower does (see :func:`_retried`),
-    the follower says why, drops its books and locks, waits with exponential backoff and
+    When the database goes away, or refuses what the follower does (the rule below), the
+    follower says why, drops its books and locks, waits with exponential backoff and
     starts again (books from their snapshots, streams shared anew), for up to
     ``options.retry_for`` seconds of failed attempts in a row. Errors of the program itself
     (a TypeError, SQL that does not fit the schema) are raised at once."""
@@ -85,15 +82,20 @@ def follow(
             follower = _Follower(engine, options, on_applied)
             follower.run(stop, wakeups)
             return _merged(earlier + follower.close())
-        except (sa.exc.DBAPIError, psycopg.Error, LockLost) as e:
+        except (DatabaseError, LockLost) as e:
             if follower is not None:
                 follower.abandon()
                 earlier += follower.partial()
-            if not _retried(e):
+            # The rule: any database error is worth waiting out, as a lost connection is: an
+            # administrator may grant a privilege back, free disk space, raise a limit, or
+            # promote a standby. Not so SQL that does not fit this database (a bug, or a schema
+            # of another version: ledger.storage.database.database_error says which errors
+            # those are), which no wait mends, so it is raised at once, as TypeErrors are.
+            if isinstance(e, SchemaMismatch):
                 raise DatabaseError(f"following the log failed: {_without_credentials(first_line(e))}") from e
             if stop.is_set():  # stopping anyway: what was committed stands
                 return _merged(earlier)
-            lost = isinstance(e, LockLost) or connection_lost(e)
+            lost = isinstance(e, LockLost | ConnectionLost)
             why = _without_credentials(first_line(e))
             now = time.monotonic()
             if failing_since is None or now - started > 60:  # it had been working: a new outage
@@ -120,26 +122,6 @@ def follow(
             if follower is not None:
                 follower.abandon()
             raise
-
-
-def _retried(error: BaseException) -> bool:
-    """Whether the follower starts again after ``error`` (a driver error, or LockLost).
-
-    The rule: any database error is worth waiting out, as a lost connection is: an
-    administrator may grant a privilege back, free disk space, raise a limit, or promote a
-    standby. Not so the errors of SQLSTATE class 42 (syntax error or access rule violation)
-    other than a missing privilege (42501), nor the driver's own complaints about how it is
-    called: they say ledger's SQL does not fit this database (a bug, or a schema of another
-    version), which no wait mends, so they are raised at once, as TypeErrors and the like are."""
-    if isinstance(error, LockLost) or connection_lost(error):
-        return True
-    original = getattr(error, "orig", None) or error
-    if not isinstance(original, psycopg.Error):
-        return True
-    state = original.sqlstate
-    if state is None:
-        return not isinstance(original, psycopg.ProgrammingError | psycopg.NotSupportedError)
-    return not state.startswith("42") or state == "42501"
 
 
 # A URL's user info (``scheme://user:secret@``) and a ``password=`` keyword, in an error

@@ -50,7 +50,7 @@ import aiohttp
 from sqlalchemy.engine import Engine
 
 from ledger.domain.sequencing import GapTracker
-from ledger.errors import InputError, LedgerError, RecordError
+from ledger.errors import FeedUnreachable, InputError, RecordError, RestCallFailed, SubscriptionRefused
 from ledger.storage.copy import event_row
 from ledger.storage.log import Reject
 from ledger.venues.coinbase.auth import sign_request, subscribe_message
@@ -93,18 +93,6 @@ log = logging.getLogger(__name__)
 _PRODUCT_IN_TEXT = re.compile(r'"product_id"\s*:\s*"([0-9A-Za-z_.-]{1,64})"')
 _MAX_FRAME = 16 << 20  # bytes; feed messages are far smaller, REST books come over HTTP
 _AUTH_WORDS = ("authenticat", "signature", "passphrase", "api key", "timestamp")
-
-
-class _RestError(Exception):
-    """A REST call failed after its retries (or with an answer not worth retrying)."""
-
-
-class _Refused(LedgerError):
-    """The exchange refused the subscription."""
-
-
-class _Unreachable(LedgerError):
-    """Nothing was ever received from the feed."""
 
 
 def capture(run: Capture) -> CaptureSummary:
@@ -204,7 +192,7 @@ class Capture:
             # Rule: a capture that never received anything failed, whatever stopped it; it
             # says why with the last connection error, and leaves no (empty) stream behind.
             attempts = self._attempts
-            raise _Unreachable(
+            raise FeedUnreachable(
                 f"nothing was received from {self.options.ws_url} in {self.summary.seconds:.1f}s "
                 f"({attempts} connection attempt{'s' if attempts != 1 else ''}); the last one: "
                 f"{self._last_error}. No stream was created"
@@ -381,7 +369,7 @@ class Capture:
             if sync is None:
                 raise MessageError(f"product {row.product_id} was not subscribed to")
             line = event_row(row.seq, row.kind, row.order_id, row.side, row.price, row.size, row.time, row.raw)
-        except (MessageError, RecordError) as e:
+        except RecordError as e:  # a MessageError, or a value the log cannot hold
             self._reject(raw, str(e))
             return
         except (ValueError, TypeError, KeyError, IndexError) as e:  # kept, not lost, whatever it is
@@ -419,11 +407,11 @@ class Capture:
             try:
                 self._schema = Level3Schema.from_message(message)
             except MessageError as e:
-                raise _Refused(f"the level3 channel's schema message cannot be read: {e}") from None
+                raise SubscriptionRefused(f"the level3 channel's schema message cannot be read: {e}") from None
         elif kind == "error":
             text = f"{message.get('message', '')}: {message.get('reason', '')}".strip(": ")
             if not self._subscribed or any(w in text.lower() for w in _AUTH_WORDS):
-                raise _Refused(f"the exchange refused the subscription: {text[:500]}")
+                raise SubscriptionRefused(f"the exchange refused the subscription: {text[:500]}")
             log.warning("the exchange sent an error: %s", text[:500])
         else:
             log.info("message of type %r: %s", message.get("type"), json.dumps(message)[:300])
@@ -463,7 +451,7 @@ class Capture:
         try:
             raw, received_at = await self._get_book(session, product)
             seq, count = await asyncio.to_thread(_read_book, raw)
-        except (_RestError, MessageError) as e:
+        except (RestCallFailed, MessageError) as e:
             sync.fetch_failed()
             log.warning("%s: level-3 book: %s; trying again later", product, e)
             return
@@ -511,7 +499,7 @@ class Capture:
                         break  # not worth retrying
             except (aiohttp.ClientError, OSError, TimeoutError) as e:
                 problem = f"{type(e).__name__}: {e}" if str(e) else f"no answer in {self.options.rest_timeout}s"
-        raise _RestError(f"GET {url} failed: {problem}")
+        raise RestCallFailed(f"GET {url} failed: {problem}")
 
     # -- committing ------------------------------------------------------------------------------
 

@@ -26,13 +26,11 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-import psycopg
-import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from ledger.domain.sequencing import GapTracker
-from ledger.errors import DatabaseError, StreamError, first_line
-from ledger.storage.database import connection_lost, drop_connection
+from ledger.errors import ConnectionLost, DatabaseError, StreamError, first_line
+from ledger.storage.database import drop_connection
 from ledger.storage.locks import Locks, writer_lock
 from ledger.storage.log import (
     Checkpoint,
@@ -125,7 +123,7 @@ class CaptureStore:
                     self.latest_books[sid] = latest
             conn.commit()
             return trackers
-        except (sa.exc.DBAPIError, psycopg.Error) as e:
+        except DatabaseError as e:
             self.close()
             raise DatabaseError(f"opening the capture's streams failed: {first_line(e)}") from e
 
@@ -177,8 +175,8 @@ class CaptureStore:
                 self.abort.wait(delay)
                 delay = min(5.0, delay * 2) * (0.75 + random.random() / 2)
                 continue
-            except (sa.exc.DBAPIError, psycopg.Error) as e:
-                if not connection_lost(e):
+            except DatabaseError as e:
+                if not isinstance(e, ConnectionLost):
                     raise DatabaseError(f"storing the capture failed: {first_line(e)}") from e
                 self._drop_connection()
                 uncertain = True

@@ -45,11 +45,10 @@ negative); times ISO-8601 UTC such as ``2017-06-25T11:23:14.792000Z`` (``Z`` or
 check raises :class:`MessageError`, whose text names the field, the product and the
 sequence (as far as they are valid).
 
-Errors (all from this module)::
-
-    ValueError
-    └── MessageError    a frame or payload that cannot be read, or a value that cannot be
-                        stored (``.field``, ``.product_id``, ``.sequence`` say where)
+Errors: :class:`~ledger.errors.MessageError` (a :class:`~ledger.errors.RecordError` of
+:mod:`ledger.errors`, and a ValueError; importable from here too), for a frame or payload that
+cannot be read, or a value that cannot be stored (``.field``, ``.product_id``, ``.sequence``
+say where).
 
 A row is stored by :mod:`ledger.storage.copy` (:func:`copy_row` gives its line of COPY text,
 for tests and tools); :func:`rest_snapshot_rows` validates a REST ``book?level=3`` payload.
@@ -65,7 +64,7 @@ from functools import lru_cache
 from typing import Any, Final, Literal, NamedTuple, TypeAlias
 
 from ledger.domain.events import Side
-from ledger.errors import RecordError
+from ledger.errors import MessageError, RecordError
 from ledger.storage.copy import event_row, events_payload
 
 __all__ = [
@@ -116,26 +115,6 @@ _CLASSES: Final[dict[str, MessageClass]] = {
 
 
 # -- errors ----------------------------------------------------------------------------------
-
-
-class MessageError(ValueError):
-    """A frame, message or payload that cannot be read or stored; ``str(err)`` is the reason.
-
-    ``field``, ``product_id`` and ``sequence`` say where, when they are known (and valid).
-    """
-
-    def __init__(
-        self,
-        reason: str,
-        *,
-        field: str | None = None,
-        product_id: str | None = None,
-        sequence: int | None = None,
-    ) -> None:
-        super().__init__(reason)
-        self.field = field
-        self.product_id = product_id
-        self.sequence = sequence
 
 
 #: Where a value was read: (what message, product_id, sequence), the last two when valid.

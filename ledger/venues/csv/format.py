@@ -9,10 +9,10 @@ add, update, delete or trade groups filled::
 :func:`parse_line` turns that second line into
 ``CsvRow(seq=1627942268920653172, kind='add', order_id='7456389231055194163', side='B',
 price='218', size='300', time='2021-08-02 22:11:21.94404+00')`` or raises
-:class:`RowError` with the reason. Numbers stay as validated text so the ingest path can
-hand them to PostgreSQL unchanged (exact, no float); :func:`to_number` makes them exact
-Python numbers. seq_num and order ids must be plain integers: a spreadsheet-damaged
-``1.62794E+18`` is refused, never rounded.
+:class:`~ledger.errors.RowError` (importable from here too) with the reason. Numbers
+stay as validated text so the ingest path can hand them to PostgreSQL unchanged (exact, no
+float); :func:`to_number` makes them exact Python numbers. seq_num and order ids must be
+plain integers: a spreadsheet-damaged ``1.62794E+18`` is refused, never rounded.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from functools import lru_cache
 from typing import NamedTuple
 
 from ledger.domain.events import Number
+from ledger.errors import RowError
 from ledger.storage.copy import NULL, join_cells
 
 __all__ = [
@@ -146,10 +147,6 @@ def fast_row(line: bytes) -> tuple[int, bytes] | None:
     if kind == b"delete":
         return seq, join_cells((seq_text, kind, g[0], _B_SIDES[g[1]], _B_NULL, _B_NULL, ts, raw))
     return seq, join_cells((seq_text, kind, g[0], _B_SIDES[g[1]], g[2], g[3], ts, raw))
-
-
-class RowError(ValueError):
-    """A line that cannot be an event; ``str(err)`` is the reason, for the rejects table."""
 
 
 class CsvRow(NamedTuple):
