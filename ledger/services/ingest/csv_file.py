@@ -27,6 +27,7 @@ from typing import BinaryIO, TypeVar
 
 from sqlalchemy.engine import Connection, Engine
 
+from ledger._threads import Worker
 from ledger.domain.sequencing import Arrival, GapTracker
 from ledger.errors import ConstraintViolation, DatabaseError, InputError, RowError, StreamError, first_line
 from ledger.storage.copy import event_row
@@ -475,51 +476,19 @@ class _Run:
         Locks(self.conn).give_back(writer_lock(self.stream_id))
 
 
-class _Writer(threading.Thread):
-    """Commits sealed batches in order, one transaction each, while the next one is parsed.
-    At most two batches wait, so memory stays bounded whatever the input size."""
+class _Writer(Worker[_Batch]):
+    """Commits sealed batches in order, one transaction each, while the next one is parsed:
+    a :class:`~ledger._threads.Worker`. At most two batches wait, so memory stays bounded
+    whatever the input size; a failed commit is raised in the reading thread, and
+    ``abandon`` stops after the batch in hand, for a reading thread that is failing itself."""
 
     def __init__(self, run: _Run) -> None:
-        super().__init__(name="ledger-ingest-writer", daemon=True)
+        super().__init__(self._commit_all, name="ledger-ingest-writer", maxsize=2)
         self._run = run
-        self._jobs: queue.Queue[_Batch | None] = queue.Queue(maxsize=2)
-        self._error: BaseException | None = None
 
-    def run(self) -> None:
-        while (batch := self._jobs.get()) is not None:
-            if self._error is not None:
-                continue  # drain without writing after a failure
-            try:
-                self._run.commit(batch)
-            except BaseException as e:  # handed to the reading thread, which raises it
-                self._error = e
-
-    def submit(self, batch: _Batch) -> None:
-        if self._error is not None:
-            self._raise()
-        self._jobs.put(batch)
-
-    def close(self) -> None:
-        self._jobs.put(None)
-        self.join()
-        if self._error is not None:
-            self._raise()
-
-    def abandon(self) -> None:
-        """Stop after the batch in hand, for a reading thread that is failing itself."""
-        self._error = self._error or _Abandoned()
-        self._jobs.put(None)
-        self.join()
-
-    def _raise(self) -> None:
-        error, self._error = self._error, None
-        assert error is not None
-        self._jobs.put(None)
-        raise error
-
-
-class _Abandoned(Exception):
-    """Marks a writer told to stop; never raised."""
+    def _commit_all(self, batches: Iterator[_Batch]) -> None:
+        for batch in batches:
+            self._run.commit(batch)
 
 
 def _regular_file_fd(fp: BinaryIO) -> int | None:

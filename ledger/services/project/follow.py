@@ -24,11 +24,12 @@ import queue
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from sqlalchemy.engine import Connection, Engine
 
+from ledger._backoff import Backoff
 from ledger.errors import ConnectionLost, DatabaseError, LockLost, SchemaMismatch, first_line
 from ledger.services.project.run import (
     Committer,
@@ -73,7 +74,8 @@ def follow(
     starts again (books from their snapshots, streams shared anew), for up to
     ``options.retry_for`` seconds of failed attempts in a row. Errors of the program itself
     (a TypeError, SQL that does not fit the schema) are raised at once."""
-    delay, failing_since = 0.5, None
+    backoff = Backoff(first=0.5, cap=10.0, window=options.retry_for, overrun=True)
+    delays: Iterator[float] | None = None  # of the outage under way
     earlier: list[ProjectSummary] = []  # of the followers before a restart
     while True:
         follower = None
@@ -97,10 +99,9 @@ def follow(
                 return _merged(earlier)
             lost = isinstance(e, LockLost | ConnectionLost)
             why = _without_credentials(first_line(e))
-            now = time.monotonic()
-            if failing_since is None or now - started > 60:  # it had been working: a new outage
-                failing_since, delay = now, 0.5
-            if now - failing_since > options.retry_for or stop.is_set():
+            if delays is None or time.monotonic() - started > 60:  # it had been working: a new outage
+                delays = backoff.delays()
+            if (delay := next(delays, None)) is None or stop.is_set():  # out of its window
                 if lost:
                     raise DatabaseError(
                         f"lost the database while following ({why}) and it did not come back within "
@@ -117,7 +118,6 @@ def follow(
             else:
                 log.warning("the database refused the follower's work (%s); following again in %.1fs", why, delay)
             stop.wait(delay)
-            delay = min(10.0, delay * 2)
         except BaseException:
             if follower is not None:
                 follower.abandon()

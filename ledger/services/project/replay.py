@@ -4,16 +4,14 @@ writing anything. Shared by the projector and ``ledger book``."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import queue
-import threading
 from collections.abc import Iterator
 from datetime import datetime
 from typing import Any, NamedTuple
 
 from sqlalchemy.engine import Engine
 
+from ledger._threads import ahead
 from ledger.domain.book import Book
 from ledger.domain.snapshot import ProjectorState, decode
 from ledger.errors import SnapshotError
@@ -195,39 +193,12 @@ def read_ahead(
     with_time: bool = True,
 ) -> Iterator[list[Any]]:
     """Chunks of the log read ahead by a thread on its own connection (two at most)."""
-    chunks: queue.Queue[list[Any] | BaseException | None] = queue.Queue(maxsize=2)
-    stop = threading.Event()
 
-    def reader() -> None:
-        try:
-            with engine.connect() as conn:
-                log = EventLog(conn)
-                for rows in log.read_chunks(stream_id, after=after, upto=upto, chunk=chunk, with_time=with_time):
-                    while not stop.is_set():
-                        try:
-                            chunks.put(rows, timeout=0.2)
-                            break
-                        except queue.Full:
-                            continue
-                    if stop.is_set():
-                        return
-            chunks.put(None)
-        except BaseException as e:  # handed over to the consuming thread, which raises it
-            chunks.put(e)
+    def chunks() -> Iterator[list[Any]]:
+        with engine.connect() as conn:
+            yield from EventLog(conn).read_chunks(stream_id, after=after, upto=upto, chunk=chunk, with_time=with_time)
 
-    thread = threading.Thread(target=reader, name=f"ledger-read-{stream_id}", daemon=True)
-    thread.start()
-    try:
-        while (item := chunks.get()) is not None:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        while thread.is_alive():
-            with contextlib.suppress(queue.Empty):
-                chunks.get(timeout=0.1)
-        thread.join()
+    return ahead(chunks, name=f"ledger-read-{stream_id}", maxsize=2)
 
 
 def contiguous(rows: list[Any], expected: int) -> tuple[list[Any], tuple[int, int] | None]:

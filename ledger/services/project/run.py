@@ -15,15 +15,14 @@ for it; failing that it stops there and names the missing seqs, unless told to s
 from __future__ import annotations
 
 import logging
-import queue
-import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from sqlalchemy.engine import Connection, Engine
 
+from ledger._threads import Worker
 from ledger.domain.snapshot import FORMAT_VERSION as SNAPSHOT_FORMAT
 from ledger.domain.snapshot import encode
 from ledger.errors import LockLost
@@ -376,69 +375,21 @@ class _Job:
     expected: int | None = None  # the position this job follows on from (None: the stream's first)
 
 
-class Committer(threading.Thread):
+class Committer(Worker[_Job]):
     """Writes each chunk's job in one transaction, in order, on its own connection, while
-    the next chunk is applied. At most two jobs wait."""
+    the next chunk is applied: a :class:`~ledger._threads.Worker` (at most two jobs wait;
+    ``flush`` waits until every job submitted is written; a failed write is raised in the
+    applying thread, and ``abandon`` drops the jobs still queued)."""
 
     def __init__(self, engine: Engine) -> None:
-        super().__init__(name="ledger-commit", daemon=True)
+        super().__init__(self._write_all, name="ledger-commit", maxsize=2)
         self._engine = engine
-        self._jobs: queue.Queue[_Job | threading.Event | None] = queue.Queue(2)
-        self._error: BaseException | None = None
 
-    def run(self) -> None:
-        try:
-            with self._engine.connect() as conn:
-                while (job := self._jobs.get()) is not None:
-                    if isinstance(job, threading.Event):
-                        job.set()  # a flush: everything before it is written
-                        continue
-                    if self._error is not None:
-                        continue
-                    try:
-                        with conn.begin():
-                            _write(conn, job)
-                    except BaseException as e:  # handed to the applying thread, which raises it
-                        self._error = e
-        except BaseException as e:
-            self._error = e
-            while (job := self._jobs.get()) is not None:
-                if isinstance(job, threading.Event):
-                    job.set()
-
-    def submit(self, job: _Job) -> None:
-        self._raise_error()
-        self._jobs.put(job)
-
-    def flush(self) -> None:
-        """Wait until every job submitted so far is written; raise what failed."""
-        if self.is_alive():
-            done = threading.Event()
-            self._jobs.put(done)
-            done.wait()
-        self._raise_error()
-
-    def close(self) -> None:
-        if self.is_alive():
-            self._jobs.put(None)
-            self.join()
-        self._raise_error()
-
-    def abandon(self) -> None:
-        """Stop without writing the jobs still queued, keeping quiet: the caller is failing."""
-        self._error = self._error or LockLost("abandoned")  # the loop skips jobs once an error is set
-        if self.is_alive():
-            self._jobs.put(None)
-            self.join()
-        self._error = None
-
-    def _raise_error(self) -> None:
-        if self._error is not None:
-            error, self._error = self._error, None
-            if self.is_alive():
-                self._jobs.put(None)
-                self.join()
-            raise error
+    def _write_all(self, jobs: Iterator[_Job]) -> None:
+        with self._engine.connect() as conn:
+            for job in jobs:
+                with conn.begin():
+                    _write(conn, job)
 
 
 def _write(conn: Connection, job: _Job) -> None:

@@ -49,6 +49,7 @@ from typing import Any
 import aiohttp
 from sqlalchemy.engine import Engine
 
+from ledger._backoff import Backoff
 from ledger.domain.sequencing import GapTracker
 from ledger.errors import FeedUnreachable, InputError, RecordError, RestCallFailed, SubscriptionRefused
 from ledger.storage.copy import event_row
@@ -93,6 +94,8 @@ log = logging.getLogger(__name__)
 _PRODUCT_IN_TEXT = re.compile(r'"product_id"\s*:\s*"([0-9A-Za-z_.-]{1,64})"')
 _MAX_FRAME = 16 << 20  # bytes; feed messages are far smaller, REST books come over HTTP
 _AUTH_WORDS = ("authenticat", "signature", "passphrase", "api key", "timestamp")
+# Between a REST call's attempts: 0.4 s before the second, doubling up to 5 s, jittered.
+_REST_RETRIES = Backoff(first=0.4, cap=5.0, jitter=(0.5, 1.0))
 
 
 def capture(run: Capture) -> CaptureSummary:
@@ -256,7 +259,8 @@ class Capture:
 
     async def _feed(self, session: aiohttp.ClientSession) -> None:
         options = self.options
-        attempt = 0
+        backoff = Backoff(first=options.reconnect_base, cap=options.reconnect_cap, jitter=(0.5, 1.0))
+        delays = backoff.delays(self._rng)
         while not self._stop.is_set():
             opened = time.monotonic()
             frames_before = self.summary.frames
@@ -280,9 +284,8 @@ class Capture:
                 return
             self._last_error = reason
             if self.summary.frames > frames_before or time.monotonic() - opened > 60:
-                attempt = 0
-            delay = min(options.reconnect_cap, options.reconnect_base * 2**attempt) * (0.5 + self._rng.random() / 2)
-            attempt += 1
+                delays = backoff.delays(self._rng)  # it had been working: from the first delay again
+            delay = next(delays)
             self.summary.reconnects += 1
             log.warning("websocket %s: %s; reconnecting in %.1fs", options.ws_url, reason, delay)
             with contextlib.suppress(TimeoutError):
@@ -474,9 +477,10 @@ class Capture:
         path = f"/products/{product}/book?level=3"
         url = self.options.rest_url.rstrip("/") + path
         problem = ""
+        delays = _REST_RETRIES.delays(self._rng)
         for attempt in range(self.options.rest_retries + 1):
             if attempt:
-                await asyncio.sleep(min(5.0, 0.2 * 2**attempt) * (0.5 + self._rng.random() / 2))
+                await asyncio.sleep(next(delays))
             c = self._credentials
             stamp = str(int(time.time()))
             headers = {

@@ -20,14 +20,13 @@ recognised by its first event being in the log, so nothing is stored twice.
 from __future__ import annotations
 
 import logging
-import random
 import threading
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 from sqlalchemy.engine import Connection, Engine
 
+from ledger._backoff import Backoff
 from ledger.domain.sequencing import GapTracker
 from ledger.errors import ConnectionLost, DatabaseError, StreamError, first_line
 from ledger.storage.database import drop_connection
@@ -48,6 +47,10 @@ from ledger.venues.coinbase.sync import RestBook
 __all__ = ["CaptureBatch", "CaptureStore", "StreamBatch"]
 
 log = logging.getLogger(__name__)
+
+# Between a commit's attempts: 0.1 s, then twice the last delay up to 5 s, each time jittered
+# by a quarter either way (the jitter carries on), within the store's retry_for seconds.
+_RETRIES = Backoff(first=0.1, cap=5.0, jitter=(0.75, 1.25), compound=True)
 
 #: The ``source`` of the capture's rejects and checkpoint rows.
 SOURCE = "websocket"
@@ -158,22 +161,20 @@ class CaptureStore:
 
     def commit(self, batch: CaptureBatch) -> None:
         """Write ``batch`` in one transaction, retrying on a lost connection (see the module)."""
-        deadline = time.monotonic() + self.retry_for
+        delays = replace(_RETRIES, window=self.retry_for).delays()
         uncertain = False
-        delay = 0.1
         while True:
             try:
                 conn = self._conn if self._conn is not None else self._connect()
                 self._write(conn, batch, check_landed=uncertain)
                 return
             except StreamError as e:
-                if not uncertain or time.monotonic() + delay > deadline or self.abort.is_set():
+                if not uncertain or self.abort.is_set() or (delay := next(delays, None)) is None:
                     raise
                 # After a lost connection the server may not have noticed yet that the old
                 # session is gone, and still holds its locks: wait for it like for the server.
                 log.warning("%s; retrying in %.1fs", e, delay)
                 self.abort.wait(delay)
-                delay = min(5.0, delay * 2) * (0.75 + random.random() / 2)
                 continue
             except DatabaseError as e:
                 if not isinstance(e, ConnectionLost):
@@ -181,7 +182,7 @@ class CaptureStore:
                 self._drop_connection()
                 uncertain = True
                 self.retries += 1
-                if time.monotonic() + delay > deadline or self.abort.is_set():
+                if (delay := next(delays, None)) is None or self.abort.is_set():
                     raise DatabaseError(
                         f"the database has been unreachable for {self.retry_for:.0f}s ({first_line(e)}); "
                         "what was received since the last commit is not stored. Run the same command again: "
@@ -189,7 +190,6 @@ class CaptureStore:
                     ) from e
                 log.warning("database unreachable (%s); retrying in %.1fs", first_line(e), delay)
                 self.abort.wait(delay)
-                delay = min(5.0, delay * 2) * (0.75 + random.random() / 2)
 
     def _drop_connection(self) -> None:
         conn, self._conn = self._conn, None

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from ledger._backoff import Backoff
 from ledger.domain.sequencing import Arrival, GapTracker, classify
 
 __all__ = ["ProductSync", "RestBook", "SyncCounts", "SyncTiming", "Take"]
@@ -190,10 +191,10 @@ class ProductSync:
     def fetching(self, now: float) -> None:
         """A fetch started; the next may start only after the backoff delay."""
         self._fetching = True
-        window = self.timing.backoff_window
-        self._fetches = [t for t in self._fetches if now - t < window] + [now]
-        delay = min(self.timing.backoff_cap, self.timing.backoff_base * 2 ** (len(self._fetches) - 1))
-        self._next_fetch = now + delay * (0.5 + self._rng.random() / 2)
+        timing = self.timing
+        self._fetches = [t for t in self._fetches if now - t < timing.backoff_window] + [now]
+        backoff = Backoff(first=timing.backoff_base, cap=timing.backoff_cap, jitter=(0.5, 1.0))
+        self._next_fetch = now + backoff.delay(len(self._fetches) - 1, self._rng)
 
     def fetch_failed(self) -> None:
         self._fetching = False
