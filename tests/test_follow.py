@@ -183,7 +183,8 @@ def _owners(engine: Engine) -> dict[int, int]:
         rows = conn.execute(
             sa.text(
                 "SELECT pid, count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = :c"
-                " AND objsubid = 2 AND granted GROUP BY pid"
+                " AND objsubid = 2 AND granted"
+                " AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) GROUP BY pid"
             ),
             {"c": 0x1ED7},
         )

@@ -90,7 +90,9 @@ def test_an_ingest_that_fails_on_start_leaves_no_lock(
         result = CliRunner().invoke(cli, ["ingest", "csv", str(path)])
         assert result.exit_code == 1 and "database error" in result.output
     with engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'")).scalar() == 0
+        mine = "database = (SELECT oid FROM pg_database WHERE datname = current_database())"  # not other runs'
+        locks = f"SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND {mine}"
+        assert conn.execute(sa.text(locks)).scalar() == 0
     assert json.loads(run("ingest", "csv", str(path), "--json"))["events_stored"] == 1
 
 
