@@ -293,12 +293,13 @@ class Ledger:
         """The L1 rows of ``stream`` in seq order, from ``start`` through ``end`` (each a seq
         or a time, inclusive), read in chunks."""
         from ledger.storage.log import Streams
-        from ledger.storage.projection import L1Rows
+        from ledger.storage.research import L1Range
 
         with self.engine.connect() as conn:
             stream_id = Streams(conn).get(stream)
-            for row in L1Rows(conn).iter(stream_id, start=start, end=end):
-                yield L1Record(*row)
+            for rows in L1Range(conn, stream_id, start=start, end=end).chunks(50_000):
+                for row in rows:
+                    yield L1Record(*row)
 
     def l1(self, stream: str, start: int | datetime | None = None, end: int | datetime | None = None) -> pa.Table:
         """``stream``'s L1 rows from ``start`` through ``end`` (seqs or times, inclusive) as a

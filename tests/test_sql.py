@@ -48,7 +48,6 @@ def test_readme_sql_runs_through_ledger_sql_as_printed(db_env: dict[str, str], e
 def test_read_only_unless_write(db_env: dict[str, str], engine: Engine) -> None:
     out = _ledger("sql", "INSERT INTO streams (name, source) VALUES ('x', 'csv')", code=1)
     assert "read-only" in out and "--write" in out and "Traceback" not in out
-    assert "INSERT 0 1" not in out
     _ledger("sql", "INSERT INTO streams (name, source) VALUES ('x', 'csv')", "--write")
     with engine.connect() as conn:
         assert conn.execute(sa.text("SELECT name FROM streams")).scalars().all() == ["x"]

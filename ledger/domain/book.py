@@ -401,6 +401,8 @@ class Book:
         return self.bids if side == BUY else self.asks
 
     def _link(self, order: Order) -> None:
+        # Written out per side, and the level put in its map here rather than through
+        # _wake: a shared helper costs the projector 1.5% (a call for every new level).
         price = order.price
         if order.side == BUY:
             level = self.bids.get(price)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import IO
@@ -19,7 +19,6 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Connection
 
-from ledger.domain.events import Number
 from ledger.errors import SnapshotError
 from ledger.storage.copy import L1_COPY_COLUMNS, L1Row, l1_payload
 from ledger.storage.database import driver_errors
@@ -123,33 +122,6 @@ class L1Rows:
                 count += chunk.count(b"\n")
                 out.write(chunk)
         return count
-
-    def iter(
-        self,
-        stream_id: int,
-        *,
-        start: int | datetime | None = None,
-        end: int | datetime | None = None,
-        chunk: int = 50_000,
-    ) -> Iterator[tuple[int, datetime | None, Number, Number, Number, Number]]:
-        """The stream's L1 rows (seq, ts, bid, bid size, ask, ask size) in seq order, from
-        ``start`` through ``end`` (a seq or a time, inclusive), read in key-range chunks."""
-        query = sa.select(l1.c.seq, l1.c.ts, l1.c.bid_price, l1.c.bid_size, l1.c.ask_price, l1.c.ask_size).where(
-            l1.c.stream_id == stream_id
-        )
-        if start is not None:
-            query = query.where((l1.c.ts if isinstance(start, datetime) else l1.c.seq) >= start)
-        if end is not None:
-            query = query.where((l1.c.ts if isinstance(end, datetime) else l1.c.seq) <= end)
-        after: int | None = None
-        while True:
-            page = query if after is None else query.where(l1.c.seq > after)
-            rows = self._conn.execute(page.order_by(l1.c.seq).limit(chunk)).all()
-            for row in rows:
-                yield (int(row.seq), row.ts, row.bid_price, row.bid_size, row.ask_price, row.ask_size)
-            if len(rows) < chunk:
-                return
-            after = int(rows[-1].seq)
 
     def count(self, stream_id: int) -> int:
         return int(

@@ -18,6 +18,7 @@ import psycopg
 from sqlalchemy.engine import Engine
 
 from ledger.errors import DatabaseError, first_line
+from ledger.storage.database import database_error
 
 __all__ = ["QueryResult", "run_query"]
 
@@ -85,6 +86,9 @@ def _end(conn: Any, *, commit: bool) -> None:
 
 
 def _error(error: psycopg.Error, write: bool) -> DatabaseError:
+    """The error of the tree that :func:`~ledger.storage.database.database_error` gives the
+    driver's, with a message that says it was the user's query that failed."""
+    kind = type(database_error(error))
     if isinstance(error, psycopg.errors.ReadOnlySqlTransaction) and not write:
-        return DatabaseError(f"{first_line(error)}: the query runs read-only; add --write to change data")
-    return DatabaseError(f"the query failed: {first_line(error)}")
+        return kind(f"{first_line(error)}: the query runs read-only; add --write to change data")
+    return kind(f"the query failed: {first_line(error)}")

@@ -18,72 +18,59 @@ __all__ = ["EventRows", "L1Range"]
 Bound = int | datetime | None
 
 
-def _bounded(query: Any, seq: Any, ts: Any, start: Bound, end: Bound) -> Any:
-    if start is not None:
-        query = query.where((ts if isinstance(start, datetime) else seq) >= start)
-    if end is not None:
-        query = query.where((ts if isinstance(end, datetime) else seq) <= end)
-    return query
+class _Range:
+    """A stream's rows of one table from ``start`` through ``end`` (seqs or times, inclusive),
+    read in key-range chunks; the largest scale among its numeric columns."""
 
-
-def _chunks(conn: Connection, query: Any, seq: Any, chunk: int) -> Iterator[list[Any]]:
-    after: int | None = None
-    while True:
-        page = query if after is None else query.where(seq > after)
-        rows = list(conn.execute(page.order_by(seq).limit(chunk)).all())
-        if rows:
-            yield rows
-        if len(rows) < chunk:
-            return
-        after = int(rows[-1][0])
-
-
-class L1Range:
-    """A stream's L1 rows from ``start`` through ``end`` (seqs or times, inclusive)."""
-
-    _NUMBERS = (l1.c.bid_price, l1.c.bid_size, l1.c.ask_price, l1.c.ask_size)
+    _table: Any
+    _numbers: tuple[Any, ...]
+    _columns: tuple[Any, ...]
 
     def __init__(self, conn: Connection, stream_id: int, *, start: Bound, end: Bound) -> None:
         self._conn = conn
-        self._bounds = (stream_id, start, end)
-
-    def _where(self, query: Any) -> Any:
-        stream_id, start, end = self._bounds
-        return _bounded(query.where(l1.c.stream_id == stream_id), l1.c.seq, l1.c.ts, start, end)
+        c = self._table.c
+        where = [c.stream_id == stream_id]
+        if start is not None:
+            where.append((c.ts if isinstance(start, datetime) else c.seq) >= start)
+        if end is not None:
+            where.append((c.ts if isinstance(end, datetime) else c.seq) <= end)
+        self._where = where
 
     def scale(self) -> int:
         """The largest number of fractional digits among the range's prices and sizes."""
-        parts = [sa.func.max(sa.func.scale(c)) for c in self._NUMBERS]
-        row = self._conn.execute(self._where(sa.select(*parts).select_from(l1))).one()
+        parts = [sa.func.max(sa.func.scale(c)) for c in self._numbers]
+        row = self._conn.execute(sa.select(*parts).select_from(self._table).where(*self._where)).one()
         return max((int(v) for v in row if v is not None), default=0)
 
-    def chunks(self, chunk: int = 100_000) -> Iterator[list[Any]]:
-        """Lists of rows (seq, ts, bid_price, bid_size, ask_price, ask_size) in seq order."""
-        query = self._where(sa.select(l1.c.seq, l1.c.ts, *self._NUMBERS))
-        return _chunks(self._conn, query, l1.c.seq, chunk)
+    def chunks(self, chunk: int = 100_000, *, extra: tuple[Any, ...] = ()) -> Iterator[list[Any]]:
+        """Lists of up to ``chunk`` rows of :attr:`_columns` (and ``extra``) in seq order."""
+        seq = self._table.c.seq
+        query = sa.select(*self._columns, *extra).where(*self._where)
+        after: int | None = None
+        while True:
+            page = query if after is None else query.where(seq > after)
+            rows = list(self._conn.execute(page.order_by(seq).limit(chunk)).all())
+            if rows:
+                yield rows
+            if len(rows) < chunk:
+                return
+            after = int(rows[-1][0])
 
 
-class EventRows:
-    """A stream's parsed events from ``start`` through ``end`` (seqs or times, inclusive)."""
+class L1Range(_Range):
+    """L1 rows: (seq, ts, bid_price, bid_size, ask_price, ask_size)."""
 
-    def __init__(self, conn: Connection, stream_id: int, *, start: Bound, end: Bound) -> None:
-        self._conn = conn
-        self._bounds = (stream_id, start, end)
+    _table = l1
+    _numbers = (l1.c.bid_price, l1.c.bid_size, l1.c.ask_price, l1.c.ask_size)
+    _columns = (l1.c.seq, l1.c.ts, *_numbers)
 
-    def _where(self, query: Any) -> Any:
-        stream_id, start, end = self._bounds
-        return _bounded(query.where(events.c.stream_id == stream_id), events.c.seq, events.c.ts, start, end)
 
-    def scale(self) -> int:
-        row = self._conn.execute(
-            self._where(
-                sa.select(sa.func.max(sa.func.scale(events.c.price)), sa.func.max(sa.func.scale(events.c.size)))
-            ).select_from(events)
-        ).one()
-        return max((int(v) for v in row if v is not None), default=0)
+class EventRows(_Range):
+    """Parsed events: (seq, ts, kind, order_id, side, price, size), and raw when asked."""
 
-    def chunks(self, *, raw: bool = False, chunk: int = 100_000) -> Iterator[list[Any]]:
-        """Lists of rows (seq, ts, kind, order_id, side, price, size[, raw]) in seq order."""
-        columns = [events.c.seq, events.c.ts, events.c.kind, events.c.order_id, events.c.side, events.c.price]
-        columns += [events.c.size, *([events.c.raw] if raw else [])]
-        return _chunks(self._conn, self._where(sa.select(*columns)), events.c.seq, chunk)
+    _table = events
+    _numbers = (events.c.price, events.c.size)
+    _columns = (events.c.seq, events.c.ts, events.c.kind, events.c.order_id, events.c.side, *_numbers)
+
+    def chunks(self, chunk: int = 100_000, *, extra: tuple[Any, ...] = (), raw: bool = False) -> Iterator[list[Any]]:
+        return super().chunks(chunk, extra=(*extra, events.c.raw) if raw else extra)

@@ -4,11 +4,22 @@ and sizes over and over, and a dictionary lookup costs far less than making a De
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import NoReturn
 
 from ledger.domain.events import Number
 from ledger.errors import StreamError
 
-__all__ = ["Numbers"]
+__all__ = ["Numbers", "exact", "unknown_kind"]
+
+
+def exact(text: str) -> Number:
+    """The exact number of validated decimal text: an int when it has no point, else a Decimal."""
+    return Decimal(text) if "." in text else int(text)
+
+
+def unknown_kind(seq: int, kind: str, venue: str) -> NoReturn:
+    """A stored record of a kind its venue's rules do not know (a log written by another version)."""
+    raise StreamError(f"seq {seq}: {venue} has no event kind {kind!r}")
 
 
 class Numbers:
@@ -30,9 +41,5 @@ class Numbers:
             raise StreamError(f"seq {seq}: an event without the price or size it needs")
         if len(self._cache) > 100_000:
             self._cache.clear()
-        value = self._cache[text] = Decimal(text) if "." in text else int(text)
+        value = self._cache[text] = exact(text)
         return value
-
-    @staticmethod
-    def unknown(seq: int, kind: str, venue: str) -> None:
-        raise StreamError(f"seq {seq}: {venue} has no event kind {kind!r}")

@@ -9,8 +9,8 @@ seconds) catches anything a lost notification would leave behind.
 Sharing: every follower holds a membership lock (class ``0x1ED8``) on its own connection,
 so the number of live followers on a database is the number of those locks. Every
 ``rebalance`` seconds a follower counts them, computes its fair share of the streams
-(rounded up) and takes unowned streams with the projector lock (``pg_try_advisory_lock``,
-the lock ``ledger project`` takes too) up to that share, or hands back streams beyond it
+(rounded up) and takes unowned streams with the projector lock (see
+:mod:`ledger.storage.locks`; the lock ``ledger project`` takes too) up to that share, or hands back streams beyond it
 (after their last writes are committed). A follower that dies loses its connection and
 with it its locks, so the others pick up its streams at their next rebalance. No stream
 is ever projected by two processes at once.

@@ -75,7 +75,11 @@ class SourceBooks:
         at = self.tail(expected)
         if at is None or (upto is not None and at > upto):
             return None
-        return self._reset(proj, self._load(at, upto=at))
+        return self.reset_to(proj, at)
+
+    def reset_to(self, proj: StreamProjector, seq: int) -> SourceBook | None:
+        """Reset to the source snapshot at exactly ``seq``; None when there is no usable one."""
+        return self._reset(proj, self._load(seq, upto=seq))
 
     @staticmethod
     def _reset(proj: StreamProjector, found: tuple[SourceBook, Book] | None) -> SourceBook | None:

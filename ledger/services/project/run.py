@@ -242,21 +242,20 @@ class StreamRun:
         yet), and commit the position there with its L1 row. True when it did."""
         pos = self._pos
         assert pos is not None
-        if self._sources.tail(pos.last_seq + 1) is None:
+        at = self._sources.tail(pos.last_seq + 1)
+        if at is None:
             return False
         if not self._ready:
             self._restore()
         out: list[L1Row] = []
-        book = self._sources.reset_at_tail(self._proj, pos.last_seq + 1)
+        book = self._sources.reset_to(self._proj, at)
         if book is None:
             return False
         self._proj.emit_l1(book.seq, book.received_at, out)
         pos.last_seq = self._skip_until = book.seq
         pos.l1_rows += len(out)
         pos.anomalies = dict(self._proj.book.anomalies)
-        written = replace(pos, anomalies=dict(pos.anomalies))
-        self._committer.submit(_Job(self.stream_id, out, written, [], None, self._owner, self._written))
-        self._written = written.last_seq
+        self._submit(out, [], None)
         self.summary.l1_rows += len(out)
         self.summary.last_seq = pos.last_seq
         return True
@@ -336,10 +335,7 @@ class StreamRun:
             snapshot = (pos.last_seq, encode(proj.state()), len(proj.book))
             summary.snapshots += 1
         if not unchanged:  # a stream waiting at the same gap writes nothing more
-            written = replace(pos, anomalies=dict(pos.anomalies))
-            job = _Job(self.stream_id, out, written, skipped, snapshot, self._owner, self._written)
-            self._committer.submit(job)
-            self._written = written.last_seq
+            self._submit(out, skipped, snapshot)
         summary.events_applied += applied_in_chunk
         summary.l1_rows += len(out)
         summary.gaps_skipped += skipped
@@ -348,6 +344,15 @@ class StreamRun:
         if self._progress is not None:
             self._progress(name, applied_in_chunk)
         return applied_in_chunk, status
+
+    def _submit(
+        self, out: list[L1Row], skipped: list[tuple[int, int]], snapshot: tuple[int, bytes, int] | None
+    ) -> None:
+        """Hand the committer the writes that bring the stored position to the one in hand."""
+        assert self._pos is not None
+        written = replace(self._pos, anomalies=dict(self._pos.anomalies))
+        self._committer.submit(_Job(self.stream_id, out, written, skipped, snapshot, self._owner, self._written))
+        self._written = written.last_seq
 
     def _gap_age(self, gap: tuple[int, int]) -> float:
         """Seconds since ingest recorded the open gap rows that ``gap`` overlaps (inf: none)."""

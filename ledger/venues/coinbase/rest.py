@@ -4,11 +4,12 @@ their ``done`` not yet sent) are kept at 0, as the feed's rules keep them."""
 
 from __future__ import annotations
 
-from decimal import Decimal, localcontext
+from decimal import localcontext
 
 from ledger.domain.book import Book
 from ledger.domain.events import EXACT
 from ledger.errors import SnapshotError
+from ledger.venues._numbers import exact
 from ledger.venues.coinbase.codec import MessageError, decode, rest_snapshot_rows
 
 __all__ = ["rest_book"]
@@ -19,10 +20,6 @@ def rest_book(raw: str, *, where: str) -> Book:
     try:
         _, orders = rest_snapshot_rows(decode(raw))
         with localcontext(EXACT):
-            return Book.from_orders((side, oid, _number(p), _number(q)) for side, p, q, oid in orders)
+            return Book.from_orders((side, oid, exact(p), exact(q)) for side, p, q, oid in orders)
     except (MessageError, ValueError, ArithmeticError) as e:
         raise SnapshotError(f"{where}: {e}") from None
-
-
-def _number(text: str) -> int | Decimal:
-    return Decimal(text) if "." in text else int(text)

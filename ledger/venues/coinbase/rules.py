@@ -20,7 +20,7 @@ from typing import Any
 
 from ledger.domain.events import LAST, Record
 from ledger.errors import StreamError
-from ledger.venues._numbers import Numbers
+from ledger.venues._numbers import Numbers, unknown_kind
 
 __all__ = ["CoinbaseRules"]
 
@@ -60,5 +60,5 @@ class CoinbaseRules:
                 new_size = None if size_text is None else cached(size_text) or number(seq, size_text)
                 append(("modify", seq, ts, LAST, None, order_id, side, new_price, new_size, None, True, True))
             else:
-                number.unknown(seq, kind, "the Coinbase feed")
+                unknown_kind(seq, kind, "the Coinbase feed")
         return out

@@ -20,13 +20,13 @@ from __future__ import annotations
 import csv
 import re
 from datetime import datetime
-from decimal import Decimal
 from functools import lru_cache
 from typing import NamedTuple
 
 from ledger.domain.events import Number
 from ledger.errors import RowError
 from ledger.storage.copy import NULL, join_cells
+from ledger.venues._numbers import exact
 
 __all__ = [
     "COPY_COLUMNS",
@@ -261,4 +261,4 @@ def _parse_slowly(line: str) -> CsvRow:
 
 def to_number(text: str) -> Number:
     """Exact number from validated text: int when integral in form, else Decimal."""
-    return Decimal(text) if "." in text else int(text)
+    return exact(text)

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ledger.domain.events import LAST, Record
-from ledger.venues._numbers import Numbers
+from ledger.venues._numbers import Numbers, unknown_kind
 
 __all__ = ["CsvRules"]
 
@@ -50,5 +50,5 @@ class CsvRules:
             elif kind == "update":
                 append(("modify", seq, ts, LAST, None, order_id, side, price, size, None, False, False))
             else:
-                number.unknown(seq, kind, "the L3 CSV format")
+                unknown_kind(seq, kind, "the L3 CSV format")
         return out

@@ -21,7 +21,7 @@ from typing import Any
 
 from ledger.domain.events import Record
 from ledger.errors import StreamError
-from ledger.venues._numbers import Numbers
+from ledger.venues._numbers import Numbers, unknown_kind
 
 __all__ = ["DatabentoRules"]
 
@@ -72,5 +72,5 @@ class DatabentoRules:
             elif kind == "clear":
                 append(("clear", seq, ts, flags, ts_event))
             else:
-                number.unknown(seq, kind, "Databento MBO")
+                unknown_kind(seq, kind, "Databento MBO")
         return out
