@@ -18,7 +18,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Connection
 
 from ledger.errors import StreamError
-from ledger.storage.copy import EVENT_COPY_COLUMNS, events_chunks
+from ledger.storage.copy import EVENT_COPY_COLUMNS, VENUE_FIELDS, events_chunks
 from ledger.storage.database import driver_errors
 from ledger.storage.schema import events, gaps, ingest_checkpoints, rejects, source_snapshots, streams
 
@@ -36,12 +36,11 @@ __all__ = [
 ]
 
 _READ = (
-    "SELECT seq, kind, order_id, side, price::text, size::text, {ts} FROM events"
+    "SELECT seq, kind, order_id, side, price::text, size::text, {ts}{extra} FROM events"
     " WHERE stream_id = %s AND seq > %s AND seq <= %s ORDER BY seq LIMIT %s"
 )
-_READ_WITH_TIME = _READ.format(ts="ts::text")
-_READ_WITHOUT_TIME = _READ.format(ts="NULL::text")
 _COPY_EVENTS = f"COPY events ({', '.join(EVENT_COPY_COLUMNS)}) FROM STDIN"
+_COPY_VENUE_EVENTS = f"COPY events ({', '.join(EVENT_COPY_COLUMNS + VENUE_FIELDS)}) FROM STDIN"
 
 
 class Streams:
@@ -96,20 +95,22 @@ class EventLog:
         """Append one stream's events, given as their rows (:func:`ledger.storage.copy.event_row`)."""
         self.append_many([(stream_id, rows)])
 
-    def append_many(self, parts: Iterable[tuple[int, Sequence[bytes]]]) -> None:
-        """Append the events of several streams, (stream id, rows) each, in one COPY."""
+    def append_many(self, parts: Iterable[tuple[int, Sequence[bytes]]], *, venue_fields: bool = False) -> None:
+        """Append the events of several streams, (stream id, rows) each, in one COPY. With
+        ``venue_fields`` each row also carries :data:`~ledger.storage.copy.VENUE_FIELDS`
+        after ``raw`` (:func:`~ledger.storage.copy.plain_row`)."""
         chunks = [chunk for stream_id, rows in parts for chunk in events_chunks(stream_id, rows)]
         if chunks:
-            self._copy(chunks)
+            self._copy(chunks, _COPY_VENUE_EVENTS if venue_fields else _COPY_EVENTS)
 
     def copy_text(self, payload: bytes) -> None:
         """Append rows already in COPY text format (columns: EVENT_COPY_COLUMNS)."""
         self._copy([payload])
 
-    def _copy(self, chunks: list[bytes]) -> None:
+    def _copy(self, chunks: list[bytes], statement: str = _COPY_EVENTS) -> None:
         driver = self._conn.connection.driver_connection
         assert driver is not None
-        with driver_errors(), driver.cursor() as cur, cur.copy(_COPY_EVENTS) as copy:
+        with driver_errors(), driver.cursor() as cur, cur.copy(statement) as copy:
             for chunk in chunks:
                 copy.write(chunk)
 
@@ -160,9 +161,11 @@ class EventLog:
         upto: int | None = None,
         chunk: int = 20_000,
         with_time: bool = True,
+        extra: Sequence[str] = (),
     ) -> Iterator[list[Any]]:
         """Lists of up to ``chunk`` rows (seq, kind, order_id, side, price, size, ts), read by
-        key range so a long replay holds no long-running cursor.
+        key range so a long replay holds no long-running cursor. ``extra`` names venue
+        fields (:data:`~ledger.storage.copy.VENUE_FIELDS`) to read after ``ts``, as they are.
 
         price, size and ts come as text (ISO time with offset): turning them into Python
         objects here would cost more than the rest of reading; the projector makes exact
@@ -175,6 +178,10 @@ class EventLog:
         assert driver is not None
         lower = -(2**63) if after is None else after
         upper = 2**63 - 1 if upto is None else upto
+        unknown = [name for name in extra if name not in VENUE_FIELDS]
+        if unknown:
+            raise ValueError(f"not venue fields of the event log: {unknown}")
+        statement = _READ.format(ts="ts::text" if with_time else "NULL::text", extra="".join(f", {e}" for e in extra))
         with driver_errors(), driver.cursor(binary=True) as cur:
             while lower < upper:
                 # One round trip per chunk (a reader that waits on the network waits again
@@ -185,7 +192,7 @@ class EventLog:
                     cur.execute("SET LOCAL enable_sort = off")
                     cur.execute("SET LOCAL enable_bitmapscan = off")
                     cur.execute("SET LOCAL DateStyle = 'ISO'")
-                    cur.execute(_READ_WITH_TIME if with_time else _READ_WITHOUT_TIME, (stream_id, lower, upper, chunk))
+                    cur.execute(statement, (stream_id, lower, upper, chunk))
                     driver.commit()  # hold no snapshot or lock between chunks
                 rows = cur.fetchall()
                 if not rows:

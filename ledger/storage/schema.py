@@ -70,6 +70,12 @@ events = Table(
     Column("size", Numeric),
     Column("ts", _TS),
     Column("raw", Text, nullable=False),
+    # What some venues give beyond the common columns (Databento MBO); NULL for the others.
+    Column("flags", SmallInteger),
+    Column("ts_event", BigInteger),
+    Column("ts_recv", BigInteger),
+    Column("sequence", BigInteger),
+    Column("channel", SmallInteger),
     comment="Append-only event log; raw is the input line or message exactly as received.",
 )
 
@@ -129,6 +135,7 @@ l1 = Table(
     Column("bid_size", Numeric, nullable=False),
     Column("ask_price", Numeric, nullable=False),
     Column("ask_size", Numeric, nullable=False),
+    Column("maybe_bad", Boolean),
     comment="Every best bid/offer change, keyed by the seq of the event that caused it.",
 )
 
@@ -145,6 +152,7 @@ projector_positions = Table(
     Column("status", Text, nullable=False, server_default="ok"),
     Column("message", Text),
     Column("updated_at", _TS, nullable=False, server_default=func.now()),
+    Column("maybe_bad", Boolean, nullable=False, server_default=text("false")),
     comment="Where the projector stands on each stream; written with its L1 rows.",
 )
 

@@ -6,7 +6,11 @@ A venue is registered here under the name its streams carry (``streams.source``)
   (:mod:`ledger.domain.events`), one event per record; that is where the venue's book rules
   live (which kinds add, fill, modify or delete, and how);
 - ``source_book(raw, where=...)``: the :class:`~ledger.domain.book.Book` of a book the venue
-  published (a stored source snapshot), for venues that publish them.
+  published (a stored source snapshot), for venues that publish them;
+- ``fields``: the venue fields of the event log (:data:`~ledger.storage.copy.VENUE_FIELDS`)
+  its rules read after ``ts``, in that order;
+- ``dense_seqs``: whether its seqs are consecutive, so that a missing number is a missing
+  event (a gap); a venue keyed otherwise (Databento: by receive time) says False.
 
 Its ingest (file parsing, live capture) lives in its folder too. The projector, storage and
 the command line's core never name a venue: adding one is a new folder and one line in
@@ -43,6 +47,8 @@ class Venue:
     name: str
     rules: Callable[[], Rules]
     source_book: Callable[..., Book] | None = None
+    fields: tuple[str, ...] = ()
+    dense_seqs: bool = True
 
 
 #: Every venue ledger knows: its name -> the module that defines its ``VENUE``.

@@ -5,7 +5,7 @@ writing anything. Shared by the projector and ``ledger book``."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Any, NamedTuple
 
@@ -55,6 +55,7 @@ class SourceBooks:
         self._stream_id = stream_id
         self._name = name
         self._parse = source.source_book
+        self.venue = source
 
     def start(self, proj: StreamProjector, first_seq: int) -> SourceBook | None:
         """Load the source snapshot at ``first_seq - 1`` if there is one."""
@@ -131,10 +132,12 @@ def replay(
     resets: list[tuple[tuple[int, int], SourceBook]] = []
     expected = after + 1
     skip_until = None
-    for rows in read_ahead(engine, stream_id, after=after, upto=upto, chunk=20_000, with_time=False):
+    dense = sources.venue.dense_seqs
+    extra = sources.venue.fields
+    for rows in read_ahead(engine, stream_id, after=after, upto=upto, chunk=20_000, with_time=False, extra=extra):
         rest = rows if skip_until is None else [r for r in rows if r[0] > skip_until]
         while rest:
-            segment, gap = contiguous(rest, expected)
+            segment, gap = contiguous(rest, expected, dense=dense)
             proj.apply_rows(segment, None, l1=l1)
             if gap is None:
                 expected = rest[-1][0] + 1
@@ -195,18 +198,25 @@ def read_ahead(
     upto: int | None = None,
     chunk: int,
     with_time: bool = True,
+    extra: Sequence[str] = (),
 ) -> Iterator[list[Any]]:
-    """Chunks of the log read ahead by a thread on its own connection (two at most)."""
+    """Chunks of the log read ahead by a thread on its own connection (two at most);
+    ``extra``: the venue fields to read too (:meth:`EventLog.read_chunks`)."""
 
     def chunks() -> Iterator[list[Any]]:
         with engine.connect() as conn:
-            yield from EventLog(conn).read_chunks(stream_id, after=after, upto=upto, chunk=chunk, with_time=with_time)
+            log = EventLog(conn)
+            yield from log.read_chunks(stream_id, after=after, upto=upto, chunk=chunk, with_time=with_time, extra=extra)
 
     return ahead(chunks, name=f"ledger-read-{stream_id}", maxsize=2)
 
 
-def contiguous(rows: list[Any], expected: int) -> tuple[list[Any], tuple[int, int] | None]:
-    """The leading rows that follow on from ``expected`` without a hole, and the first hole."""
+def contiguous(rows: list[Any], expected: int, *, dense: bool = True) -> tuple[list[Any], tuple[int, int] | None]:
+    """The leading rows that follow on from ``expected`` without a hole, and the first hole.
+    A venue whose seqs are not dense (``dense`` False: a key that skips numbers, such as
+    Databento's time-based seq) has no holes to find: all the rows follow on."""
+    if not dense:
+        return rows, None
     if rows[-1][0] == expected + len(rows) - 1:  # the usual case: no hole in the chunk
         return rows, None
     for i, row in enumerate(rows):

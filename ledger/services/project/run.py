@@ -226,7 +226,9 @@ class StreamRun:
         applied = 0
         chunk = min(self.options.chunk, self.options.snapshot_every or self.options.chunk)
         status = "ok"
-        for rows in read_ahead(self.engine, self.stream_id, after=None if pos is None else pos.last_seq, chunk=chunk):
+        after = None if pos is None else pos.last_seq
+        extra = self._sources.venue.fields
+        for rows in read_ahead(self.engine, self.stream_id, after=after, chunk=chunk, extra=extra):
             n, status = self._chunk(rows)
             applied += n
             if status != "ok" or stop():
@@ -279,7 +281,7 @@ class StreamRun:
         status, message = "ok", None
         rest = rows
         while rest:
-            segment, gap = contiguous(rest, pos.last_seq + 1)
+            segment, gap = contiguous(rest, pos.last_seq + 1, dense=self._sources.venue.dense_seqs)
             applied = proj.apply_rows(segment, out)
             applied_in_chunk += applied
             if applied:

@@ -4,4 +4,4 @@
 from ledger.venues import Venue
 from ledger.venues.databento.rules import DatabentoRules
 
-VENUE = Venue(name="databento", rules=DatabentoRules)
+VENUE = Venue(name="databento", rules=DatabentoRules, fields=("flags", "ts_event"), dense_seqs=False)
