@@ -344,13 +344,16 @@ class Ledger:
         schema, batches = make(self.engine, stream, start=start, end=end)
         return write_parquet(schema, batches, out)
 
-    def export_l1_csv(self, stream: str, out: IO[bytes]) -> int:
-        """Write the L1 rows of ``stream`` to ``out`` in the L1 CSV format; the row count."""
+    def export_l1_csv(
+        self, stream: str, out: IO[bytes], *, start: int | datetime | None = None, end: int | datetime | None = None
+    ) -> int:
+        """Write the L1 rows of ``stream`` from ``start`` through ``end`` (seqs or times,
+        inclusive; None: the whole stream) to ``out`` in the L1 CSV format; the row count."""
         from ledger.storage.log import Streams
         from ledger.storage.projection import L1Rows
 
         with self.engine.connect() as conn:
-            return L1Rows(conn).export_csv(Streams(conn).get(stream), out)
+            return L1Rows(conn).export_csv(Streams(conn).get(stream), out, start=start, end=end)
 
     def status(self, stream: str | None = None) -> builtins.list[StreamStatus]:
         """Per stream: events, seq range, gaps, duplicates, rejects, projector position, lag."""

@@ -92,12 +92,36 @@ def test_parquet_export_round_trips(projected: ledger.Ledger, db_env: dict[str, 
     assert pq.read_table(ev)["seq"].to_pylist() == projected.events(STREAM, end=1627942268920660000)["seq"].to_pylist()
 
 
+def test_csv_export_of_a_range_is_the_reference_cut(
+    projected: ledger.Ledger, db_env: dict[str, str], tmp_path: Path
+) -> None:
+    """``export l1 --from/--to`` in CSV: exactly the reference file's lines in the range,
+    bounded by seq or by time, in the L1 CSV's own bytes."""
+    lines = (DATA / "expected_l1_data_v3.1.csv").read_bytes().split(b"\n")
+    header, body = lines[0], [line for line in lines[1:] if line]
+    a, b = _reference()[5000], _reference()[5999]
+    out = tmp_path / "range.csv"
+    result = CliRunner().invoke(
+        cli, ["export", "l1", STREAM, "--from", a["seq_num"], "--to", b["seq_num"], "-o", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    assert out.read_bytes() == b"\n".join([header, *body[5000:6000]]) + b"\n"
+    # By time: every reference line whose time is in [a's, b's] (several rows share a time).
+    low, high = _time(a["time"]), _time(b["time"])
+    want = [line for line, row in zip(body, _reference(), strict=True) if low <= _time(row["time"]) <= high]
+    result = CliRunner().invoke(cli, ["export", "l1", STREAM, "--from", a["time"], "--to", b["time"], "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert out.read_bytes() == b"\n".join([header, *want]) + b"\n"
+    assert len(want) >= 1000
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
         (["export", "l1", "csv:nope", "-f", "parquet"], "no stream named 'csv:nope'"),
         (["export", "l1", STREAM, "-f", "parquet", "--from", "yesterday"], "not a seq or an ISO date and time"),
-        (["export", "l1", STREAM, "--from", "5"], "--from and --to go with --format parquet"),
+        (["export", "l1", STREAM, "--from", "2021-08-03 06:00", "--to", "2021-08-03 05:00"], "--from is after --to"),
+        (["export", "l1", STREAM, "--from", "9", "--to", "5"], "--from is after --to"),
         (["export", "l1", STREAM, "-f", "parquet", "-o", "/nonexistent/dir/x.parquet"], "cannot write"),
     ],
 )

@@ -53,8 +53,8 @@ def _safe_name(stream: str) -> str:
     show_default=True,
     help="csv: the L1 CSV format below; parquet: zstd row groups, exact decimals, UTC timestamps.",
 )
-@click.option("--from", "start", default=None, help="First row: a seq, or an ISO time (UTC unless it says). Parquet.")
-@click.option("--to", "end", default=None, help="Last row (inclusive): a seq or an ISO time. Parquet.")
+@click.option("--from", "start", default=None, help="First row: a seq, or an ISO time (UTC unless it says).")
+@click.option("--to", "end", default=None, help="Last row (inclusive): a seq or an ISO time.")
 @fail_on_ledger_error
 def export_l1(stream: str, output: str | None, fmt: str, start: str | None, end: str | None) -> None:
     """Write a stream's L1 rows as CSV: time,bid_price,ask_price,bid_size,ask_size,seq_num.
@@ -68,25 +68,25 @@ def export_l1(stream: str, output: str | None, fmt: str, start: str | None, end:
 
     \b
     With --format parquet it writes a Parquet file instead (seq, time, bid_price, bid_size,
-    ask_price, ask_size; the stream, venue and ledger version in its metadata), from --from
-    through --to. The CSV export is always the whole stream.
+    ask_price, ask_size; the stream, venue and ledger version in its metadata). Either
+    format holds the rows from --from through --to (both inclusive; the whole stream by
+    default): a seq bounds the rows' seqs, a time their times.
 
     \b
     Example:
       ledger export l1 csv:l3_data_v3.1 -o l1_data_v3.1.csv
       ledger export l1 csv:l3_data_v3.1 -o - | head
+      ledger export l1 csv:l3_data_v3.1 --from 1627942268920660000 --to '2021-08-03 06:00' -o -
       ledger export l1 csv:l3_data_v3.1 -f parquet --from '2021-08-03 05:00' --to '2021-08-03 06:00'
     """
-    if fmt == "csv" and (start is not None or end is not None):
-        raise click.UsageError("--from and --to go with --format parquet (the CSV export is the whole stream)")
-    low, high = _bound(start, "--from"), _bound(end, "--to")
+    low, high = _range(start, end)
     with open_ledger() as ledger:
         _check_projection(ledger, stream)
 
         def write(out: IO[bytes]) -> int:
             if fmt == "parquet":
                 return ledger.export_parquet("l1", stream, out, start=low, end=high)
-            return ledger.export_l1_csv(stream, out)
+            return ledger.export_l1_csv(stream, out, start=low, end=high)
 
         if output == "-":
             _write_stdout(write)
@@ -111,7 +111,7 @@ def export_events(stream: str, output: str | None, start: str | None, end: str |
       ledger export events csv:l3_data_v3.1 -o events.parquet
       ledger export events coinbase:BTC-USD --from 2026-11-30T12:00 --to 2026-11-30T13:00
     """
-    low, high = _bound(start, "--from"), _bound(end, "--to")
+    low, high = _range(start, end)
     with open_ledger() as ledger:
 
         def write(out: IO[bytes]) -> int:
@@ -119,6 +119,14 @@ def export_events(stream: str, output: str | None, start: str | None, end: str |
 
         count, written, _ = _write_file(Path(output or f"events_{_safe_name(stream)}.parquet"), write)
     click.echo(f"wrote {count} events of {printable(stream)} to {printable(written)}", err=True)
+
+
+def _range(start: str | None, end: str | None) -> tuple[int | datetime | None, int | datetime | None]:
+    """The --from and --to of an export: each a seq or a time; two of a kind must be in order."""
+    low, high = _bound(start, "--from"), _bound(end, "--to")
+    if low is not None and high is not None and type(low) is type(high) and low > high:  # type: ignore[operator]
+        raise click.BadParameter(f"--from is after --to ({start} > {end}): the range is empty", param_hint="--from")
+    return low, high
 
 
 def _bound(text: str | None, option: str) -> int | datetime | None:

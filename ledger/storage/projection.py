@@ -36,7 +36,7 @@ _COPY_L1 = f"COPY l1 ({', '.join(L1_COPY_COLUMNS)}) FROM STDIN"
 _EXPORT = (
     "COPY (SELECT coalesce(to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || ' UTC', ''),"
     " trim_scale(bid_price), trim_scale(ask_price), trim_scale(bid_size), trim_scale(ask_size), seq"
-    " FROM l1 WHERE stream_id = %s ORDER BY seq) TO STDOUT"
+    " FROM l1 WHERE stream_id = %s{bounds} ORDER BY seq) TO STDOUT"
 )
 
 
@@ -110,13 +110,22 @@ class L1Rows:
     def delete(self, stream_id: int) -> None:
         self._conn.execute(l1.delete().where(l1.c.stream_id == stream_id))
 
-    def export_csv(self, stream_id: int, out: IO[bytes]) -> int:
-        """Write the stream's L1 rows as CSV (BOM, header, LF) to ``out``; return the row count."""
+    def export_csv(
+        self, stream_id: int, out: IO[bytes], *, start: int | datetime | None = None, end: int | datetime | None = None
+    ) -> int:
+        """Write the stream's L1 rows from ``start`` through ``end`` (seqs or times, inclusive;
+        None: from the first, to the last) as CSV (BOM, header, LF) to ``out``; the row count."""
         driver = self._conn.connection.driver_connection
         assert driver is not None
+        bounds, params = "", list[object]([stream_id])
+        for bound, op in ((start, ">="), (end, "<=")):
+            if bound is not None:
+                bounds += f" AND {'ts' if isinstance(bound, datetime) else 'seq'} {op} %s"
+                params.append(bound)
         out.write(("\ufeff" + L1_HEADER + "\n").encode("utf-8"))
         count = 0
-        with driver_errors(), driver.cursor() as cur, cur.copy(_EXPORT, (stream_id,)) as copy:
+        query = _EXPORT.format(bounds=bounds)
+        with driver_errors(), driver.cursor() as cur, cur.copy(query, params) as copy:
             for data in copy:
                 chunk = bytes(data).replace(b"\t", b",")
                 count += chunk.count(b"\n")
