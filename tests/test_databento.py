@@ -27,8 +27,9 @@ import databento_dbn as dbn
 import pytest
 from sortedcontainers import SortedDict
 
-from ledger.domain.events import LAST, SNAPSHOT
+from ledger.domain.events import LAST, MAYBE_BAD_BOOK, SNAPSHOT, mark
 from ledger.domain.projector import Projector
+from ledger.domain.snapshot import FORMAT_VERSION, decode, encode
 from ledger.errors import InputError
 from ledger.venues import venue
 from ledger.venues.databento.dbn import (
@@ -92,10 +93,10 @@ class NaiveBook:
             del self.levels[side][price]
 
     def apply(self, action: str, side: str, price: int, size: int, order_id: int, flags: int) -> None:
-        if flags & F_SNAPSHOT:  # a run of snapshot records replaces the book
+        if flags & F_SNAPSHOT:  # a run of snapshot records replaces the book; F_LAST ends the run
             if not self.in_snapshot:
                 self.clear()
-            self.in_snapshot = True
+            self.in_snapshot = not flags & F_LAST
         else:
             self.in_snapshot = False
         if action == "A":
@@ -293,6 +294,33 @@ def test_a_snapshot_replaces_the_book_without_a_clear() -> None:
     alone.apply(rules.events(day2_rows[:snapshot_end]), None)
     assert list(projector.book.iter_orders()) == list(alone.book.iter_orders())
     assert len(alone.book) == snapshot_end == 8_725
+    # Day 1 is one snapshot whose last record ends the event: day 2's snapshot is a new run,
+    # not more of day 1's (whose orders it would add again).
+    assert day1_rows[-1].flags & SNAPSHOT and day1_rows[-1].flags & LAST
+    assert not projector.book.anomalies
+
+
+def test_projector_state_keeps_the_snapshot_run_and_the_maybe_bad_mark() -> None:
+    """A projector restored from its saved state mid-snapshot goes on as one never stopped."""
+    _, day2_rows, _, _ = pipeline(ESH4_DAY)
+    rules = DatabentoRules()
+    events = rules.events(day2_rows[:9_000])
+    whole = Projector()
+    whole.apply(events, None)
+    first = Projector()
+    first.apply(events[:4_000], None)  # inside the snapshot run
+    state = decode(encode(first.state()), FORMAT_VERSION)
+    assert state.in_snapshot and not state.maybe_bad
+    restored = Projector()
+    restored.restore(state)
+    restored.apply(events[4_000:], None)  # the run goes on: the book is not cleared again
+    assert list(restored.book.iter_orders()) == list(whole.book.iter_orders())
+    assert restored.book.anomalies == whole.book.anomalies
+    assert "add_existing_order" not in whole.book.anomalies
+    # The venue's warning outlives a restart too.
+    restored.apply([mark(events[-1][1] + 1, flags=LAST | MAYBE_BAD_BOOK)], None)
+    assert restored.maybe_bad
+    assert decode(encode(restored.state()), FORMAT_VERSION).maybe_bad
 
 
 # -- raw bytes -----------------------------------------------------------------------------

@@ -18,7 +18,9 @@ Locked (bid == ask) is not crossed.
 
 Records inside an event (no ``LAST`` flag) change the book but are never looked at: no L1
 row, no crossed count. A run of :data:`~ledger.domain.events.SNAPSHOT` records replaces the
-book (it is cleared at the run's first record, with or without a ``Clear`` before it);
+book (it is cleared at the run's first record, with or without a ``Clear`` before it); the
+run ends at a record without the flag or after a snapshot record that ends an event (so a
+snapshot that directly follows another one replaces it);
 :data:`~ledger.domain.events.MAYBE_BAD_BOOK` marks the book as possibly wrong until the next
 clear or snapshot (:attr:`Projector.maybe_bad`).
 
@@ -187,8 +189,8 @@ class Projector:
         if flags & SNAPSHOT:
             if not self.in_snapshot:
                 self.book.clear()
-                self.in_snapshot = True
                 self.maybe_bad = False
+            self.in_snapshot = not flags & LAST  # the run's last record ends it
         else:
             self.in_snapshot = False
         if flags & MAYBE_BAD_BOOK:
@@ -203,12 +205,20 @@ class Projector:
         return self.error_threshold is not None and sum(anomalies.values()) > self.error_threshold
 
     def state(self) -> ProjectorState:
-        return ProjectorState(book=self.book, l1_last=self.last, crossed=self.crossed)
+        return ProjectorState(
+            book=self.book,
+            l1_last=self.last,
+            crossed=self.crossed,
+            in_snapshot=self.in_snapshot,
+            maybe_bad=self.maybe_bad,
+        )
 
     def restore(self, state: ProjectorState) -> None:
         self.book = state.book
         self.last = state.l1_last
         self.crossed = state.crossed
+        self.in_snapshot = state.in_snapshot
+        self.maybe_bad = state.maybe_bad
 
     def reset(self, book: Book) -> None:
         """Take ``book`` (a venue's own book, at a seq) as the book; anomaly counts go on."""

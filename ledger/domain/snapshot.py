@@ -2,7 +2,10 @@
 
 A snapshot holds what a projector needs to go on after seq S exactly as if it had never
 stopped: every resting order (side, price, size, id) in queue order, the last L1 row it
-emitted, whether the book was crossed, and its anomaly counts.
+emitted, whether the book was crossed, its anomaly counts, and the venue's marks that
+outlive a record: inside a run of snapshot records (``in_snapshot``) and the book possibly
+wrong (``maybe_bad``). These two are written only when true, and read as false when absent
+(snapshots written before them).
 
 Format version 1 is zlib-compressed UTF-8 text::
 
@@ -46,6 +49,8 @@ class ProjectorState:
     book: Book = field(default_factory=Book)
     l1_last: Top | None = None
     crossed: bool = False
+    in_snapshot: bool = False
+    maybe_bad: bool = False
 
 
 def encode(state: ProjectorState) -> bytes:
@@ -58,6 +63,10 @@ def encode(state: ProjectorState) -> bytes:
         "crossed": state.crossed,
         "anomalies": {k: v for k, v in book.anomalies.items() if v},
     }
+    if state.in_snapshot:
+        header["in_snapshot"] = True
+    if state.maybe_bad:
+        header["maybe_bad"] = True
     lines = [_MAGIC, json.dumps(header, sort_keys=True)]
     _order_lines(book, lines)
     return zlib.compress("\n".join(lines).encode("utf-8"), 1)
@@ -96,6 +105,8 @@ def decode(payload: bytes, format_version: int, *, where: str = "snapshot") -> P
         l1_last = None if last is None else Top(*(_number(v) for v in last))
         anomalies = {str(k): int(v) for k, v in header["anomalies"].items()}
         crossed = bool(header["crossed"])
+        in_snapshot = header.get("in_snapshot", False) is True
+        maybe_bad = header.get("maybe_bad", False) is True
     except (ValueError, KeyError, TypeError, InvalidOperation) as e:
         raise SnapshotError(f"{where}: the header is corrupt ({e})") from None
     body = lines[2:] if len(lines) > 2 or count else []
@@ -122,7 +133,7 @@ def decode(payload: bytes, format_version: int, *, where: str = "snapshot") -> P
     except (ValueError, InvalidOperation) as e:
         raise SnapshotError(f"{where}: an order line is corrupt ({e})") from None
     book.anomalies = Counter(anomalies)
-    return ProjectorState(book=book, l1_last=l1_last, crossed=crossed)
+    return ProjectorState(book=book, l1_last=l1_last, crossed=crossed, in_snapshot=in_snapshot, maybe_bad=maybe_bad)
 
 
 def _number(text: str) -> Number:

@@ -140,6 +140,13 @@ class EventLog:
         ).one()
         return row[0], row[1]
 
+    def raw_between(self, stream_id: int, first: int, last: int) -> dict[int, str]:
+        """seq -> raw of the stream's events with a seq in [first, last]."""
+        query = sa.select(events.c.seq, events.c.raw).where(
+            events.c.stream_id == stream_id, events.c.seq.between(first, last)
+        )
+        return {int(r.seq): r.raw for r in self._conn.execute(query)}
+
     def raw_of(self, stream_id: int, seqs: Sequence[int]) -> dict[int, str]:
         rows = self._conn.execute(
             sa.select(events.c.seq, events.c.raw).where(events.c.stream_id == stream_id, events.c.seq.in_(list(seqs)))
@@ -425,6 +432,13 @@ class Checkpoints:
             int(row.duplicates),
             int(row.rejects),
         )
+
+    def of_source(self, source: str) -> dict[int, Checkpoint]:
+        """stream id -> checkpoint, for every stream that ``source`` was ingested into."""
+        found = self._conn.execute(
+            sa.select(ingest_checkpoints.c.stream_id).where(ingest_checkpoints.c.source == source)
+        ).scalars()
+        return {int(stream_id): cp for stream_id in found if (cp := self.get(int(stream_id), source)) is not None}
 
     def put(self, stream_id: int, source: str, checkpoint: Checkpoint) -> None:
         values = {

@@ -44,6 +44,7 @@ __all__ = [
     "MboReject",
     "Sequencer",
     "StoredRow",
+    "keyed_rows",
     "price_of",
     "stored_row",
     "stored_rows",
@@ -672,6 +673,17 @@ def stored_rows(
     per ``stream(record)`` (default: symbol and publisher, see ``docs/venues/databento.md``).
     Rows of different streams come interleaved as in the file. The same as
     :func:`stored_row` with :class:`Sequencer`, inlined: this runs once per record."""
+    for item in keyed_rows(items, sequencer, stream):
+        yield item if item.__class__ is MboReject else item[2]  # type: ignore[misc]
+
+
+def keyed_rows(
+    items: Iterable[MboRecord | MboReject],
+    sequencer: Sequencer | None = None,
+    stream: Callable[[MboRecord], Hashable] | None = None,
+) -> Iterator[tuple[Hashable, int, StoredRow] | MboReject]:
+    """:func:`stored_rows`, each row with its stream key and record number:
+    ``(stream key, record_no, row)``; rejects passed through."""
     sequencer = sequencer or Sequencer()
     lasts = sequencer._last
     sides = _SIDES
@@ -705,7 +717,7 @@ def stored_rows(
             ts_event = None
         fields = (seq, kinds[action], order_id, sides[ord(item[5])], item[6], item[8], ts, item[10], ts_event,
                   ts_recv, item[13], item[14], item[16].hex())  # fmt: skip
-        yield new(StoredRow, fields)
+        yield key, item[0], new(StoredRow, fields)
 
 
 def stream_key(record: MboRecord) -> tuple[str, int]:
