@@ -10,10 +10,18 @@ the stream, so the tracker, loaded from the database at the start, stays in step
 
 A run can also be asked to stop early (Ctrl-C, SIGTERM: see :class:`StopReading`): it then
 commits the whole lines it has read and returns its summary, marked ``interrupted``.
+
+Several inputs in one run (:func:`ingest_csv_files`) go through the same reading thread,
+writer thread and two connections (one takes each stream's lock and loads its state, the
+other commits), one input after the other, so the next file is parsed while the last
+batches of the one before are committed. Each input keeps what it has alone: its stream
+(several inputs may append to one stream, in the order given), checkpoint, resume point,
+duplicates, rejects and summary.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
@@ -21,8 +29,9 @@ import queue
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import BinaryIO, TypeVar
 
 from sqlalchemy.engine import Connection, Engine
@@ -44,7 +53,7 @@ from ledger.storage.log import (
 from ledger.storage.notify import notify_appended
 from ledger.venues.csv.format import CsvRow, check_header, fast_row, parse_line
 
-__all__ = ["IngestSummary", "StopReading", "ingest_csv"]
+__all__ = ["CsvInput", "IngestSummary", "StopReading", "ingest_csv", "ingest_csv_files"]
 
 _T = TypeVar("_T")
 _FINGERPRINT_SPAN = 4096
@@ -77,6 +86,7 @@ class IngestSummary:
     seconds: float = 0.0
     resumed_from_line: int | None = None
     interrupted: bool = False  # stopped early on request (a signal): the input was not read to its end
+    error: str | None = None  # why this input could not be read to its end (in a run of several)
     reject_samples: list[dict[str, object]] = field(default_factory=list)
 
     @property
@@ -158,6 +168,23 @@ class _Batch:
     fingerprint: str = ""
     gaps: list[tuple[int, int]] = field(default_factory=list)  # the tracker's open gaps at the end
     complete: bool = False
+    last: bool = False  # the input's last batch
+    run: _Run | None = None  # the input it belongs to
+
+
+@dataclass(frozen=True)
+class CsvInput:
+    """One input of a run: a file by ``path`` (opened when its turn comes, so a folder of
+    thousands holds one open at a time) or an open binary file object ``fp``. ``source``
+    names it in rejects and checkpoints (a file's absolute path, or ``stdin``); ``size``
+    is its length in bytes when known (for progress)."""
+
+    stream: str
+    source: str
+    path: Path | None = None
+    fp: BinaryIO | None = None
+    resumable: bool = True
+    size: int | None = None
 
 
 def ingest_csv(
@@ -174,41 +201,145 @@ def ingest_csv(
 ) -> IngestSummary:
     """Append the L3 CSV read from ``fp`` to ``stream``; ``source`` names it in rejects and
     checkpoints (a file's absolute path, or ``stdin``). ``progress`` gets bytes read.
-    ``stop``: see :class:`StopReading`."""
+    ``stop``: see :class:`StopReading`. An input that cannot be read is an
+    :class:`~ledger.errors.InputError`."""
+    [summary] = _ingest(
+        engine,
+        [CsvInput(stream, source, fp=fp, resumable=resumable)],
+        batch_size=batch_size,
+        flush_interval=flush_interval,
+        progress=progress,
+        stop=stop,
+        keep_going=False,
+    )
+    return summary
+
+
+def ingest_csv_files(
+    engine: Engine,
+    inputs: Iterable[CsvInput],
+    *,
+    batch_size: int = 10_000,
+    progress: Callable[[int], None] | None = None,
+    stop: StopReading | None = None,
+) -> list[IngestSummary]:
+    """Append several L3 CSV inputs in one run, in the order given; one summary each.
+
+    Rule: an input that cannot be ingested (missing or unreadable, empty, binary, a wrong
+    header, its stream written by another ingest or holding another venue's events) does
+    not stop the run: its summary's ``error`` says why, naming the file, what it stored
+    before the error stays (its checkpoint resumes after it), and the next input goes on.
+    A database error stops the run (what was committed stays; the same run again resumes
+    each input after its last committed batch). On a stop request the input in hand ends
+    as :func:`ingest_csv`'s does and the inputs after it are not begun (no summary).
+    ``progress`` gets the bytes read over all inputs."""
+    return _ingest(
+        engine, inputs, batch_size=batch_size, flush_interval=None, progress=progress, stop=stop, keep_going=True
+    )
+
+
+def _ingest(
+    engine: Engine,
+    inputs: Iterable[CsvInput],
+    *,
+    batch_size: int,
+    flush_interval: float | None,
+    progress: Callable[[int], None] | None,
+    stop: StopReading | None,
+    keep_going: bool,
+) -> list[IngestSummary]:
+    """The run: one reading thread (this one), one writer, two connections."""
     if batch_size < 1:
         raise InputError("--batch-size must be at least 1")
-    started = time.perf_counter()
-    summary = IngestSummary(stream=stream, source=source)
     stop = stop or StopReading()
-    header = stop.read(fp.readline, _MAX_LINE)  # bounded: a binary file may have no newline at all
-    if stop.is_set():  # stopped before the header was read: nothing to do
-        summary.interrupted = True
-        summary.seconds = time.perf_counter() - started
-        return summary
-    if not header.strip():
-        raise InputError(f"{source}: the input is empty (expected a header line first)")
-    if not _is_text(header):
-        # Rule: name a binary input as such, with a short escaped excerpt, not its bytes.
-        raise InputError(f"{source}: not a text CSV file (starts with bytes {header[:16]!r})")
-    try:
-        check_header(header.decode("utf-8", errors="replace"))
-    except RowError as e:
-        raise InputError(f"{source}, line 1: {e}") from None
-    with engine.connect() as conn:
-        run = _Run(conn, stream, source, summary, header, fp)
+    summaries: list[IngestSummary] = []
+    with engine.connect() as setup, engine.connect() as conn:
+        streams = _Streams(setup)
+        writer = _Writer(conn)
+        writer.start()
         try:
-            _read(run, fp, batch_size, flush_interval, resumable, progress, stop)
-        finally:
-            run.release()
-    summary.open_gaps = len(run.tracker.gaps)
-    summary.missing_seqs = run.tracker.missing()
-    summary.seconds = time.perf_counter() - started
-    return summary
+            done = 0  # bytes of the inputs before the one in hand
+            for item in inputs:
+                if stop.is_set():
+                    break
+                summary = IngestSummary(stream=item.stream, source=item.source)
+                summaries.append(summary)
+                step = None if progress is None else _shifted(progress, done)
+                started = time.perf_counter()
+                try:
+                    _ingest_one(streams, writer, item, summary, started, batch_size, flush_interval, step, stop)
+                except (InputError, StreamError) as e:
+                    if not keep_going:
+                        raise
+                    summary.error = str(e)
+                    summary.seconds = time.perf_counter() - started
+                    # What the stream's tracker saw of this input was not all stored: the
+                    # stream's state is read again from the log if a later input needs it.
+                    writer.flush()
+                    streams.forget(item.stream)
+                done += item.size or 0
+                streams.release_idle()
+            writer.close()
+        except BaseException:
+            writer.abandon()
+            streams.release_all()
+            raise
+        streams.release_all()
+    return summaries
+
+
+def _shifted(progress: Callable[[int], None], before: int) -> Callable[[int], None]:
+    return lambda offset: progress(before + offset)
+
+
+def _ingest_one(
+    streams: _Streams,
+    writer: _Writer,
+    item: CsvInput,
+    summary: IngestSummary,
+    started: float,
+    batch_size: int,
+    flush_interval: float | None,
+    progress: Callable[[int], None] | None,
+    stop: StopReading,
+) -> None:
+    """Read one input into batches for the writer (its last batch is committed later)."""
+    source = item.source
+    if item.path is not None:
+        try:
+            fp: BinaryIO = item.path.open("rb")
+        except OSError as e:
+            raise InputError(f"cannot read {item.path}: {e.strerror or e}") from None
+    else:
+        assert item.fp is not None
+        fp = item.fp
+    with fp if item.path is not None else contextlib.nullcontext(fp):
+        header = stop.read(fp.readline, _MAX_LINE)  # bounded: a binary file may have no newline at all
+        if stop.is_set():  # stopped before the header was read: nothing to do
+            summary.interrupted = True
+            summary.seconds = time.perf_counter() - started
+            return
+        if not header.strip():
+            raise InputError(f"{source}: the input is empty (expected a header line first)")
+        if not _is_text(header):
+            # Rule: name a binary input as such, with a short escaped excerpt, not its bytes.
+            raise InputError(f"{source}: not a text CSV file (starts with bytes {header[:16]!r})")
+        try:
+            check_header(header.decode("utf-8", errors="replace"))
+        except RowError as e:
+            raise InputError(f"{source}, line 1: {e}") from None
+        stream = streams.open(item.stream)
+        run = _Run(streams.conn, writer.conn, stream, source, summary, header, fp, started)
+        try:
+            _read(run, fp, writer, batch_size, flush_interval, item.resumable, progress, stop)
+        except OSError as e:
+            raise InputError(f"reading {source} failed: {e.strerror or e}") from None
 
 
 def _read(
     run: _Run,
     fp: BinaryIO,
+    writer: _Writer,
     batch_size: int,
     flush_interval: float | None,
     resumable: bool,
@@ -222,38 +353,36 @@ def _read(
         line_no, offset = resumed
         fp.seek(offset)
         run.summary.resumed_from_line = line_no + 1
-    writer = _Writer(run)
-    writer.start()
-    try:
-        batch = _Batch()
-        deadline = None if flush_interval is None else time.monotonic() + flush_interval
-        for lines in _line_chunks(fp, flush_interval, stop):
-            start = 0
-            while start < len(lines):
-                part = lines[start : start + batch_size - batch.lines]
-                start += len(part)
-                _take_lines(run.tracker, batch, part, line_no)
-                line_no += len(part)
-                offset += sum(map(len, part))
-                if type(part[0]) is _LongLine:  # alone in its list; only its start was kept
-                    offset += part[0].skipped
-                if batch.lines >= batch_size or batch.reject_chars > _REJECT_CHARS_PER_BATCH:
-                    writer.submit(run.seal(batch, line_no, offset, complete=False))
-                    batch = _Batch()
-                    if progress is not None:
-                        progress(offset)
-            if deadline is not None and time.monotonic() >= deadline:
-                if batch.lines:
-                    writer.submit(run.seal(batch, line_no, offset, complete=False))
-                    batch = _Batch()
-                deadline = time.monotonic() + (flush_interval or 0)
-        # On a stop request the chunks end (see _line_chunks): commit what they gave.
-        run.summary.interrupted = stop.is_set()
-        writer.submit(run.seal(batch, line_no, offset, complete=not run.summary.interrupted))
-    except BaseException:
-        writer.abandon()
-        raise
-    writer.close()
+    tracker = run.stream.tracker
+    batch = _Batch()
+    deadline = None if flush_interval is None else time.monotonic() + flush_interval
+    for lines in _line_chunks(fp, flush_interval, stop):
+        start = 0
+        while start < len(lines):
+            part = lines[start : start + batch_size - batch.lines]
+            start += len(part)
+            _take_lines(tracker, batch, part, line_no)
+            line_no += len(part)
+            offset += sum(map(len, part))
+            if type(part[0]) is _LongLine:  # alone in its list; only its start was kept
+                offset += part[0].skipped
+            if batch.lines >= batch_size or batch.reject_chars > _REJECT_CHARS_PER_BATCH:
+                writer.submit(run.seal(batch, line_no, offset, complete=False))
+                batch = _Batch()
+                if progress is not None:
+                    progress(offset)
+        if deadline is not None and time.monotonic() >= deadline:
+            if batch.lines:
+                writer.submit(run.seal(batch, line_no, offset, complete=False))
+                batch = _Batch()
+            deadline = time.monotonic() + (flush_interval or 0)
+    # On a stop request the chunks end (see _line_chunks): commit what they gave.
+    run.summary.interrupted = stop.is_set()
+    run.summary.open_gaps = len(tracker.gaps)
+    run.summary.missing_seqs = tracker.missing()
+    last = run.seal(batch, line_no, offset, complete=not run.summary.interrupted)
+    last.last = True
+    writer.submit(last)
     if progress is not None:
         progress(offset)
 
@@ -362,34 +491,97 @@ def _is_text(header: bytes) -> bool:
     return not any(c < " " and c not in "\t\r\n" for c in text)
 
 
+class _Stream:
+    """One stream a run writes: its id, lock and tracker, shared by the inputs that append
+    to it. The reading thread owns the tracker; the writer thread owns ``stored_gaps`` and
+    counts the batches it has committed."""
+
+    def __init__(self, name: str, stream_id: int, tracker: GapTracker, stored_gaps: dict[tuple[int, int], int]) -> None:
+        self.name = name
+        self.id = stream_id
+        self.tracker = tracker
+        self.stored_gaps = stored_gaps
+        self.submitted = 0  # batches handed to the writer (reading thread)
+        self.committed = 0  # batches committed (writer thread)
+
+
+class _Streams:
+    """The streams of a run, opened on the reading thread's connection: each is locked
+    (a session-level advisory lock, so no other ingest writes it meanwhile) and its state
+    loaded from the log when an input first needs it, and given back once its batches are
+    committed and the inputs in hand no longer need it."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self._open: dict[str, _Stream] = {}
+
+    def open(self, name: str) -> _Stream:
+        stream = self._open.get(name)
+        if stream is not None:
+            return stream
+        conn = self.conn
+        with conn.begin():
+            stream_id = Streams(conn).ensure(name, "csv")
+        if not Locks(conn).try_take(writer_lock(stream_id)):
+            conn.commit()
+            raise StreamError(f"stream {name!r} is being written by another ingest; wait for it to finish")
+        conn.commit()
+        try:
+            low, high = EventLog(conn).seq_range(stream_id)
+            stored_gaps = GapStore(conn).open_gaps(stream_id)
+            conn.commit()
+        except BaseException:
+            Locks(conn).give_back(writer_lock(stream_id))
+            raise
+        stream = self._open[name] = _Stream(name, stream_id, GapTracker(low, high, stored_gaps), stored_gaps)
+        return stream
+
+    def release_idle(self) -> None:
+        """Give back every stream whose batches are all committed but the last one opened
+        (the next input may well append to it too)."""
+        names = list(self._open)
+        for name in names[:-1]:
+            stream = self._open[name]
+            if stream.committed == stream.submitted:
+                self.forget(name)
+
+    def forget(self, name: str) -> None:
+        """Give back a stream (once its batches are committed: see :meth:`_Writer.flush`)."""
+        stream = self._open.pop(name, None)
+        if stream is not None:
+            Locks(self.conn).give_back(writer_lock(stream.id))
+
+    def release_all(self) -> None:
+        """Give back every stream; on a broken connection the server already dropped them."""
+        if self._open:
+            self._open.clear()
+            Locks(self.conn).give_back()
+
+
 class _Run:
-    """The state of one ingest run: its stream, tracker, checkpoint and connection."""
+    """One input being read: its stream, source, checkpoint and summary."""
 
     def __init__(
-        self, conn: Connection, stream: str, source: str, summary: IngestSummary, header: bytes, fp: BinaryIO
+        self,
+        setup: Connection,
+        conn: Connection,
+        stream: _Stream,
+        source: str,
+        summary: IngestSummary,
+        header: bytes,
+        fp: BinaryIO,
+        started: float,
     ) -> None:
-        self.conn = conn
+        self.conn = conn  # the writer's
+        self.stream = stream
         self.source = source
         self.summary = summary
         self.header = header
-        self.locked = False
+        self.started = started
         self._fd = _regular_file_fd(fp)
-        with conn.begin():
-            self.stream_id = Streams(conn).ensure(stream, "csv")
-        self.locked = Locks(conn).try_take(writer_lock(self.stream_id))
-        conn.commit()
-        if not self.locked:
-            raise StreamError(f"stream {stream!r} is being written by another ingest; wait for it to finish")
-        try:
-            low, high = EventLog(conn).seq_range(self.stream_id)
-            self.stored_gaps = GapStore(conn).open_gaps(self.stream_id)
-            self.tracker = GapTracker(low, high, self.stored_gaps)
-            self.checkpoint = Checkpoints(conn).get(self.stream_id, source)
-            self.base = (0, 0, 0)  # counts carried over from the killed run this one resumes
-            conn.commit()
-        except BaseException:
-            self.release()
-            raise
+        self.checkpoint = Checkpoints(setup).get(stream.id, source)
+        setup.commit()
+        self.base = (0, 0, 0)  # counts carried over from the killed run this one resumes
 
     def resume_point(self) -> tuple[int, int] | None:
         """(line, byte offset) to go on from after a run that did not finish, or None."""
@@ -410,24 +602,27 @@ class _Run:
         return digest.hexdigest()
 
     def seal(self, batch: _Batch, line_no: int, offset: int, *, complete: bool) -> _Batch:
+        batch.run = self
         batch.line_no, batch.offset, batch.complete = line_no, offset, complete
         batch.fingerprint = self._fingerprint(offset)
-        batch.gaps = list(self.tracker.gaps)
+        batch.gaps = list(self.stream.tracker.gaps)
+        self.stream.submitted += 1
         return batch
 
     def commit(self, batch: _Batch) -> None:
         """Store one batch in one transaction (called from the writer thread only)."""
         conn = self.conn
         summary = self.summary
+        stream = self.stream
         try:
             with conn.begin():
                 if batch.rows:
-                    EventLog(conn).append(self.stream_id, batch.rows)
-                    notify_appended(conn, [self.stream_id])
+                    EventLog(conn).append(stream.id, batch.rows)
+                    notify_appended(conn, [stream.id])
                 conflicting = self._conflicting_duplicates(batch)
                 rejects = batch.rejects + conflicting
-                Rejects(conn).add(self.stream_id, self.source, rejects)
-                self.stored_gaps = GapStore(conn).reconcile(self.stream_id, self.stored_gaps, batch.gaps)
+                Rejects(conn).add(stream.id, self.source, rejects)
+                stream.stored_gaps = GapStore(conn).reconcile(stream.id, stream.stored_gaps, batch.gaps)
                 stored, dups, rejected = self.base
                 checkpoint = Checkpoint(
                     batch.line_no,
@@ -438,7 +633,7 @@ class _Run:
                     duplicates=dups + summary.duplicates + len(batch.duplicates),
                     rejects=rejected + summary.rejects + len(rejects),
                 )
-                Checkpoints(conn).put(self.stream_id, self.source, checkpoint)
+                Checkpoints(conn).put(stream.id, self.source, checkpoint)
         except ConstraintViolation as e:
             raise DatabaseError(
                 f"stream {summary.stream!r}: the log already holds events that its gaps table "
@@ -450,6 +645,7 @@ class _Run:
                 f"storing lines up to {batch.line_no} of {self.source} failed: {first_line(e)}. "
                 "Run the same command again: it resumes after the last stored batch"
             ) from e
+        stream.committed += 1
         summary.lines += batch.lines
         summary.events_stored += len(batch.rows)
         summary.duplicates += len(batch.duplicates)
@@ -457,38 +653,35 @@ class _Run:
         summary.rejects += len(rejects)
         for reject in rejects[: max(0, 20 - len(summary.reject_samples))]:
             summary.reject_samples.append({"line": reject.line_no, "reason": reject.reason})
+        if batch.last:
+            summary.seconds = time.perf_counter() - self.started
 
     def _conflicting_duplicates(self, batch: _Batch) -> list[Reject]:
         if not batch.duplicates:
             return []
-        stored = EventLog(self.conn).raw_of(self.stream_id, [seq for seq, _, _ in batch.duplicates])
+        stored = EventLog(self.conn).raw_of(self.stream.id, [seq for seq, _, _ in batch.duplicates])
         return [
             Reject(line_no, text, f"seq_num {seq} is already stored with different content")
             for seq, line_no, text in batch.duplicates
             if stored.get(seq) != text
         ]
 
-    def release(self) -> None:
-        """Give the stream back; on a broken connection the server already dropped the lock."""
-        if not self.locked:
-            return
-        self.locked = False
-        Locks(self.conn).give_back(writer_lock(self.stream_id))
-
 
 class _Writer(Worker[_Batch]):
-    """Commits sealed batches in order, one transaction each, while the next one is parsed:
-    a :class:`~ledger._threads.Worker`. At most two batches wait, so memory stays bounded
-    whatever the input size; a failed commit is raised in the reading thread, and
-    ``abandon`` stops after the batch in hand, for a reading thread that is failing itself."""
+    """Commits sealed batches in order, one transaction each, on its own connection, while
+    the next one is parsed: a :class:`~ledger._threads.Worker`. At most two batches wait,
+    so memory stays bounded whatever the input size; a failed commit is raised in the
+    reading thread, and ``abandon`` stops after the batch in hand, for a reading thread
+    that is failing itself."""
 
-    def __init__(self, run: _Run) -> None:
+    def __init__(self, conn: Connection) -> None:
         super().__init__(self._commit_all, name="ledger-ingest-writer", maxsize=2)
-        self._run = run
+        self.conn = conn
 
     def _commit_all(self, batches: Iterator[_Batch]) -> None:
         for batch in batches:
-            self._run.commit(batch)
+            assert batch.run is not None
+            batch.run.commit(batch)
 
 
 def _regular_file_fd(fp: BinaryIO) -> int | None:
