@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
     from ledger.services.ingest.csv_file import IngestSummary
+    from ledger.services.ingest.dbn_file import DbnIngestSummary
     from ledger.services.project.run import ProjectSummary
     from ledger.services.read.book import BookView
     from ledger.services.read.status import StreamStatus
@@ -174,6 +175,51 @@ class Ledger:
             **options,
         )
 
+    def ingest_dbn(
+        self,
+        sources: str | Path | IO[bytes] | Sequence[str | Path],
+        *,
+        stream: str | None = None,
+        batch_size: int = 50_000,
+        resume: bool = True,
+        progress: Callable[[int], None] | None = None,
+        stop: Any = None,
+        done: builtins.list[DbnIngestSummary] | None = None,
+    ) -> builtins.list[DbnIngestSummary]:
+        """Append Databento MBO files to their streams (``databento:<dataset>:<symbol>``, or
+        ``stream`` for inputs of one instrument each): a path, a folder, several of them (read
+        in the time order of their metadata), ``"-"`` for stdin or a binary file object.
+        Idempotent and resumable (``services.ingest.dbn_file``). A summary per input, also
+        appended to ``done`` as each ends; ``progress`` gets the bytes read of all inputs so
+        far; ``stop`` (:meth:`stop_request`) ends it cleanly after whole records."""
+        import sys
+
+        from ledger.services.ingest.dbn_file import dbn_inputs, ingest_dbn
+
+        summaries = done if done is not None else []
+        options: dict[str, Any] = {"stream": stream, "batch_size": batch_size, "stop": stop}
+        if not isinstance(sources, str | Path) and not isinstance(sources, Sequence):  # a file object
+            stream_in: Any = sources
+            summaries.append(ingest_dbn(self.engine, stream_in, resumable=False, progress=progress, **options))
+            return summaries
+        if isinstance(sources, str | Path) and str(sources) == "-":
+            summaries.append(
+                ingest_dbn(self.engine, sys.stdin.buffer, resumable=False, progress=progress, **options)
+            )
+            return summaries
+        before = 0
+        for path in dbn_inputs([sources] if isinstance(sources, str | Path) else sources):
+
+            def moved(position: int, before: int = before) -> None:
+                if progress is not None:
+                    progress(before + position)
+
+            summaries.append(ingest_dbn(self.engine, path, resumable=resume, progress=moved, **options))
+            before += path.stat().st_size
+            if summaries[-1].interrupted:
+                break
+        return summaries
+
     def capture(
         self,
         options: CoinbaseOptions,
@@ -207,8 +253,9 @@ class Ledger:
 
     @staticmethod
     def stop_request() -> Any:
-        """A stop request for :meth:`ingest_csv` (``stop=``): its ``request()`` (safe from a
-        signal handler) ends the ingest cleanly after whole lines, cutting a blocked read short."""
+        """A stop request for :meth:`ingest_csv` and :meth:`ingest_dbn` (``stop=``): its
+        ``request()`` (safe from a signal handler) ends the ingest cleanly after whole lines or
+        records, cutting a blocked read short."""
         from ledger.services.ingest.csv_file import StopReading
 
         return StopReading()

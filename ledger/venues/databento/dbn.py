@@ -23,6 +23,7 @@ integer alone, never through float.
 from __future__ import annotations
 
 import struct
+import time
 from collections.abc import Callable, Hashable, Iterable, Iterator
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -33,6 +34,7 @@ import databento_dbn
 
 from ledger.domain.events import Number
 from ledger.errors import InputError
+from ledger.storage.copy import NULL
 
 __all__ = [
     "KINDS",
@@ -681,17 +683,25 @@ def keyed_rows(
     items: Iterable[MboRecord | MboReject],
     sequencer: Sequencer | None = None,
     stream: Callable[[MboRecord], Hashable] | None = None,
-) -> Iterator[tuple[Hashable, int, StoredRow] | MboReject]:
+    *,
+    text: bool = False,
+) -> Iterator[tuple[Hashable, int, Any] | MboReject]:
     """:func:`stored_rows`, each row with its stream key and record number:
-    ``(stream key, record_no, row)``; rejects passed through."""
+    ``(stream key, record_no, row)``; rejects passed through. With ``text`` the row is
+    instead its values as COPY text, in the columns of the event log's COPY with venue
+    fields (:data:`~ledger.storage.copy.EVENT_COPY_COLUMNS` from ``seq``, then
+    :data:`~ledger.storage.copy.VENUE_FIELDS`): ``ts`` as ``YYYY-MM-DD HH:MM:SS.ffffff+00``
+    and the exact price from its integer, each made once per distinct second or price."""
     sequencer = sequencer or Sequencer()
     lasts = sequencer._last
     sides = _SIDES
     kinds = KINDS
     epoch = _EPOCH
     last_us = -1
-    ts: datetime = epoch
+    ts: Any = epoch
     new = tuple.__new__
+    seconds: dict[int, str] = {}
+    prices: dict[int, str] = {}
     for item in items:
         if isinstance(item, MboReject):
             yield item
@@ -700,7 +710,15 @@ def keyed_rows(
         ts_recv = item[11]
         us = ts_recv // 1000
         if us != last_us:
-            last_us, ts = us, epoch + timedelta(microseconds=us)
+            last_us = us
+            if text:
+                second, fraction = divmod(us, 1_000_000)
+                day = seconds.get(second)
+                if day is None:
+                    day = seconds[second] = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(second))
+                ts = f"{day}.{fraction:06d}+00"
+            else:
+                ts = epoch + timedelta(microseconds=us)
         key = (item[2], item[15]) if stream is None else stream(item)
         seq = us * SEQ_PER_MICROSECOND
         last = lasts.get(key)
@@ -715,6 +733,18 @@ def keyed_rows(
         ts_event: int | None = item[12]
         if ts_event == UNDEF_TIMESTAMP:
             ts_event = None
+        if text:
+            units = item[7]
+            price = prices.get(units)
+            if price is None:
+                price = prices[units] = NULL if units == UNDEF_PRICE else str(price_of(units))
+            side = sides[ord(item[5])]
+            cells = (str(seq), kinds[action], NULL if order_id is None else order_id,
+                     NULL if side is None else side, price, str(item[8]), ts, item[16].hex(), str(item[10]),
+                     NULL if ts_event is None else str(ts_event), str(ts_recv), str(item[13]),
+                     str(item[14]))  # fmt: skip
+            yield key, item[0], cells
+            continue
         fields = (seq, kinds[action], order_id, sides[ord(item[5])], item[6], item[8], ts, item[10], ts_event,
                   ts_recv, item[13], item[14], item[16].hex())  # fmt: skip
         yield key, item[0], new(StoredRow, fields)
