@@ -34,6 +34,7 @@ __all__ = [
     "echo_json",
     "fail_on_ledger_error",
     "json_option",
+    "level_dict",
     "level_table",
     "main",
     "open_ledger",
@@ -41,6 +42,7 @@ __all__ = [
     "printable_text",
     "progress_bar",
     "stream_name_problem",
+    "streams_argument",
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -119,6 +121,22 @@ class _StreamName(click.types.StringParamType):
 STREAM = _StreamName()
 
 
+def streams_argument(func: F) -> F:
+    """``[STREAM]...``: the streams a command works on (none: all of them), as positional
+    arguments by the convention of docs/cli.md, with the old ``-s/--stream`` (repeatable) kept
+    as a hidden alias; the command gets ``streams``, the names of both in the order given."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, streams: tuple[str, ...], streams_alias: tuple[str, ...], **kwargs: Any) -> Any:
+        return func(*args, streams=tuple(dict.fromkeys((*streams, *streams_alias))), **kwargs)
+
+    wrapper = click.option(
+        "-s", "--stream", "streams_alias", type=STREAM, multiple=True, hidden=True, help="Same as STREAM."
+    )(wrapper)
+    wrapper = click.argument("streams", nargs=-1, type=STREAM, metavar="[STREAM]...")(wrapper)
+    return wrapper  # type: ignore[return-value]
+
+
 class _PrintableFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         return printable_text(super().format(record))
@@ -161,6 +179,12 @@ def level_table(bids: Sequence[Any], asks: Sequence[Any]) -> list[str]:
         right = f"{asks[i].price!s:<12} {asks[i].size!s:<12} {asks[i].orders:<7}" if i < len(asks) else ""
         lines.append(f"{left} | {right}".rstrip())
     return lines
+
+
+def level_dict(level: Any) -> dict[str, Any]:
+    """A price level (a LevelView) as JSON has it: exact price and size as text (a price may
+    be an int or a Decimal: the text is the same either way), and its number of orders."""
+    return {"price": str(level.price), "size": str(level.size), "orders": level.orders}
 
 
 def echo_json(data: Any) -> None:
