@@ -52,6 +52,8 @@ class Position:
     gaps_skipped: int = 0
     status: str = "ok"
     message: str | None = None
+    #: The venue said the book may be wrong (until the next clear or snapshot).
+    maybe_bad: bool = False
 
 
 class Positions:
@@ -73,6 +75,7 @@ class Positions:
             gaps_skipped=int(row.gaps_skipped),
             status=row.status,
             message=row.message,
+            maybe_bad=bool(row.maybe_bad),
         )
 
     def put(self, stream_id: int, pos: Position) -> None:
@@ -85,6 +88,7 @@ class Positions:
             "gaps_skipped": pos.gaps_skipped,
             "status": pos.status,
             "message": pos.message,
+            "maybe_bad": pos.maybe_bad,
             "updated_at": sa.func.now(),
         }
         stmt = pg_insert(projector_positions).values(stream_id=stream_id, **values)

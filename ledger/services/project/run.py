@@ -257,6 +257,7 @@ class StreamRun:
         pos.last_seq = self._skip_until = book.seq
         pos.l1_rows += len(out)
         pos.anomalies = dict(self._proj.book.anomalies)
+        pos.maybe_bad = self._proj.maybe_bad
         self._submit(out, [], None)
         self.summary.l1_rows += len(out)
         self.summary.last_seq = pos.last_seq
@@ -327,6 +328,7 @@ class StreamRun:
         pos.status, pos.message = status, message
         pos.l1_rows += len(out)
         pos.anomalies = dict(proj.book.anomalies)
+        pos.maybe_bad = proj.maybe_bad
         self._since_snapshot += applied_in_chunk
         snapshot = None
         every = options.snapshot_every

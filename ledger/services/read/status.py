@@ -9,6 +9,8 @@ from sqlalchemy.engine import Connection
 
 from ledger.storage.log import GapStore, Rejects, Streams
 from ledger.storage.reports import StatusRows
+from ledger.venues import names as venue_names
+from ledger.venues import venue
 
 __all__ = ["StreamStatus", "gap_rows", "reject_rows", "stream_status"]
 
@@ -52,6 +54,9 @@ class StreamStatus:
     l1_rows: int
     anomalies: dict[str, int]
     skipped_then_filled: int  # gaps the projector went across that were filled later: --rebuild
+    #: The venue said the book may be wrong where the projector stands (Databento's
+    #: F_MAYBE_BAD_BOOK, until the next clear or snapshot).
+    book_maybe_bad: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -61,10 +66,15 @@ def stream_status(conn: Connection, name: str | None = None) -> list[StreamStatu
     if name is not None:
         Streams(conn).get(name)
     out = []
-    for r in StatusRows(conn).rows(name=name):
+    sparse = [name for name in venue_names() if not venue(name).dense_seqs]
+    for r in StatusRows(conn).rows(name=name, sparse=sparse):
         events = 0 if r.first_seq is None else int(r.last_seq - r.first_seq + 1 - r.unfilled)
+        if r.counted is not None:  # seqs that skip numbers: counted
+            events = int(r.counted)
         lag = None
-        if r.projected_seq is not None and r.last_seq is not None:
+        if r.lag_counted is not None:
+            lag = int(r.lag_counted)
+        elif r.projected_seq is not None and r.last_seq is not None:
             lag = max(0, int(r.last_seq - r.projected_seq - r.missing_after_position))
         out.append(
             StreamStatus(
@@ -90,6 +100,7 @@ def stream_status(conn: Connection, name: str | None = None) -> list[StreamStatu
                 l1_rows=int(r.l1_rows or 0),
                 anomalies=dict(r.anomalies or {}),
                 skipped_then_filled=int(r.skipped_then_filled),
+                book_maybe_bad=bool(r.maybe_bad),
             )
         )
     return out
