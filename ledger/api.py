@@ -22,7 +22,7 @@ import contextlib
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, NamedTuple
 
@@ -371,6 +371,44 @@ class Ledger:
         schema, batches = events_batches(self.engine, stream, start=start, end=end, raw=raw)
         return pa.Table.from_batches(list(batches), schema=schema)
 
+    def l2(
+        self,
+        stream: str,
+        depth: int = 10,
+        *,
+        every: str | timedelta | None = None,
+        on_change: bool = False,
+        layout: str = "wide",
+        start: int | datetime | None = None,
+        end: int | datetime | None = None,
+    ) -> pa.Table:
+        """The top ``depth`` levels per side (price, size, order count) of ``stream``'s book,
+        sampled ``every`` (a duration: ``"1s"``, ``"250ms"``, a timedelta) of event time
+        and/or ``on_change`` of those levels, from ``start`` through ``end`` (seqs or times),
+        as a ``pyarrow.Table``: one row per sample in the ``wide`` layout (time, seq,
+        bid_price_1, bid_size_1, bid_orders_1 .. ask_orders_N), 2N rows per sample in the
+        ``long`` one (time, seq, side, level, price, size, orders). A sample at time T is the
+        book after the last event at or before T (see :mod:`ledger.services.read.depth`)."""
+        import pyarrow as pa
+
+        from ledger.services.read.depth import depth_batches
+
+        schema, batches = depth_batches(
+            self.engine, stream, depth=depth, every=every, on_change=on_change, layout=layout, start=start, end=end
+        )
+        return pa.Table.from_batches(list(batches), schema=schema)
+
+    def trades(self, stream: str, start: int | datetime | None = None, end: int | datetime | None = None) -> pa.Table:
+        """Every execution of ``stream`` from ``start`` through ``end`` (seqs or times) as a
+        ``pyarrow.Table``: seq, time, price, size, aggressor (B, S or null), maker_id,
+        taker_id (null where the venue does not say; see :mod:`ledger.services.read.trades`)."""
+        import pyarrow as pa
+
+        from ledger.services.read.trades import trades_batches
+
+        schema, batches = trades_batches(self.engine, stream, start=start, end=end)
+        return pa.Table.from_batches(list(batches), schema=schema)
+
     def export_parquet(
         self,
         what: str,
@@ -379,17 +417,55 @@ class Ledger:
         *,
         start: int | datetime | None = None,
         end: int | datetime | None = None,
+        **options: Any,
     ) -> int:
-        """Write ``stream``'s ``l1`` rows or ``events`` to a Parquet file (zstd, a row group per
-        100,000 rows, so memory stays bounded; the stream, its venue and the ledger version in
-        the file's metadata); the number of rows."""
-        from ledger.services.read.research import events_batches, l1_batches, write_parquet
+        """Write ``stream``'s ``l1`` rows, ``l2`` samples, ``trades`` or ``events`` from
+        ``start`` through ``end`` to a Parquet file (zstd, a row group per batch of 100,000
+        rows, 10,000 L2 samples, so memory stays bounded; the stream, its venue and the ledger
+        version in the file's metadata); the number of rows. ``options`` go to :meth:`l2`
+        (depth, every, on_change, layout) or :meth:`events` (raw)."""
+        from ledger.services.read.research import write_parquet
 
-        if what not in ("l1", "events"):
-            raise StreamError(f"no export named {what!r} (l1, events)")
-        make = l1_batches if what == "l1" else events_batches
-        schema, batches = make(self.engine, stream, start=start, end=end)
+        schema, batches = self._batches(what, stream, start, end, options)
         return write_parquet(schema, batches, out)
+
+    def export_csv(
+        self,
+        what: str,
+        stream: str,
+        out: IO[bytes],
+        *,
+        start: int | datetime | None = None,
+        end: int | datetime | None = None,
+        **options: Any,
+    ) -> int:
+        """Write the same as :meth:`export_parquet` as CSV to ``out`` (``l1``: the L1 CSV
+        format; the others: a header of the column names, numbers in their shortest exact
+        form, ISO-8601 UTC times); the number of rows."""
+        from ledger.services.read.research import write_csv
+
+        if what == "l1":
+            return self.export_l1_csv(stream, out, start=start, end=end)
+        schema, batches = self._batches(what, stream, start, end, options)
+        return write_csv(schema, batches, out)
+
+    def _batches(
+        self, what: str, stream: str, start: int | datetime | None, end: int | datetime | None, options: dict[str, Any]
+    ) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
+        from ledger.services.read.depth import depth_batches
+        from ledger.services.read.research import events_batches, l1_batches
+        from ledger.services.read.trades import trades_batches
+
+        makers: dict[str, Callable[..., tuple[pa.Schema, Iterator[pa.RecordBatch]]]] = {
+            "l1": l1_batches,
+            "l2": depth_batches,
+            "trades": trades_batches,
+            "events": events_batches,
+        }
+        make = makers.get(what)
+        if make is None:
+            raise StreamError(f"no export named {what!r} ({', '.join(makers)})")
+        return make(self.engine, stream, start=start, end=end, **options)
 
     def export_l1_csv(
         self, stream: str, out: IO[bytes], *, start: int | datetime | None = None, end: int | datetime | None = None

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -21,14 +21,20 @@ from ledger.cli._app import STREAM, STREAM_NAME_HELP, cli, fail_on_ledger_error,
 if TYPE_CHECKING:
     from ledger.api import Ledger
 
+F = TypeVar("F", bound=Callable[..., Any])
+
 
 @cli.group()
 def export() -> None:
-    """Write projected data out.
+    """Write a stream's history out for research: L1 rows, L2 depth, trades, events.
+
+    Each takes the stream, -o/--output FILE (or '-'), -f/--format csv|parquet and
+    --from/--to (a seq or an ISO time each, inclusive).
 
     \b
     Example:
       ledger export l1 csv:l3_data_v3.1 -o l1.csv
+      ledger export l2 csv:l3_data_v3.1 -n 5 --every 1s -o depth.parquet
     """
 
 
@@ -36,27 +42,79 @@ def _safe_name(stream: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", stream).strip("_") or "stream"
 
 
+_FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
+_DEFAULT_FORMAT = {"l1": "csv", "l2": "parquet", "trades": "parquet", "events": "parquet"}
+
+
+def _output_option(kind: str, default: str) -> Callable[[F], F]:
+    return click.option(
+        "-o",
+        "--output",
+        default=None,
+        help=f"File to write, or '-' for stdout. Default: {kind}_<stream>.{default} (.csv, .parquet) in this folder.",
+    )
+
+
+def _format_option(default: str) -> Callable[[F], F]:
+    return click.option(
+        "-f",
+        "--format",
+        "fmt",
+        type=click.Choice(["csv", "parquet"]),
+        default=None,
+        help=f"csv or parquet (zstd row groups, exact decimals, UTC timestamps). "
+        f"Default: the --output file's suffix, else {default}.",
+    )
+
+
+def _range_options(noun: str) -> Callable[[F], F]:
+    def decorate(f: F) -> F:
+        f = click.option("--to", "end", default=None, help=f"Last {noun} (inclusive): a seq or an ISO time.")(f)
+        return click.option(
+            "--from", "start", default=None, help=f"First {noun}: a seq, or an ISO time (UTC unless it says)."
+        )(f)
+
+    return decorate
+
+
+def _export(
+    ledger: Ledger,
+    what: str,
+    noun: str,
+    stream: str,
+    output: str | None,
+    fmt: str | None,
+    bounds: tuple[int | datetime | None, int | datetime | None],
+    options: dict[str, Any] | None = None,
+) -> None:
+    """Write ``what`` to ``output`` (a file by :func:`_write_file`'s rule, or '-' for stdout)
+    in ``fmt`` (else the output's suffix, else the export's default) and say how many rows,
+    on stderr when the rows may be on stdout."""
+    if fmt is None:
+        default = _DEFAULT_FORMAT[what]
+        fmt = _FORMATS.get(Path(output).suffix.lower(), default) if output not in (None, "-") else default
+    low, high = bounds
+
+    def write(out: IO[bytes]) -> int:
+        if fmt == "parquet":
+            return ledger.export_parquet(what, stream, out, start=low, end=high, **(options or {}))
+        return ledger.export_csv(what, stream, out, start=low, end=high, **(options or {}))
+
+    if output == "-":
+        _write_stdout(write)
+        return
+    count, written, replaced = _write_file(Path(output or f"{what}_{_safe_name(stream)}.{fmt}"), write)
+    # Written through (/dev/stdout, a FIFO), the rows may be on stdout: the note is not.
+    click.echo(f"wrote {count} {noun} of {printable(stream)} to {printable(written)}", err=not replaced)
+
+
 @export.command("l1", epilog=STREAM_NAME_HELP)
 @click.argument("stream", type=STREAM)
-@click.option(
-    "-o",
-    "--output",
-    default=None,
-    help="File to write, or '-' for stdout. Default: l1_<stream>.csv (or .parquet) in this folder.",
-)
-@click.option(
-    "-f",
-    "--format",
-    "fmt",
-    type=click.Choice(["csv", "parquet"]),
-    default="csv",
-    show_default=True,
-    help="csv: the L1 CSV format below; parquet: zstd row groups, exact decimals, UTC timestamps.",
-)
-@click.option("--from", "start", default=None, help="First row: a seq, or an ISO time (UTC unless it says).")
-@click.option("--to", "end", default=None, help="Last row (inclusive): a seq or an ISO time.")
+@_output_option("l1", "csv")
+@_format_option("csv")
+@_range_options("row")
 @fail_on_ledger_error
-def export_l1(stream: str, output: str | None, fmt: str, start: str | None, end: str | None) -> None:
+def export_l1(stream: str, output: str | None, fmt: str | None, start: str | None, end: str | None) -> None:
     """Write a stream's L1 rows as CSV: time,bid_price,ask_price,bid_size,ask_size,seq_num.
 
     UTF-8 with BOM, LF line ends; time with six fractional digits; prices and sizes in their
@@ -82,29 +140,107 @@ def export_l1(stream: str, output: str | None, fmt: str, start: str | None, end:
     low, high = _range(start, end)
     with open_ledger() as ledger:
         _check_projection(ledger, stream)
+        _export(ledger, "l1", "L1 rows", stream, output, fmt, (low, high))
 
-        def write(out: IO[bytes]) -> int:
-            if fmt == "parquet":
-                return ledger.export_parquet("l1", stream, out, start=low, end=high)
-            return ledger.export_l1_csv(stream, out, start=low, end=high)
 
-        if output == "-":
-            _write_stdout(write)
-            return
-        count, written, replaced = _write_file(Path(output or f"l1_{_safe_name(stream)}.{fmt}"), write)
-    # Written through (/dev/stdout, a FIFO), the rows may be on stdout: the note is not.
-    click.echo(f"wrote {count} L1 rows of {printable(stream)} to {printable(written)}", err=not replaced)
+@export.command("l2", epilog=STREAM_NAME_HELP)
+@click.argument("stream", type=STREAM)
+@click.option("-n", "--depth", type=click.IntRange(min=1), default=10, show_default=True, help="Levels per side.")
+@click.option("--every", default=None, help="Sample every DURATION of event time: 1s, 250ms, 5m, 1h (us ms s m h d).")
+@click.option("--on-change", is_flag=True, help="Sample each time the top N levels change (at the end of an event).")
+@click.option(
+    "--layout",
+    type=click.Choice(["wide", "long"]),
+    default="wide",
+    show_default=True,
+    help="wide: one row per sample; long: one row per sample, side and level.",
+)
+@_output_option("l2", "parquet")
+@_format_option("parquet")
+@_range_options("event")
+@fail_on_ledger_error
+def export_l2(
+    stream: str,
+    depth: int,
+    every: str | None,
+    on_change: bool,
+    layout: str,
+    output: str | None,
+    fmt: str | None,
+    start: str | None,
+    end: str | None,
+) -> None:
+    """Write the top N levels per side of a stream's book (price, size, order count),
+    sampled --every DURATION of event time and/or --on-change of those levels.
+
+    Grid samples fall on whole multiples of the duration (every whole second for 1s), from
+    the first event's time rounded up through the last event's, one row per point, also
+    where a side is empty or shallower than N (its columns are then empty). A sample at time
+    T shows the book after the last event at or before T, as `ledger book --depth N
+    --at-time T` does, and never the state inside one venue event (records before the end
+    of their event are not shown). With --on-change a row comes at each event end after
+    which the top N differ; its time is that event's. Rebuilt from the nearest book
+    snapshot, then the log: the stream need not be projected.
+
+    \b
+    Columns, wide: time, seq, bid_price_1, bid_size_1, bid_orders_1, .. bid_orders_N,
+    ask_price_1 .. ask_orders_N; long: time, seq, side (bid, ask), level, price, size,
+    orders. seq is the last event applied.
+
+    \b
+    Example:
+      ledger export l2 csv:l3_data_v3.1 -n 5 --every 1s -o depth.parquet
+      ledger export l2 csv:l3_data_v3.1 -n 3 --on-change --layout long -f csv -o - | head
+      ledger export l2 csv:l3_data_v3.1 -n 10 --every 100ms --from '2021-08-03 05:00' --to '2021-08-03 05:10'
+    """
+    from ledger.services.read.depth import parse_duration
+
+    if every is None and not on_change:
+        raise click.UsageError("give --every DURATION and/or --on-change")
+    if every is not None:
+        try:
+            parse_duration(every)
+        except ValueError as e:
+            raise click.BadParameter(str(e), param_hint="--every") from None
+    low, high = _range(start, end)
+    options = {"depth": depth, "every": every, "on_change": on_change, "layout": layout}
+    with open_ledger() as ledger:
+        _export(ledger, "l2", "L2 rows", stream, output, fmt, (low, high), options)
+
+
+@export.command("trades", epilog=STREAM_NAME_HELP)
+@click.argument("stream", type=STREAM)
+@_output_option("trades", "parquet")
+@_format_option("parquet")
+@_range_options("event")
+@fail_on_ledger_error
+def export_trades(stream: str, output: str | None, fmt: str | None, start: str | None, end: str | None) -> None:
+    """Write every execution of a stream: seq, time, price, size, aggressor (B, S, or empty
+    where nothing says it), maker_id, taker_id (empty where the venue does not say).
+
+    One row per execution against a resting order (the L3 CSV's TRADE, Coinbase's match,
+    Databento's F with the aggressor and taker of the T before it); a Databento T that no F
+    follows is a row of its own. Read from the log: the stream need not be projected.
+
+    \b
+    Example:
+      ledger export trades csv:l3_data_v3.1 -o trades.parquet
+      ledger export trades csv:l3_data_v3.1 -f csv -o - | head
+    """
+    low, high = _range(start, end)
+    with open_ledger() as ledger:
+        _export(ledger, "trades", "trades", stream, output, fmt, (low, high))
 
 
 @export.command("events", epilog=STREAM_NAME_HELP)
 @click.argument("stream", type=STREAM)
-@click.option("-o", "--output", default=None, help="File to write. Default: events_<stream>.parquet in this folder.")
-@click.option("--from", "start", default=None, help="First event: a seq, or an ISO time (UTC unless it says).")
-@click.option("--to", "end", default=None, help="Last event (inclusive): a seq or an ISO time.")
+@_output_option("events", "parquet")
+@_format_option("parquet")
+@_range_options("event")
 @fail_on_ledger_error
-def export_events(stream: str, output: str | None, start: str | None, end: str | None) -> None:
-    """Write a stream's parsed events (the log) as a Parquet file: seq, time, kind,
-    order_id, side, price, size (exact decimals), in zstd row groups of 100,000 events.
+def export_events(stream: str, output: str | None, fmt: str | None, start: str | None, end: str | None) -> None:
+    """Write a stream's parsed events (the log): seq, time, kind, order_id, side, price,
+    size (exact decimals); Parquet in zstd row groups of 100,000 events.
 
     \b
     Example:
@@ -113,12 +249,7 @@ def export_events(stream: str, output: str | None, start: str | None, end: str |
     """
     low, high = _range(start, end)
     with open_ledger() as ledger:
-
-        def write(out: IO[bytes]) -> int:
-            return ledger.export_parquet("events", stream, out, start=low, end=high)
-
-        count, written, _ = _write_file(Path(output or f"events_{_safe_name(stream)}.parquet"), write)
-    click.echo(f"wrote {count} events of {printable(stream)} to {printable(written)}", err=True)
+        _export(ledger, "events", "events", stream, output, fmt, (low, high))
 
 
 def _range(start: str | None, end: str | None) -> tuple[int | datetime | None, int | datetime | None]:

@@ -9,25 +9,43 @@ table or written to Parquet row group by row group, so memory stays bounded for 
 from __future__ import annotations
 
 import importlib.metadata
+import io
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, NamedTuple
 
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
-from ledger.storage.log import Streams
+from ledger.services.read.book import seq_at_time
+from ledger.storage.log import EventLog, Streams
 from ledger.storage.research import EventRows, L1Range
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
-__all__ = ["events_batches", "l1_batches", "write_parquet"]
+__all__ = [
+    "Bound",
+    "SeqRange",
+    "decimal_type",
+    "events_batches",
+    "l1_batches",
+    "micros",
+    "seq_range",
+    "stream_metadata",
+    "timestamp_type",
+    "write_csv",
+    "write_parquet",
+]
 
 Bound = int | datetime | None
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
 
-def _decimal(scale: int) -> pa.DataType:
+
+def decimal_type(scale: int) -> pa.DataType:
     """An Arrow decimal type that holds every value of a column with ``scale`` fractional
     digits exactly (20 integer digits at least, as the log's inputs allow)."""
     import pyarrow as pa
@@ -35,7 +53,68 @@ def _decimal(scale: int) -> pa.DataType:
     return pa.decimal128(38, scale) if scale <= 18 else pa.decimal256(76, scale)
 
 
-def _metadata(engine: Engine, stream: str, table: str) -> dict[bytes, bytes]:
+def timestamp_type() -> pa.DataType:
+    """Times in every research output: microseconds, UTC."""
+    import pyarrow as pa
+
+    return pa.timestamp("us", tz="UTC")
+
+
+def micros(ts: datetime | str | None) -> int | None:
+    """A time as whole microseconds since the Unix epoch: from a datetime (naive is UTC) or
+    PostgreSQL's timestamptz text (the event log's ``ts`` as read for replay)."""
+    if ts is None:
+        return None
+    when = datetime.fromisoformat(ts) if isinstance(ts, str) else ts
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return (when - _EPOCH) // _MICROSECOND
+
+
+class SeqRange(NamedTuple):
+    """The events of a stream in a range: the first and last seq, and their times."""
+
+    first: int
+    last: int
+    first_time: datetime | None
+    last_time: datetime | None
+
+
+def seq_range(conn: Connection, stream_id: int, *, start: Bound = None, end: Bound = None) -> SeqRange | None:
+    """The first and last events of ``stream_id`` from ``start`` through ``end`` (seqs or
+    times, inclusive; a time bounds the events' receive times, found by a binary search over
+    the primary key as ``ledger book --at-time`` does); None when no event is in the range."""
+    log = EventLog(conn)
+    low, high = log.seq_range(stream_id)
+    if low is None or high is None:
+        return None
+    first_ts = log.nearest(stream_id, at_or_after=low)[1]
+    if start is None or (isinstance(start, datetime) and (first_ts is None or start <= first_ts)):
+        first = low
+    elif isinstance(start, datetime):  # after the last event before start
+        first = seq_at_time(conn, stream_id, start - _MICROSECOND) + 1
+    else:
+        first = max(start, low)
+    if end is None:
+        last = high
+    elif isinstance(end, datetime):
+        if first_ts is not None and end < first_ts:
+            return None
+        last = seq_at_time(conn, stream_id, end)
+    else:
+        last = min(end, high)
+    if first > last or first > high or last < low:
+        return None
+    first, first_time = log.nearest(stream_id, at_or_after=first)
+    last, last_time = log.nearest(stream_id, at_or_before=last)
+    if first > last:
+        return None
+    return SeqRange(first, last, first_time, last_time)
+
+
+def stream_metadata(engine: Engine, stream: str, table: str) -> dict[bytes, bytes]:
+    """The Parquet and Arrow metadata of an output: the stream, its venue, the table and the
+    ledger version."""
     with engine.connect() as conn:
         streams = Streams(conn)
         venue = streams.source(streams.get(stream))
@@ -56,7 +135,7 @@ def l1_batches(
 
     with engine.connect() as conn:
         stream_id = Streams(conn).get(stream)
-        number = _decimal(L1Range(conn, stream_id, start=start, end=end).scale())
+        number = decimal_type(L1Range(conn, stream_id, start=start, end=end).scale())
     schema = pa.schema(
         [
             ("seq", pa.int64()),
@@ -66,7 +145,7 @@ def l1_batches(
             ("ask_price", number),
             ("ask_size", number),
         ],
-        metadata=_metadata(engine, stream, "l1"),
+        metadata=stream_metadata(engine, stream, "l1"),
     )
 
     def batches() -> Iterator[pa.RecordBatch]:
@@ -86,7 +165,7 @@ def events_batches(
 
     with engine.connect() as conn:
         stream_id = Streams(conn).get(stream)
-        number = _decimal(EventRows(conn, stream_id, start=start, end=end).scale())
+        number = decimal_type(EventRows(conn, stream_id, start=start, end=end).scale())
     fields = [
         ("seq", pa.int64()),
         ("time", pa.timestamp("us", tz="UTC")),
@@ -96,7 +175,9 @@ def events_batches(
         ("price", number),
         ("size", number),
     ]
-    schema = pa.schema(fields + ([("raw", pa.string())] if raw else []), metadata=_metadata(engine, stream, "events"))
+    schema = pa.schema(
+        fields + ([("raw", pa.string())] if raw else []), metadata=stream_metadata(engine, stream, "events")
+    )
 
     def batches() -> Iterator[pa.RecordBatch]:
         with engine.connect() as conn:
@@ -126,3 +207,36 @@ def write_parquet(schema: pa.Schema, batches: Iterator[pa.RecordBatch], path: Pa
             writer.write_batch(batch)
             rows += batch.num_rows
     return rows
+
+
+def write_csv(schema: pa.Schema, batches: Iterator[pa.RecordBatch], out: IO[bytes]) -> int:
+    """Write ``batches`` as CSV to ``out`` (a binary file object); the number of rows.
+
+    UTF-8, a header of the column names, LF line ends, quoted only where needed; exact
+    numbers in their shortest decimal form (``229.1``, ``300``), times in ISO-8601 UTC with
+    microseconds (``2021-08-03T05:00:00.000000+00:00``), an empty field for null."""
+    import csv
+
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(schema.names)
+    rows = 0
+    for batch in batches:
+        columns = [[_csv_cell(v) for v in column.to_pylist()] for column in batch.columns]
+        writer.writerows(zip(*columns, strict=True))
+        rows += batch.num_rows
+        out.write(text.getvalue().encode("utf-8"))
+        text.seek(0)
+        text.truncate()
+    out.write(text.getvalue().encode("utf-8"))
+    return rows
+
+
+def _csv_cell(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, Decimal):
+        return format(value.normalize(), "f")
+    if isinstance(value, datetime):
+        return value.isoformat(timespec="microseconds")
+    return value
