@@ -140,6 +140,16 @@ class EventLog:
         ).one()
         return row[0], row[1]
 
+    def venue_marks(self, stream_id: int) -> list[tuple[int, datetime | None, str, int]]:
+        """(seq, ts, kind, flags) of the stream's records flagged ``F_MAYBE_BAD_BOOK`` (4) or
+        ``F_SNAPSHOT`` (32), and of its clears, in seq order (a partial index holds them)."""
+        query = (
+            sa.select(events.c.seq, events.c.ts, events.c.kind, events.c.flags)
+            .where(events.c.stream_id == stream_id, sa.text("((flags & 36) <> 0 OR kind = 'clear')"))
+            .order_by(events.c.seq)
+        )
+        return [(int(r.seq), r.ts, r.kind, int(r.flags or 0)) for r in self._conn.execute(query)]
+
     def raw_between(self, stream_id: int, first: int, last: int) -> dict[int, str]:
         """seq -> raw of the stream's events with a seq in [first, last]."""
         query = sa.select(events.c.seq, events.c.raw).where(

@@ -76,6 +76,8 @@ events = Table(
     Column("ts_recv", BigInteger),
     Column("sequence", BigInteger),
     Column("channel", SmallInteger),
+    # The records that start or end a "book may be wrong" period (ledger gaps reads them).
+    Index("events_venue_marks", "stream_id", "seq", postgresql_where=text("(flags & 36) <> 0 OR kind = 'clear'")),
     comment="Append-only event log; raw is the input line or message exactly as received.",
 )
 

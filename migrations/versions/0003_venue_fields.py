@@ -9,6 +9,9 @@
   ``F_MAYBE_BAD_BOOK``, until the next clear or snapshot); NULL where the venue gives no
   such mark.
 - ``projector_positions.maybe_bad``: the same, for the book where the projector stands.
+- ``events_venue_marks``: a partial index of the few records that start or end such a
+  period (flags ``F_MAYBE_BAD_BOOK`` 4 or ``F_SNAPSHOT`` 32, or a clear), so ``ledger gaps``
+  finds them without reading the stream.
 
 Revision ID: 0003
 Revises: 0002
@@ -32,6 +35,12 @@ def upgrade() -> None:
     op.add_column("events", sa.Column("ts_recv", sa.BigInteger))
     op.add_column("events", sa.Column("sequence", sa.BigInteger))
     op.add_column("events", sa.Column("channel", sa.SmallInteger))
+    op.create_index(
+        "events_venue_marks",
+        "events",
+        ["stream_id", "seq"],
+        postgresql_where=sa.text("(flags & 36) <> 0 OR kind = 'clear'"),
+    )
     op.add_column("l1", sa.Column("maybe_bad", sa.Boolean))
     op.add_column(
         "projector_positions", sa.Column("maybe_bad", sa.Boolean, nullable=False, server_default=sa.text("false"))
@@ -41,5 +50,6 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_column("projector_positions", "maybe_bad")
     op.drop_column("l1", "maybe_bad")
+    op.drop_index("events_venue_marks", table_name="events")
     for column in ("channel", "sequence", "ts_recv", "ts_event", "flags"):
         op.drop_column("events", column)

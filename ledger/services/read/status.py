@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy.engine import Connection
 
-from ledger.storage.log import GapStore, Rejects, Streams
+from ledger.domain.events import MAYBE_BAD_BOOK, SNAPSHOT
+from ledger.services.read.times import iso_time
+from ledger.storage.log import EventLog, GapStore, Rejects, Streams
 from ledger.storage.reports import StatusRows
 from ledger.venues import names as venue_names
 from ledger.venues import venue
@@ -30,7 +33,8 @@ class StreamStatus:
     """One stream at a glance. ``events`` is derived: the seq range less the gaps not filled
     (open, or made up for by a source snapshot). ``lag_seconds`` is the event time between
     the log's last event and the last one projected. ``duplicates``: see
-    ``duplicates_scope`` (the rule above); ``ingest_sources`` is how many sources it sums."""
+    ``duplicates_scope`` (the rule above); ``ingest_sources`` is how many sources it sums.
+    Times are text in the one format of :mod:`ledger.services.read.times`."""
 
     stream: str
     source: str
@@ -89,14 +93,14 @@ def stream_status(conn: Connection, name: str | None = None) -> list[StreamStatu
                 duplicates_scope=_DUPLICATES_SCOPE.get(r.source, _DEFAULT_DUPLICATES_SCOPE),
                 ingest_sources=int(r.ingest_sources),
                 rejects=int(r.rejects),
-                last_ingest=None if r.last_ingest is None else r.last_ingest.isoformat(),
+                last_ingest=None if r.last_ingest is None else iso_time(r.last_ingest),
                 projected_seq=r.projected_seq,
                 projector_status=r.projector_status,
                 projector_message=r.projector_message,
                 lag_events=lag,
                 lag_seconds=None if r.lag_seconds is None else max(0.0, round(float(r.lag_seconds), 6)),
                 latest_snapshot_seq=r.snapshot_seq,
-                latest_snapshot_at=None if r.snapshot_at is None else r.snapshot_at.isoformat(),
+                latest_snapshot_at=None if r.snapshot_at is None else iso_time(r.snapshot_at),
                 l1_rows=int(r.l1_rows or 0),
                 anomalies=dict(r.anomalies or {}),
                 skipped_then_filled=int(r.skipped_then_filled),
@@ -106,8 +110,62 @@ def stream_status(conn: Connection, name: str | None = None) -> list[StreamStatu
     return out
 
 
+_GAP_TIMES = ("detected_at", "resolved_at", "projector_skipped_at")
+
+
 def gap_rows(conn: Connection, name: str, *, include_closed: bool = False) -> list[dict[str, Any]]:
-    return GapStore(conn).rows(Streams(conn).get(name), include_closed=include_closed)
+    """The stream's gap rows (see GapStore.rows), times in the one format, then the periods
+    in which the venue said its book may be wrong (:func:`maybe_bad_periods`)."""
+    stream_id = Streams(conn).get(name)
+    rows = GapStore(conn).rows(stream_id, include_closed=include_closed)
+    for row in rows:
+        for key in _GAP_TIMES:
+            if isinstance(row.get(key), str):  # the store's ISO text
+                row[key] = iso_time(datetime.fromisoformat(row[key]))
+    log = EventLog(conn)
+    marks = log.venue_marks(stream_id)
+    if marks:
+        periods = maybe_bad_periods(marks, log.seq_range(stream_id)[1])
+        rows += [p for p in periods if include_closed or p["status"] == "book_maybe_bad"]
+    return rows
+
+
+def maybe_bad_periods(marks: list[tuple[int, Any, str, int]], last_seq: int | None) -> list[dict[str, Any]]:
+    """Where the venue said the book may be wrong, as gap rows: from a record flagged
+    ``F_MAYBE_BAD_BOOK`` to the record before the next clear or snapshot record
+    (``book_maybe_bad_ended``, ``resolved_by_seq`` the clear or snapshot), or to the end of
+    the log while none came (``book_maybe_bad``). ``missing`` is unknown: the venue does not
+    say what was lost. ``marks``: (seq, ts, kind, flags) in seq order
+    (:meth:`~ledger.storage.log.EventLog.venue_marks`).
+
+    >>> [p["status"] for p in maybe_bad_periods([(5, None, "add", 4), (9, None, "clear", 0), (12, None, "add", 4)], 20)]
+    ['book_maybe_bad_ended', 'book_maybe_bad']
+    """
+    out: list[dict[str, Any]] = []
+    start: tuple[int, Any] | None = None
+
+    def period(end_seq: int | None, end_ts: Any, last: int | None) -> dict[str, Any]:
+        assert start is not None
+        return {
+            "first_seq": start[0],
+            "last_seq": last,
+            "missing": None,
+            "status": "book_maybe_bad" if end_seq is None else "book_maybe_bad_ended",
+            "detected_at": None if start[1] is None else iso_time(start[1]),
+            "resolved_at": None if end_ts is None else iso_time(end_ts),
+            "resolved_by_seq": end_seq,
+            "projector_skipped_at": None,
+        }
+
+    for seq, ts, kind, flags in marks:
+        if start is not None and (kind == "clear" or flags & SNAPSHOT):
+            out.append(period(seq, ts, seq - 1))
+            start = None
+        if start is None and flags & MAYBE_BAD_BOOK:
+            start = (seq, ts)
+    if start is not None:
+        out.append(period(None, None, last_seq))
+    return out
 
 
 def reject_rows(conn: Connection, name: str, *, limit: int | None = None) -> list[dict[str, Any]]:

@@ -1,0 +1,335 @@
+"""`ledger ingest dbn` end to end on the real Databento files: stored, projected and read back
+against expectations independent of ledger's code (the naive model of tests/test_databento.py
+fed straight from databento_dbn, the records cut from the file by hand), idempotent,
+resumable after kill -9, in any file order, from stdin; bad input kept, never lost."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import databento_dbn as dbn
+import pytest
+import sqlalchemy as sa
+from click.testing import CliRunner
+from sqlalchemy.engine import URL, Engine
+
+from ledger.cli import cli
+from ledger.services.ingest.dbn_file import dbn_inputs, ingest_dbn, stream_name
+from ledger.services.project.batch import project
+from tests.children import track
+from tests.test_databento import (
+    ESH4_DAY,
+    ESH4_DAY_BEFORE,
+    ESM4_CLEAR,
+    F_LAST,
+    TINY,
+    cut_records,
+    decoded,
+    mbo,
+    metadata,
+    naive_run,
+    plain_dbn,
+    units,
+    write,
+)
+
+ESH4 = "databento:GLBX.MDP3:ESH4"
+
+
+def _sid(engine: Engine, stream: str) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(sa.text("SELECT id FROM streams WHERE name = :n"), {"n": stream}).scalar_one())
+
+
+def _rows(engine: Engine, query: str, stream: str) -> list[tuple[Any, ...]]:
+    with engine.connect() as conn:
+        return [tuple(r) for r in conn.execute(sa.text(query), {"s": _sid(engine, stream)})]
+
+
+def _events(engine: Engine, stream: str) -> list[tuple[Any, ...]]:
+    return _rows(
+        engine,
+        "SELECT seq, kind, order_id, side, price, size, ts, raw, flags, ts_event, ts_recv, sequence, channel"
+        " FROM events WHERE stream_id = :s ORDER BY seq",
+        stream,
+    )
+
+
+def _l1(engine: Engine, stream: str) -> list[tuple[Any, ...]]:
+    query = "SELECT seq, ts, bid_price, bid_size, ask_price, ask_size FROM l1 WHERE stream_id = :s ORDER BY seq"
+    return _rows(engine, query, stream)
+
+
+def test_two_days_of_esh4_project_to_the_naive_model(engine: Engine) -> None:
+    summaries = [ingest_dbn(engine, path) for path in dbn_inputs([ESH4_DAY, ESH4_DAY_BEFORE])]
+    assert [Path(s.source).name for s in summaries] == [ESH4_DAY_BEFORE.name, ESH4_DAY.name]  # time order
+    assert [s.events_stored for s in summaries] == [8_725, 68_792]
+    assert [list(s.streams) for s in summaries] == [[ESH4], [ESH4]]
+    (result,) = project(engine, streams=[ESH4])
+    assert result.status == "ok", result.message
+
+    # Independent: the naive model over both files' records, straight from databento_dbn.
+    records = decoded(ESH4_DAY_BEFORE)[1] + decoded(ESH4_DAY)[1]
+    book, changes, crossings, _ = naive_run(records)
+    expected = [(records[i].ts_recv // 1000, *top) for i, top in changes]
+    got = [(_us(ts), units(bp), int(bs), units(ap), int(az)) for _, ts, bp, bs, ap, az in _l1(engine, ESH4)]
+    assert len(got) == len(expected) > 25_000
+    assert got == expected
+    assert result.anomalies == ({"crossed_book": crossings} if crossings else {})  # no order added twice
+
+    # The final book, order by order in queue order, as `ledger book` reads it back.
+    from ledger.services.read.book import book_at
+
+    view = book_at(engine, ESH4)
+    final = [(o.order_id, o.side, units(o.price), int(o.size)) for o in view.book.iter_orders()]
+    assert final == book.queue_order()
+
+    # Every field of every record, as the file has it.
+    events = _events(engine, ESH4)
+    assert len(events) == len(records)
+    for row, r in zip(events, records, strict=True):
+        seq, kind, order_id, side, price, size, ts, raw, flags, ts_event, ts_recv, sequence, channel = row
+        assert (
+            kind
+            == {"A": "add", "C": "cancel", "M": "modify", "R": "clear", "T": "trade", "F": "fill", "N": "none"}[
+                r.action.value
+            ]
+        )
+        assert (flags, ts_event, ts_recv, sequence, channel) == (
+            int(r.flags),
+            r.ts_event,
+            r.ts_recv,
+            r.sequence,
+            r.channel_id,
+        )
+        assert size == r.size and _us(ts) == r.ts_recv // 1000
+        assert bytes.fromhex(raw) == bytes(r)
+        assert side == {"B": "B", "A": "S", "N": None}[r.side.value]
+        assert units(price) == r.price
+        assert order_id == (None if r.order_id == 0 and r.action.value not in "ACM" else str(r.order_id))
+        assert seq // 1000 >= r.ts_recv // 1000  # the key begins with the receive time
+
+
+def _us(ts: Any) -> int:
+    """A timestamptz as integer microseconds since the epoch (exactly, not through float)."""
+    delta = ts - ts.replace(year=1970, month=1, day=1, hour=0, minute=0, second=0, microsecond=0)
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def test_raw_is_each_record_as_the_file_has_it(engine: Engine) -> None:
+    ingest_dbn(engine, ESM4_CLEAR)
+    _, records = cut_records(plain_dbn(ESM4_CLEAR))
+    stored = [bytes.fromhex(row[7]) for row in _events(engine, "databento:GLBX.MDP3:ESM4")]
+    assert stored == records
+
+
+def test_the_same_file_twice_stores_nothing_new(engine: Engine) -> None:
+    first = ingest_dbn(engine, ESM4_CLEAR)
+    before = _events(engine, "databento:GLBX.MDP3:ESM4")
+    again = ingest_dbn(engine, ESM4_CLEAR)
+    assert (first.events_stored, first.duplicates) == (13_796, 0)
+    assert (again.events_stored, again.duplicates, again.rejects) == (0, 13_796, 0)
+    assert _events(engine, "databento:GLBX.MDP3:ESM4") == before
+
+
+def test_day_two_before_day_one_gives_the_same_log_and_asks_for_a_rebuild(engine: Engine) -> None:
+    ingest_dbn(engine, ESH4_DAY)
+    project(engine, streams=[ESH4])
+    ingest_dbn(engine, ESH4_DAY_BEFORE)  # earlier records, below the projection's start
+    (result,) = project(engine, streams=[ESH4])
+    assert result.status == "needs_rebuild" and "--rebuild" in (result.message or "")
+    backwards = _events(engine, ESH4)
+    with engine.begin() as conn:
+        conn.execute(sa.text("DELETE FROM streams"))
+        conn.execute(sa.text("DELETE FROM events"))
+    for path in (ESH4_DAY_BEFORE, ESH4_DAY):
+        ingest_dbn(engine, path)
+    assert _events(engine, ESH4) == backwards
+
+
+def test_a_folder_the_cli_and_json(engine: Engine, db_env: dict[str, str], tmp_path: Path) -> None:
+    folder = tmp_path / "files"
+    folder.mkdir()
+    for path in TINY:
+        shutil.copy(path, folder / path.name)
+    (folder / "notes.txt").write_text("not DBN, not read")
+    result = CliRunner().invoke(cli, ["ingest", "dbn", str(folder), "-f", "json"], env=db_env)
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    streams = sorted(s["stream"] for item in out for s in item["streams"])
+    assert streams == [
+        "databento:GLBX.MDP3:ESH1",
+        "databento:IFEU.IMPACT:BRN FMJ0024!",
+        "databento:NDEX.IMPACT:TFM FMH0024!",
+        "databento:XNAS.ITCH:NVDA",
+    ]
+    assert all(item["events_stored"] == 4 for item in out)
+    again = CliRunner().invoke(cli, ["ingest", "dbn", *map(str, sorted(folder.glob("*.zst")))], env=db_env)
+    assert again.exit_code == 0, again.output
+    assert "0 events stored, 4 duplicates" in again.output
+
+
+def test_stdin_reads_like_the_file(engine: Engine, db_env: dict[str, str]) -> None:
+    result = CliRunner().invoke(
+        cli, ["ingest", "dbn", "-", "-s", "esm4", "-f", "json"], input=ESM4_CLEAR.read_bytes(), env=db_env
+    )
+    assert result.exit_code == 0, result.output
+    (summary,) = json.loads(result.output)
+    assert summary["source"] == "stdin" and summary["events_stored"] == 13_796
+    ingest_dbn(engine, ESM4_CLEAR)
+    events = _events(engine, "esm4")
+    assert events == _events(engine, "databento:GLBX.MDP3:ESM4")
+    again = CliRunner().invoke(cli, ["ingest", "dbn", "-", "-s", "esm4"], input=ESM4_CLEAR.read_bytes(), env=db_env)
+    assert "0 events stored, 13,796 duplicates" in again.output
+    assert _events(engine, "esm4") == events
+
+
+def _two_instruments(tmp_path: Path) -> Path:
+    records = [
+        mbo(instrument_id=17077, order_id=1, ts_recv=1_703_462_400_000_000_000),
+        mbo(instrument_id=99, order_id=2, ts_recv=1_703_462_400_000_001_000),
+        mbo(instrument_id=17077, order_id=3, ts_recv=1_703_462_400_000_002_000, action=dbn.Action.CANCEL),
+    ]
+    return write(tmp_path, "two.dbn", metadata() + b"".join(records))
+
+
+def test_each_instrument_is_its_own_stream_and_stream_renames_only_one(
+    engine: Engine, db_env: dict[str, str], tmp_path: Path
+) -> None:
+    path = _two_instruments(tmp_path)
+    summary = ingest_dbn(engine, path)
+    assert {name: c.events_stored for name, c in summary.streams.items()} == {
+        "databento:GLBX.MDP3:ESH4": 2,
+        "databento:GLBX.MDP3:99": 1,  # no symbol mapping: the instrument id
+    }
+    result = CliRunner().invoke(cli, ["ingest", "dbn", str(path), "--stream", "mine"], env=db_env)
+    assert result.exit_code != 0
+    assert "more than one instrument (ESH4, 99)" in result.output and "leave --stream out" in result.output
+    assert stream_name("EQUS.PLUS", "NVDA", 39) == "databento:EQUS.PLUS:NVDA:39"
+
+
+def test_bad_records_are_kept_as_rejects_and_a_conflict_is_one(engine: Engine, tmp_path: Path) -> None:
+    good = mbo(order_id=1)
+    odd = bytearray(mbo(order_id=2, ts_recv=1_703_462_400_000_005_000))
+    odd[38] = ord("X")  # the action byte
+    path = write(tmp_path, "odd.dbn", metadata() + good + bytes(odd))
+    summary = ingest_dbn(engine, path)
+    assert (summary.events_stored, summary.rejects) == (1, 1)
+    (reject,) = _rows(engine, "SELECT line_no, raw, reason FROM rejects WHERE stream_id = :s", ESH4)
+    assert reject[0] == 2 and bytes.fromhex(reject[1]) == bytes(odd) and "unknown action 'X'" in reject[2]
+    # Another file whose record has the same key but other bytes: a duplicate kept as a reject.
+    other = write(tmp_path, "other.dbn", metadata() + mbo(order_id=1, size=5))
+    clash = ingest_dbn(engine, other)
+    assert (clash.events_stored, clash.duplicates, clash.conflicting_duplicates) == (0, 1, 1)
+    assert "already stored with other bytes" in clash.reject_samples[0]["reason"]  # type: ignore[operator]
+
+
+def test_a_truncated_file_stores_what_came_before_and_names_the_record(engine: Engine, tmp_path: Path) -> None:
+    records = b"".join(mbo(order_id=i, ts_recv=1_703_462_400_000_000_000 + i * 1000) for i in range(1, 6))
+    path = write(tmp_path, "cut.dbn", metadata() + records[:-10])
+    with pytest.raises(Exception, match="record 5: truncated"):
+        ingest_dbn(engine, path)
+    assert len(_events(engine, ESH4)) == 4
+
+
+def _ingest(url: URL, path: Path, batch_size: int) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "LEDGER_DATABASE_URL": url.render_as_string(hide_password=False)}
+    args = ["ingest", "dbn", str(path), "--batch-size", str(batch_size)]
+    return track(
+        subprocess.Popen(
+            [sys.executable, "-m", "ledger.cli", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+    )
+
+
+def _count(engine: Engine) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(sa.text("SELECT count(*) FROM events")).scalar_one())
+
+
+@pytest.mark.slow
+def test_killed_ingest_resumes_and_stores_each_record_once(database_url: URL, engine: Engine) -> None:
+    kills = 0
+    for _ in range(3):
+        proc = _ingest(database_url, ESH4_DAY, batch_size=4_000)
+        before = _count(engine)
+        while proc.poll() is None and _count(engine) == before:  # killed after a commit: mid-file
+            time.sleep(0.002)
+        if proc.poll() is not None:
+            break
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        kills += 1
+    assert kills >= 2, "the ingest finished before it could be killed"
+    final = _ingest(database_url, ESH4_DAY, batch_size=4_000)
+    out, err = final.communicate(timeout=300)
+    assert final.returncode == 0, err.decode()
+    assert b"resumed at record" in out
+    killed = _events(engine, ESH4)
+    with engine.begin() as conn:
+        conn.execute(sa.text("DELETE FROM streams"))
+        conn.execute(sa.text("DELETE FROM events"))
+    ingest_dbn(engine, ESH4_DAY)
+    assert killed == _events(engine, ESH4)
+    with engine.connect() as conn:
+        (stored,) = conn.execute(sa.text("SELECT events_stored FROM ingest_checkpoints")).one()
+    assert stored == 68_792
+
+
+def test_the_stored_records_decode_again(engine: Engine) -> None:
+    """raw is enough to get the records back with databento_dbn itself."""
+    ingest_dbn(engine, ESM4_CLEAR)
+    raws = b"".join(bytes.fromhex(row[7]) for row in _events(engine, "databento:GLBX.MDP3:ESM4"))
+    decoder = dbn.DBNDecoder(has_metadata=False, input_version=3, ts_out=False)
+    again = decoder.write_and_decode(raws)
+    assert [bytes(r) for r in again] == [bytes(r) for r in decoded(ESM4_CLEAR)[1]]
+
+
+def test_status_counts_sparse_seqs_and_shows_the_venues_warning(engine: Engine, tmp_path: Path) -> None:
+    from ledger.services.read.status import gap_rows, stream_status
+
+    t = 1_703_462_400_000_000_000
+    first = [
+        mbo(order_id=1, ts_recv=t, side=dbn.Side.BID, price=4_799_000_000_000),
+        mbo(order_id=2, ts_recv=t + 7_000_000, side=dbn.Side.ASK, price=4_800_000_000_000),
+        mbo(order_id=3, ts_recv=t + 9_000_000, flags=F_LAST | 4),  # F_MAYBE_BAD_BOOK
+    ]
+    ingest_dbn(engine, write(tmp_path, "a.dbn", metadata() + b"".join(first)))
+    with engine.connect() as conn:
+        (before,) = stream_status(conn, ESH4)
+    assert (before.events, before.open_gaps, before.lag_events) == (3, 0, None)  # not the seq range
+    project(engine, streams=[ESH4])
+    later = [mbo(order_id=4, ts_recv=t + 20_000_000), mbo(order_id=5, ts_recv=t + 30_000_000)]
+    ingest_dbn(engine, write(tmp_path, "b.dbn", metadata() + b"".join(later)))
+    with engine.connect() as conn:
+        (status,) = stream_status(conn, ESH4)
+    assert (status.events, status.lag_events, status.book_maybe_bad) == (5, 2, True)
+    flagged = _events(engine, ESH4)[2][0]
+    with engine.connect() as conn:
+        (period,) = gap_rows(conn, ESH4)
+    assert (period["status"], period["first_seq"], period["resolved_by_seq"]) == ("book_maybe_bad", flagged, None)
+    assert period["last_seq"] == _events(engine, ESH4)[-1][0]
+    clear = mbo(order_id=0, ts_recv=t + 40_000_000, action=dbn.Action.CLEAR, side=dbn.Side.NONE)
+    ingest_dbn(engine, write(tmp_path, "c.dbn", metadata() + clear))
+    project(engine, streams=[ESH4])
+    with engine.connect() as conn:
+        (status,) = stream_status(conn, ESH4)
+    assert (status.events, status.lag_events, status.book_maybe_bad) == (6, 0, False)
+    cleared = _events(engine, ESH4)[-1][0]
+    with engine.connect() as conn:
+        assert gap_rows(conn, ESH4) == []
+        (period,) = gap_rows(conn, ESH4, include_closed=True)
+    assert (period["status"], period["first_seq"], period["last_seq"], period["resolved_by_seq"]) == (
+        "book_maybe_bad_ended",
+        flagged,
+        cleared - 1,
+        cleared,
+    )
