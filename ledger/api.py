@@ -175,6 +175,46 @@ class Ledger:
             **options,
         )
 
+    def ingest_csv_files(
+        self,
+        files: Sequence[str | Path],
+        *,
+        stream: str | None = None,
+        batch_size: int = 10_000,
+        flush_interval: float | None = None,
+        resume: bool = True,
+        progress: Callable[[int], None] | None = None,
+        stop: Any = None,
+    ) -> builtins.list[IngestSummary]:
+        """Append several L3 CSV files in one run (one process, one writer, two connections):
+        paths, folders (their ``.csv`` files) and globs that ledger expands (:meth:`csv_files`
+        says which files, in which order, to which stream). Each file is its own stream,
+        ``csv:<file stem>``, unless ``stream`` names one for all (appended in that order);
+        each keeps its checkpoint, resume point, duplicates, rejects and summary. A file that
+        cannot be read is named in its summary's ``error`` and the others are ingested
+        (``services.ingest.csv_file.ingest_csv_files``); ``progress`` gets the bytes read
+        of all files so far; ``stop`` as for :meth:`ingest_csv`."""
+        from ledger.services.ingest.csv_file import CsvInput, ingest_csv_files
+
+        inputs = [
+            CsvInput(name, str(path.resolve()), path=path, resumable=resume, size=_size(path))
+            for path, name in self.csv_files(files, stream=stream)
+        ]
+        return ingest_csv_files(
+            self.engine, inputs, batch_size=batch_size, flush_interval=flush_interval, progress=progress, stop=stop
+        )
+
+    @staticmethod
+    def csv_files(files: Sequence[str | Path], *, stream: str | None = None) -> builtins.list[tuple[Path, str]]:
+        """The (file, stream) pairs :meth:`ingest_csv_files` reads, in order: files as named,
+        a folder's ``.csv`` files and a glob's files in name order, each file once (rules:
+        ``services.ingest.inputs``). An ``InputError`` before anything is read for a folder
+        without one, a glob matching nothing, or two files that would give one stream."""
+        from ledger.services.ingest.inputs import expand, streams_of
+
+        paths = expand([str(f) for f in files], ".csv")
+        return list(zip(paths, streams_of(paths, "csv", stream), strict=True))
+
     def ingest_dbn(
         self,
         sources: str | Path | IO[bytes] | Sequence[str | Path],
@@ -564,3 +604,10 @@ class Ledger:
         url = self._database.url
         plain = url.set(drivername="postgresql", password=None).render_as_string(hide_password=False)
         return plain, ({"PGPASSWORD": str(url.password)} if url.password else {})
+
+
+def _size(path: Path) -> int | None:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return None  # its error comes when its turn does

@@ -220,6 +220,7 @@ def ingest_csv_files(
     inputs: Iterable[CsvInput],
     *,
     batch_size: int = 10_000,
+    flush_interval: float | None = None,
     progress: Callable[[int], None] | None = None,
     stop: StopReading | None = None,
 ) -> list[IngestSummary]:
@@ -234,7 +235,13 @@ def ingest_csv_files(
     as :func:`ingest_csv`'s does and the inputs after it are not begun (no summary).
     ``progress`` gets the bytes read over all inputs."""
     return _ingest(
-        engine, inputs, batch_size=batch_size, flush_interval=None, progress=progress, stop=stop, keep_going=True
+        engine,
+        inputs,
+        batch_size=batch_size,
+        flush_interval=flush_interval,
+        progress=progress,
+        stop=stop,
+        keep_going=True,
     )
 
 
