@@ -38,7 +38,7 @@ from psycopg import sql
 from sortedcontainers import SortedDict
 from sqlalchemy.engine import make_url
 
-from ledger.storage.copy import EVENT_COPY_COLUMNS, VENUE_FIELDS, events_chunks, text_row
+from ledger.storage.copy import EVENT_COPY_COLUMNS, VENUE_FIELDS, events_chunks
 from ledger.venues.databento.dbn import MboReader, MboRecord, Sequencer, keyed_rows
 
 DEFAULT_SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -68,7 +68,7 @@ def copy_text(path: Path, stream_id: int, out: Path) -> None:
     with out.open("wb") as fp:
         rows: list[bytes] = []
         for item in keyed_rows(MboReader(path), Sequencer(), text=True):
-            rows.append(text_row(item[2]))  # type: ignore[index]
+            rows.append(item[3])  # type: ignore[index]
             if len(rows) >= 100_000:
                 fp.write(b"".join(events_chunks(stream_id, rows)))
                 rows = []

@@ -11,9 +11,9 @@ Venues decode their input into values; this module encodes them:
   PostgreSQL cannot hold;
 - :func:`events_payload` (:func:`events_chunks`) makes the COPY text of one stream's rows,
   columns :data:`EVENT_COPY_COLUMNS` (:meth:`ledger.storage.log.EventLog.append` sends it);
-- :func:`text_row` makes the row of values already in COPY text that need no escaping
-  (numbers, fixed words, hex), such as a Databento record's, with the venue fields
-  (:data:`VENUE_FIELDS`) after the common ones;
+- a venue whose values never need escaping (Databento's: numbers, fixed words, hex)
+  writes its rows as one formatted line in this format, with the venue fields
+  (:data:`VENUE_FIELDS`) after ``raw`` (:func:`ledger.venues.databento.dbn.keyed_rows`);
 - :func:`l1_payload` does the same for L1 rows, whose values are numbers and times.
 
     >>> events_payload(3, [event_row(7, "add", "42", "B", "10.5", "3", None, "a\\tb")])
@@ -47,13 +47,12 @@ __all__ = [
     "events_payload",
     "join_cells",
     "l1_payload",
-    "text_row",
 ]
 
 #: The columns of the event rows :func:`events_payload` makes, in order.
 EVENT_COPY_COLUMNS = ("stream_id", "seq", "kind", "order_id", "side", "price", "size", "ts", "raw")
 #: The fields some venues give beyond the common columns (Databento MBO), in the order
-#: :func:`text_row` rows carry them after ``raw``.
+#: rows that carry them have them after ``raw``.
 VENUE_FIELDS = ("flags", "ts_event", "ts_recv", "sequence", "channel")
 #: The columns of the L1 rows :func:`l1_payload` makes, in order.
 L1_COPY_COLUMNS = ("stream_id", "seq", "ts", "bid_price", "bid_size", "ask_price", "ask_size")
@@ -107,17 +106,6 @@ def event_row(
         raise RecordError(f"seq must be an integer, not {seq!r}")
     values = (kind, order_id, side, price, size, ts, raw)
     return join_cells([str(seq).encode(), *(_cell(seq, value) for value in values)])
-
-
-def text_row(cells: Sequence[str]) -> bytes:
-    """One event's row after its stream id from values already in COPY text (NULL spelled
-    :data:`NULL`) that need no escaping: numbers, fixed words, hex. The caller vouches for
-    them: no value may hold a tab, newline, carriage return, backslash or NUL.
-
-    >>> text_row(["7", "add", "42", "B", "4799.25", "2", NULL, "a0ff", "130", NULL, "1", "2", "3"])
-    b'7\\tadd\\t42\\tB\\t4799.25\\t2\\t\\\\N\\ta0ff\\t130\\t\\\\N\\t1\\t2\\t3'
-    """
-    return "\t".join(cells).encode()
 
 
 def events_chunks(stream_id: int, rows: Sequence[bytes]) -> list[bytes]:

@@ -44,7 +44,6 @@ from sqlalchemy.engine import Connection, Engine
 from ledger._threads import Worker
 from ledger.errors import DatabaseError, InputError, StreamError, first_line
 from ledger.services.ingest.csv_file import StopReading
-from ledger.storage.copy import text_row
 from ledger.storage.locks import Locks, writer_lock
 from ledger.storage.log import Checkpoint, Checkpoints, EventLog, Reject, Rejects, Streams
 from ledger.storage.notify import notify_appended
@@ -219,11 +218,11 @@ def _read(
                             )
                             batch.count += 1
                         continue
-                    key, record_no, row = item  # type: ignore[misc,assignment]
+                    key, record_no, seq, line = item  # type: ignore[misc]
                     stream = names.get(key) or _name(names, key, reader.dataset, rename, summary.source)
                     if record_no <= resume_from:
                         continue
-                    batch.rows.setdefault(stream, []).append((int(row[0]), record_no, text_row(row)))
+                    batch.rows.setdefault(stream, []).append((seq, record_no, line))
                     batch.count += 1
                 batch.records = reader.records
                 if batch.count >= batch_size:

@@ -687,11 +687,13 @@ def keyed_rows(
     text: bool = False,
 ) -> Iterator[tuple[Hashable, int, Any] | MboReject]:
     """:func:`stored_rows`, each row with its stream key and record number:
-    ``(stream key, record_no, row)``; rejects passed through. With ``text`` the row is
-    instead its values as COPY text, in the columns of the event log's COPY with venue
-    fields (:data:`~ledger.storage.copy.EVENT_COPY_COLUMNS` from ``seq``, then
-    :data:`~ledger.storage.copy.VENUE_FIELDS`): ``ts`` as ``YYYY-MM-DD HH:MM:SS.ffffff+00``
-    and the exact price from its integer, each made once per distinct second or price."""
+    ``(stream key, record_no, row)``; rejects passed through. With ``text``, each is
+    instead ``(stream key, record_no, seq, line)``: the row as one line of COPY text after
+    the stream id (:mod:`ledger.storage.copy`'s text format: the columns of
+    :data:`~ledger.storage.copy.EVENT_COPY_COLUMNS` from ``seq``, then
+    :data:`~ledger.storage.copy.VENUE_FIELDS`), ``ts`` as ``YYYY-MM-DD HH:MM:SS.ffffff+00``
+    and the exact price from its integer, each made once per distinct second or price. No
+    value needs escaping: numbers, fixed words, hex."""
     sequencer = sequencer or Sequencer()
     lasts = sequencer._last
     sides = _SIDES
@@ -702,6 +704,7 @@ def keyed_rows(
     new = tuple.__new__
     seconds: dict[int, str] = {}
     prices: dict[int, str] = {}
+    side_text = {"B": "B", "A": "S", "N": NULL}
     for item in items:
         if isinstance(item, MboReject):
             yield item
@@ -738,12 +741,12 @@ def keyed_rows(
             price = prices.get(units)
             if price is None:
                 price = prices[units] = NULL if units == UNDEF_PRICE else str(price_of(units))
-            side = sides[ord(item[5])]
-            cells = (str(seq), kinds[action], NULL if order_id is None else order_id,
-                     NULL if side is None else side, price, str(item[8]), ts, item[16].hex(), str(item[10]),
-                     NULL if ts_event is None else str(ts_event), str(ts_recv), str(item[13]),
-                     str(item[14]))  # fmt: skip
-            yield key, item[0], cells
+            line = (
+                f"{seq}\t{kinds[action]}\t{NULL if order_id is None else order_id}\t{side_text[item[5]]}\t{price}"
+                f"\t{item[8]}\t{ts}\t{item[16].hex()}\t{item[10]}\t{NULL if ts_event is None else ts_event}"
+                f"\t{ts_recv}\t{item[13]}\t{item[14]}"
+            )
+            yield key, item[0], seq, line.encode()
             continue
         fields = (seq, kinds[action], order_id, sides[ord(item[5])], item[6], item[8], ts, item[10], ts_event,
                   ts_recv, item[13], item[14], item[16].hex())  # fmt: skip
