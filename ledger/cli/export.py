@@ -87,7 +87,7 @@ def _export(
     bounds: tuple[int | datetime | None, int | datetime | None],
     options: dict[str, Any] | None = None,
 ) -> None:
-    """Write ``what`` to ``output`` (a file by :func:`_write_file`'s rule, or '-' for stdout)
+    """Write ``what`` to ``output`` (a file by :func:`write_file`'s rule, or '-' for stdout)
     in ``fmt`` (else the output's suffix, else the export's default) and say how many rows,
     on stderr when the rows may be on stdout."""
     if fmt is None:
@@ -103,7 +103,7 @@ def _export(
     if output == "-":
         _write_stdout(write)
         return
-    count, written, replaced = _write_file(Path(output or f"{what}_{_safe_name(stream)}.{fmt}"), write)
+    count, written, replaced = write_file(Path(output or f"{what}_{_safe_name(stream)}.{fmt}"), write)
     # Written through (/dev/stdout, a FIFO), the rows may be on stdout: the note is not.
     click.echo(f"wrote {count} {noun} of {printable(stream)} to {printable(written)}", err=not replaced)
 
@@ -137,7 +137,7 @@ def export_l1(stream: str, output: str | None, fmt: str | None, start: str | Non
       ledger export l1 csv:l3_data_v3.1 --from 1627942268920660000 --to '2021-08-03 06:00' -o -
       ledger export l1 csv:l3_data_v3.1 -f parquet --from '2021-08-03 05:00' --to '2021-08-03 06:00'
     """
-    low, high = _range(start, end)
+    low, high = parse_range(start, end)
     with open_ledger() as ledger:
         _check_projection(ledger, stream)
         _export(ledger, "l1", "L1 rows", stream, output, fmt, (low, high))
@@ -202,7 +202,7 @@ def export_l2(
             parse_duration(every)
         except ValueError as e:
             raise click.BadParameter(str(e), param_hint="--every") from None
-    low, high = _range(start, end)
+    low, high = parse_range(start, end)
     options = {"depth": depth, "every": every, "on_change": on_change, "layout": layout}
     with open_ledger() as ledger:
         _export(ledger, "l2", "L2 rows", stream, output, fmt, (low, high), options)
@@ -227,7 +227,7 @@ def export_trades(stream: str, output: str | None, fmt: str | None, start: str |
       ledger export trades csv:l3_data_v3.1 -o trades.parquet
       ledger export trades csv:l3_data_v3.1 -f csv -o - | head
     """
-    low, high = _range(start, end)
+    low, high = parse_range(start, end)
     with open_ledger() as ledger:
         _export(ledger, "trades", "trades", stream, output, fmt, (low, high))
 
@@ -247,12 +247,12 @@ def export_events(stream: str, output: str | None, fmt: str | None, start: str |
       ledger export events csv:l3_data_v3.1 -o events.parquet
       ledger export events coinbase:BTC-USD --from 2026-11-30T12:00 --to 2026-11-30T13:00
     """
-    low, high = _range(start, end)
+    low, high = parse_range(start, end)
     with open_ledger() as ledger:
         _export(ledger, "events", "events", stream, output, fmt, (low, high))
 
 
-def _range(start: str | None, end: str | None) -> tuple[int | datetime | None, int | datetime | None]:
+def parse_range(start: str | None, end: str | None) -> tuple[int | datetime | None, int | datetime | None]:
     """The --from and --to of an export: each a seq or a time; two of a kind must be in order."""
     low, high = _bound(start, "--from"), _bound(end, "--to")
     if low is not None and high is not None and type(low) is type(high) and low > high:  # type: ignore[operator]
@@ -312,7 +312,7 @@ def _drop_stdout() -> None:
         os.close(devnull)
 
 
-def _write_file(target: Path, write: Callable[[IO[bytes]], int]) -> tuple[int, Path, bool]:
+def write_file(target: Path, write: Callable[[IO[bytes]], int]) -> tuple[int, Path, bool]:
     """Write to ``target`` by the rule of export_l1: the row count, the path written, and
     whether it was a regular file (replaced) rather than written through.
 
