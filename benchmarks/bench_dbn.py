@@ -39,7 +39,7 @@ from sortedcontainers import SortedDict
 from sqlalchemy.engine import make_url
 
 from ledger.storage.copy import EVENT_COPY_COLUMNS, VENUE_FIELDS, events_chunks
-from ledger.venues.databento.dbn import MboReader, MboRecord, Sequencer, keyed_rows
+from ledger.venues.databento.dbn import MboReader, MboRecord, Sequencer
 
 DEFAULT_SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 ESH4 = Path(__file__).parent.parent / "tests" / "data" / "databento" / "nautilus__esh4-glbx-mdp3-20231225.mbo.dbn.zst"
@@ -67,12 +67,9 @@ def copy_text(path: Path, stream_id: int, out: Path) -> None:
     """ledger's own COPY rows of every record of ``path`` (the baseline's input)."""
     with out.open("wb") as fp:
         rows: list[bytes] = []
-        for item in keyed_rows(MboReader(path), Sequencer(), text=True):
-            rows.append(item[3])  # type: ignore[index]
-            if len(rows) >= 100_000:
-                fp.write(b"".join(events_chunks(stream_id, rows)))
-                rows = []
-        fp.write(b"".join(events_chunks(stream_id, rows)))
+        for items in MboReader(path).copy_lines(Sequencer()):
+            rows = [item[3] for item in items]
+            fp.write(b"".join(events_chunks(stream_id, rows)))
 
 
 def _run(args: list[str], env: dict[str, str]) -> tuple[float, int, str]:

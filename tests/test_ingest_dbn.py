@@ -333,3 +333,47 @@ def test_status_counts_sparse_seqs_and_shows_the_venues_warning(engine: Engine, 
         cleared - 1,
         cleared,
     )
+
+
+@pytest.mark.parametrize("path", [ESH4_DAY_BEFORE, ESM4_CLEAR, *TINY], ids=lambda p: p.name[:30])
+def test_the_ingests_copy_lines_are_the_stored_rows(path: Path, tmp_path: Path) -> None:
+    """The ingest's path (copy_lines) and stored_rows give the same keys, seqs and values."""
+    _check_lines_against_rows(path)
+
+
+def test_copy_lines_keep_rejects_in_their_place(tmp_path: Path) -> None:
+    odd = bytearray(mbo(order_id=2, ts_recv=1_703_462_400_000_005_000))
+    odd[38] = ord("X")
+    records = [mbo(order_id=1), bytes(odd), mbo(order_id=3, price=2**63 - 1, action=dbn.Action.CANCEL)]
+    _check_lines_against_rows(write(tmp_path, "odd.dbn", metadata() + b"".join(records)))
+
+
+def _check_lines_against_rows(path: Path) -> None:
+    from ledger.venues.databento.dbn import MboReader, MboReject, Sequencer, keyed_rows
+
+    rows = list(keyed_rows(MboReader(path)))
+    lines = [item for batch in MboReader(path).copy_lines(Sequencer()) for item in batch]
+    assert len(rows) == len(lines)
+    for row, line in zip(rows, lines, strict=True):
+        if isinstance(row, MboReject):
+            assert line == row
+            continue
+        key, record_no, stored = row
+        assert line[:3] == (key, record_no, stored.seq)
+        text = [None if cell == "\\N" else cell for cell in line[3].decode().split("\t")]
+        expected = [
+            str(stored.seq),
+            stored.kind,
+            stored.order_id,
+            stored.side,
+            None if stored.price is None else str(stored.price),
+            str(stored.size),
+            stored.ts.strftime("%Y-%m-%d %H:%M:%S.%f+00"),
+            stored.raw,
+            str(stored.flags),
+            None if stored.ts_event is None else str(stored.ts_event),
+            str(stored.ts_recv),
+            str(stored.sequence),
+            str(stored.channel),
+        ]
+        assert text == expected

@@ -47,7 +47,7 @@ from ledger.services.ingest.csv_file import StopReading
 from ledger.storage.locks import Locks, writer_lock
 from ledger.storage.log import Checkpoint, Checkpoints, EventLog, Reject, Rejects, Streams
 from ledger.storage.notify import notify_appended
-from ledger.venues.databento.dbn import DbnError, MboReader, MboReject, Sequencer, keyed_rows
+from ledger.venues.databento.dbn import DbnError, MboReader, MboReject, Sequencer
 
 __all__ = ["DbnIngestSummary", "StreamCounts", "dbn_inputs", "ingest_dbn", "stream_name"]
 
@@ -203,10 +203,10 @@ def _read(
     batch = _Batch()
     try:
         try:
-            for items in reader.batches():
+            for items in reader.copy_lines(sequencer):
                 if not summary.dataset:
                     summary.dataset = reader.dataset
-                for item in keyed_rows(items, sequencer, text=True):
+                for item in items:
                     if item.__class__ is MboReject:
                         reject: MboReject = item
                         if reject.record_no > resume_from:

@@ -69,6 +69,11 @@ _ACTIONS = {ord(letter): letter for letter in KINDS}
 #: Databento's side letter -> ledger's side (``A`` ask is a sell; ``N`` none).
 _SIDES = {ord("B"): "B", ord("A"): "S", ord("N"): None}
 _SIDE_LETTERS = {ord("B"): "B", ord("A"): "A", ord("N"): "N"}
+# The COPY text of an action's kind and a side, by their bytes (NULL for side N).
+_KIND_OF_BYTE = {ord(letter): kind for letter, kind in KINDS.items()}
+_SIDE_TEXT = {ord("B"): "B", ord("A"): "S", ord("N"): NULL}
+# The actions whose order id is an order's even when it is 0 (add, cancel, modify).
+_ORDER_ACTIONS = frozenset(b"ACM")
 
 _RTYPE_MBO = 0xA0
 _RTYPE_ERROR = 0x15
@@ -348,6 +353,8 @@ class MboReader:
         #: Records read so far (MBO or not).
         self.records = 0
         self._symbols: _Symbols | None = None
+        self._price_text: dict[int, str] = {}
+        self._second_text: dict[int, str] = {}
 
     def __iter__(self) -> Iterator[MboRecord | MboReject]:
         for batch in self.batches():
@@ -355,15 +362,26 @@ class MboReader:
 
     def batches(self) -> Iterator[list[MboRecord | MboReject]]:
         """Lists of records in file order, one per chunk of input."""
+        return self._batches(self._records)
+
+    def copy_lines(self, sequencer: Sequencer) -> Iterator[list[tuple[tuple[str, int], int, int, bytes] | MboReject]]:
+        """Lists, one per chunk of input, of what the event log's COPY needs of each record:
+        ``(stream key, record_no, seq, line)``, the key being (symbol, publisher id), the seq
+        from ``sequencer``, the line the COPY text of :func:`keyed_rows` with ``text``; and
+        the rejects in their place. The same records, checks and rejects as
+        :meth:`batches`, without making an :class:`MboRecord` of each (the ingest's path)."""
+        return self._batches(lambda decoded: self._lines(decoded, sequencer))
+
+    def _batches(self, convert: Callable[[list[Any]], list[Any]]) -> Iterator[list[Any]]:
         if isinstance(self._source, str | Path):
             try:
                 handle: BinaryIO = open(self._source, "rb")  # noqa: SIM115 (closed below)
             except OSError as error:
                 raise DbnError(self.name, None, f"cannot open: {error.strerror or error}") from error
             with handle:
-                yield from self._read(handle)
+                yield from self._read(handle, convert)
         else:
-            yield from self._read(self._source)
+            yield from self._read(self._source, convert)
 
     # -- reading -------------------------------------------------------------------------
 
@@ -377,7 +395,7 @@ class MboReader:
                 return
             yield bytes(chunk)
 
-    def _read(self, handle: BinaryIO) -> Iterator[list[MboRecord | MboReject]]:
+    def _read(self, handle: BinaryIO, convert: Callable[[list[Any]], list[Any]]) -> Iterator[list[Any]]:
         chunks = self._chunks(handle)
         head = b""
         for chunk in chunks:  # enough bytes to tell what the input is
@@ -414,7 +432,7 @@ class MboReader:
             if frames is None:
                 pending = bytes(decoder.buffer())
             if decoded:
-                yield self._records(decoded)
+                yield convert(decoded)
         self._finish(decoder, frames, first)
 
     def _decoder(self, *, has_metadata: bool) -> Any:
@@ -536,6 +554,85 @@ class MboReader:
                 fields = (number, instrument_id, symbol, dataset, action, side, price, price_units, size,
                           str(order_id), flags, ts_recv, ts_event, sequence, channel_id, publisher_id, raw)  # fmt: skip
                 append(new(MboRecord, fields))
+        finally:
+            self.records = number
+        return out
+
+    def _lines(self, decoded: Iterable[Any], sequencer: Sequencer) -> list[Any]:
+        """The ingest's hot loop (:meth:`copy_lines`): the checks of :meth:`_records`, then
+        the stream key, the seq (:class:`Sequencer`'s rule, inlined) and the COPY line (the
+        columns of ``EVENT_COPY_COLUMNS`` from ``seq``, then ``VENUE_FIELDS``; ``ts`` as
+        ``YYYY-MM-DD HH:MM:SS.ffffff+00``, made once per second, the price text once per
+        price; no value needs escaping: numbers, fixed words, hex)."""
+        out: list[Any] = []
+        append = out.append
+        unpack = _MBO.unpack_from
+        symbols = self._symbols
+        assert symbols is not None
+        fixed = symbols.fixed
+        actions = _ACTIONS
+        kinds = _KIND_OF_BYTE
+        sides = _SIDE_TEXT
+        prices = self._price_text
+        seconds = self._second_text
+        lasts = sequencer._last
+        known: dict[int, str | None] = {}
+        number = self.records
+        last_us, ts = -1, ""
+        try:
+            for record in decoded:
+                number += 1
+                raw = bytes(record)
+                if len(raw) < _MBO_SIZE or raw[1] != _RTYPE_MBO:
+                    item = self._other(record, raw, number)
+                    if item is not None:
+                        append(item)
+                    known.clear()  # a symbol mapping record may have named an instrument anew
+                    continue
+                (_, _, publisher_id, instrument_id, ts_event, order_id, price_units, size, flags, channel_id,
+                 action_byte, side_byte, ts_recv, _, sequence) = unpack(raw)  # fmt: skip
+                symbol = known.get(instrument_id)
+                if symbol is None:
+                    symbol = known[instrument_id] = fixed(instrument_id)
+                    if symbol is None:
+                        symbol = symbols.get(instrument_id, ts_recv)
+                side = sides.get(side_byte)
+                if action_byte not in actions or side is None or flags & (F_TOB | F_MBP) or ts_recv >= 2**63:
+                    append(self._reject(number, instrument_id, symbol, raw, action_byte, side_byte, flags, ts_recv))
+                    continue
+                price = prices.get(price_units)
+                if price is None:
+                    if price_units == UNDEF_PRICE:
+                        if action_byte == 65 or action_byte == 77:  # A, M
+                            kind = KINDS[actions[action_byte]]
+                            append(self._refuse(number, instrument_id, symbol, raw, f"{kind} without a price"))
+                            continue
+                        price = NULL
+                    else:
+                        price = prices[price_units] = str(price_of(price_units))
+                if side_byte == 78 and action_byte == 65:  # N, A
+                    append(self._refuse(number, instrument_id, symbol, raw, "an add without a side"))
+                    continue
+                us = ts_recv // 1000
+                if us != last_us:
+                    last_us = us
+                    second, fraction = divmod(us, 1_000_000)
+                    day = seconds.get(second)
+                    if day is None:
+                        day = seconds[second] = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(second))
+                    ts = f"{day}.{fraction:06d}+00"
+                key = (symbol, publisher_id)
+                seq = us * SEQ_PER_MICROSECOND
+                last = lasts.get(key)
+                if last is not None and seq <= last:
+                    seq = last + 1
+                lasts[key] = seq
+                order = NULL if order_id == 0 and action_byte not in _ORDER_ACTIONS else order_id
+                line = (
+                    f"{seq}\t{kinds[action_byte]}\t{order}\t{side}\t{price}\t{size}\t{ts}\t{raw.hex()}\t{flags}"
+                    f"\t{NULL if ts_event == UNDEF_TIMESTAMP else ts_event}\t{ts_recv}\t{sequence}\t{channel_id}"
+                )
+                append((key, number, seq, line.encode()))
         finally:
             self.records = number
         return out
@@ -683,28 +780,17 @@ def keyed_rows(
     items: Iterable[MboRecord | MboReject],
     sequencer: Sequencer | None = None,
     stream: Callable[[MboRecord], Hashable] | None = None,
-    *,
-    text: bool = False,
-) -> Iterator[tuple[Hashable, int, Any] | MboReject]:
+) -> Iterator[tuple[Hashable, int, StoredRow] | MboReject]:
     """:func:`stored_rows`, each row with its stream key and record number:
-    ``(stream key, record_no, row)``; rejects passed through. With ``text``, each is
-    instead ``(stream key, record_no, seq, line)``: the row as one line of COPY text after
-    the stream id (:mod:`ledger.storage.copy`'s text format: the columns of
-    :data:`~ledger.storage.copy.EVENT_COPY_COLUMNS` from ``seq``, then
-    :data:`~ledger.storage.copy.VENUE_FIELDS`), ``ts`` as ``YYYY-MM-DD HH:MM:SS.ffffff+00``
-    and the exact price from its integer, each made once per distinct second or price. No
-    value needs escaping: numbers, fixed words, hex."""
+    ``(stream key, record_no, row)``; rejects passed through."""
     sequencer = sequencer or Sequencer()
     lasts = sequencer._last
     sides = _SIDES
     kinds = KINDS
     epoch = _EPOCH
     last_us = -1
-    ts: Any = epoch
+    ts: datetime = epoch
     new = tuple.__new__
-    seconds: dict[int, str] = {}
-    prices: dict[int, str] = {}
-    side_text = {"B": "B", "A": "S", "N": NULL}
     for item in items:
         if isinstance(item, MboReject):
             yield item
@@ -713,15 +799,7 @@ def keyed_rows(
         ts_recv = item[11]
         us = ts_recv // 1000
         if us != last_us:
-            last_us = us
-            if text:
-                second, fraction = divmod(us, 1_000_000)
-                day = seconds.get(second)
-                if day is None:
-                    day = seconds[second] = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(second))
-                ts = f"{day}.{fraction:06d}+00"
-            else:
-                ts = epoch + timedelta(microseconds=us)
+            last_us, ts = us, epoch + timedelta(microseconds=us)
         key = (item[2], item[15]) if stream is None else stream(item)
         seq = us * SEQ_PER_MICROSECOND
         last = lasts.get(key)
@@ -736,18 +814,6 @@ def keyed_rows(
         ts_event: int | None = item[12]
         if ts_event == UNDEF_TIMESTAMP:
             ts_event = None
-        if text:
-            units = item[7]
-            price = prices.get(units)
-            if price is None:
-                price = prices[units] = NULL if units == UNDEF_PRICE else str(price_of(units))
-            line = (
-                f"{seq}\t{kinds[action]}\t{NULL if order_id is None else order_id}\t{side_text[item[5]]}\t{price}"
-                f"\t{item[8]}\t{ts}\t{item[16].hex()}\t{item[10]}\t{NULL if ts_event is None else ts_event}"
-                f"\t{ts_recv}\t{item[13]}\t{item[14]}"
-            )
-            yield key, item[0], seq, line.encode()
-            continue
         fields = (seq, kinds[action], order_id, sides[ord(item[5])], item[6], item[8], ts, item[10], ts_event,
                   ts_recv, item[13], item[14], item[16].hex())  # fmt: skip
         yield key, item[0], new(StoredRow, fields)
