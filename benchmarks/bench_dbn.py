@@ -191,6 +191,7 @@ def main() -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         runs = [bench(args.copies, server, workdir) for _ in range(args.repeat)]
     result = {key: statistics.median(run[key] for run in runs) for key in runs[0]}  # type: ignore[type-var]
+    result = {k: round(v) if isinstance(runs[0][k], int) else round(v, 2) for k, v in result.items()}  # type: ignore[call-overload]
     width = max(map(len, result))
     for key, value in result.items():
         print(f"{key:<{width}}  {value:>12,}" if isinstance(value, int) else f"{key:<{width}}  {value:>12}")
