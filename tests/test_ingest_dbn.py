@@ -172,9 +172,13 @@ def test_a_folder_the_cli_and_json(engine: Engine, db_env: dict[str, str], tmp_p
         "databento:XNAS.ITCH:NVDA",
     ]
     assert all(item["events_stored"] == 4 for item in out)
-    again = CliRunner().invoke(cli, ["ingest", "dbn", *map(str, sorted(folder.glob("*.zst")))], env=db_env)
+    again = CliRunner().invoke(cli, ["ingest", "dbn", str(folder / "*.zst")], env=db_env)  # a glob ledger expands
     assert again.exit_code == 0, again.output
-    assert "0 events stored, 4 duplicates" in again.output
+    assert again.output.count("0 events stored, 4 duplicates") == 4
+    empty = CliRunner().invoke(cli, ["ingest", "dbn", str(folder / "*.dbn")], env=db_env)
+    assert empty.exit_code == 2 and "no file matches" in empty.output
+    missing = CliRunner().invoke(cli, ["ingest", "dbn", str(folder / "nope.dbn")], env=db_env)
+    assert missing.exit_code == 1 and "nope.dbn: no such file" in missing.output
 
 
 def test_stdin_reads_like_the_file(engine: Engine, db_env: dict[str, str]) -> None:

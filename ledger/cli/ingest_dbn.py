@@ -39,7 +39,8 @@ if TYPE_CHECKING:
 def ingest_dbn_command(inputs: tuple[str, ...], stream: str | None, batch_size: int, no_resume: bool, fmt: str) -> None:
     """Append Databento MBO files (.dbn or .dbn.zst, or '-' for stdin) to the event log.
 
-    Several files, or a folder of them, are read in the time order of their metadata.
+    Several files, a folder of them or a glob (quoted: ledger expands it) are read in the
+    time order of their metadata.
     Each instrument is its own stream, databento:<dataset>:<symbol>; every record is kept
     (its bytes, as hex, in raw) with its fields: action, side, exact price, size, order id,
     flags, ts_recv, ts_event, the venue's sequence and channel. Idempotent and resumable:
@@ -57,10 +58,14 @@ def ingest_dbn_command(inputs: tuple[str, ...], stream: str | None, batch_size: 
     from ledger.api import Ledger
     from ledger.errors import InputError
     from ledger.services.ingest.dbn_file import dbn_inputs
+    from ledger.services.ingest.inputs import InputsError
 
     if "-" in inputs and len(inputs) > 1:
         raise InputError("'-' (stdin) is read alone: give it as the only input")
-    files: list[Path] | None = None if inputs == ("-",) else dbn_inputs(inputs)
+    try:
+        files: list[Path] | None = None if inputs == ("-",) else dbn_inputs(inputs)
+    except InputsError as e:  # an empty folder, a glob matching nothing: a usage error (exit 2)
+        raise click.UsageError(str(e)) from None
     total = None if files is None else sum(path.stat().st_size for path in files)
     stop = Ledger.stop_request()
     summaries: list[DbnIngestSummary] = []

@@ -44,6 +44,7 @@ from sqlalchemy.engine import Connection, Engine
 from ledger._threads import Worker
 from ledger.errors import DatabaseError, InputError, StreamError, first_line
 from ledger.services.ingest.csv_file import StopReading
+from ledger.services.ingest.inputs import expand
 from ledger.storage.locks import Locks, writer_lock
 from ledger.storage.log import Checkpoint, Checkpoints, EventLog, Reject, Rejects, Streams
 from ledger.storage.notify import notify_appended
@@ -113,22 +114,15 @@ class DbnIngestSummary:
 
 
 def dbn_inputs(paths: Sequence[str | Path]) -> list[Path]:
-    """The DBN files ``paths`` name, a folder standing for its ``*.dbn`` and ``*.dbn.zst``
-    files, in the time order of their metadata's start (then by name). InputError for a
-    path that does not exist or a folder without DBN files; DbnError for a file that is not
-    DBN (named before anything is stored)."""
-    found: list[Path] = []
-    for given in paths:
-        path = Path(given)
-        if path.is_dir():
-            inside = sorted(p for p in path.iterdir() if p.is_file() and p.name.endswith(_SUFFIXES))
-            if not inside:
-                raise InputError(f"{path}: a folder without .dbn or .dbn.zst files")
-            found.extend(inside)
-        elif path.exists():
-            found.append(path)
-        else:
-            raise InputError(f"{path}: no such file or folder")
+    """The DBN files ``paths`` name (files, folders standing for their ``*.dbn`` and
+    ``*.dbn.zst`` files, globs ledger expands: :func:`~ledger.services.ingest.inputs.expand`),
+    each once, in the time order of their metadata's start (then by name). Said before
+    anything is stored: InputError for a file that is not there, InputsError for a folder
+    without DBN files or a glob matching none, DbnError for a file that is not DBN."""
+    found = expand([str(p) for p in paths], _SUFFIXES)
+    for path in found:
+        if not path.is_file():
+            raise InputError(f"{path}: no such file")
     unique = list(dict.fromkeys(p.resolve() for p in found))
     return sorted(unique, key=lambda p: (_start_of(p), str(p)))
 

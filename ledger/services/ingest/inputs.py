@@ -45,15 +45,17 @@ class InputsError(InputError):
     error, exit code 2)."""
 
 
-def expand(arguments: Sequence[str], suffix: str) -> list[Path]:
-    """The files ``arguments`` name (see the module's rules), in order, each once."""
+def expand(arguments: Sequence[str], suffix: str | tuple[str, ...]) -> list[Path]:
+    """The files ``arguments`` name (see the module's rules), in order, each once; a folder's
+    files are those whose name ends with ``suffix`` (or one of several), in any case."""
     files: list[Path] = []
     for argument in arguments:
         path = Path(argument)
         if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.suffix.lower() == suffix and p.is_file())
+            found = sorted(p for p in path.iterdir() if p.name.lower().endswith(suffix) and p.is_file())
             if not found:
-                raise InputsError(f"the folder {argument} holds no {suffix} file")
+                wanted = suffix if isinstance(suffix, str) else " or ".join(suffix)
+                raise InputsError(f"the folder {argument} holds no {wanted} file")
             files.extend(found)
         elif not path.exists() and _GLOB_CHARACTERS.intersection(argument):
             matched = sorted(Path(p) for p in glob.glob(argument, recursive=True) if Path(p).is_file())
