@@ -117,5 +117,5 @@ def test_orders_resting_at_size_zero_survive_a_round_trip() -> None:
     )
     assert back.top() == book.top() == Top(99, 2, 101, 3)
     assert back.levels(SELL) == book.levels(SELL)
-    back.update(SELL, "w", 102, 4, remove_at_zero=False)
+    back.update(SELL, "w", 102, 4, keep_at_zero=True)
     assert back.levels(SELL)[1].size == 4

@@ -9,12 +9,12 @@ every event.
 An order may rest at size 0: Coinbase takes an order off the book only with its ``done``,
 so a ``match`` that fills it leaves it resting at 0 (a ``change`` may give it size again,
 as an iceberg's refresh does, and a REST book may list it). Such an order is in
-:attr:`Book.orders` and in :meth:`Book.iter_orders` (so ``ledger book --orders`` and the
+:attr:`Book.bid_orders` or :attr:`Book.ask_orders` and in :meth:`Book.iter_orders` (so ``ledger book --orders`` and the
 book snapshots keep it), but a level whose total is 0 is not a level anyone trades
 against: it is kept out of the sorted maps (in :attr:`Book.idle_bids` /
 :attr:`Book.idle_asks`), so it is never a best level, never in :meth:`Book.levels` and
 never makes an L1 row. Whether a fill or a size change to 0 removes the order is the
-venue's rule, given by the caller (``remove_at_zero``): the L3 CSV format removes it.
+venue's rule, given by the caller (``keep_at_zero``): the L3 CSV format removes it.
 
 Operations the book cannot carry out (an unknown order, a trade larger than the order, an
 add of an id already resting) do not raise: they are counted in :attr:`Book.anomalies` and
@@ -70,13 +70,14 @@ class Order:
 
     __slots__ = ("level", "order_id", "price", "side", "size")
 
+    #: The level the order rests in: set by the book that holds it, before anything reads it.
+    level: Level
+
     def __init__(self, order_id: str, side: Side, price: Number, size: Number) -> None:
         self.order_id = order_id
         self.side = side
         self.price = price
         self.size = size
-        #: The level the order rests in (set by the book that holds it).
-        self.level: Level | None = None
 
     def __repr__(self) -> str:
         return f"Order({self.order_id!r}, {self.side!r}, {self.price!r}, {self.size!r})"
@@ -128,19 +129,23 @@ class Book:
 
     __slots__ = (
         "anomalies",
+        "ask_orders",
         "asks",
         "best_ask",
         "best_ask_level",
         "best_bid",
         "best_bid_level",
+        "bid_orders",
         "bids",
         "idle_asks",
         "idle_bids",
-        "orders",
     )
 
     def __init__(self) -> None:
-        self.orders: dict[tuple[Side, str], Order] = {}
+        #: The resting orders of each side by id (an id may rest on both sides). One dict per
+        #: side rather than one keyed by (side, id): no key tuple to build and hash per event.
+        self.bid_orders: dict[str, Order] = {}
+        self.ask_orders: dict[str, Order] = {}
         self.bids: SortedDict = SortedDict()
         self.asks: SortedDict = SortedDict()
         #: The best prices, kept up to date as levels come and go (None: that side is empty).
@@ -162,16 +167,17 @@ class Book:
         module docstring): a Coinbase REST book lists orders matched to 0 before their done."""
         book = cls()
         by_side: dict[str, dict[Number, Level]] = {BUY: {}, SELL: {}}
-        resting = book.orders
+        resting_by_side = {BUY: book.bid_orders, SELL: book.ask_orders}
         for side, order_id, price, size in orders:
             levels = by_side.get(side)
             if levels is None:
                 raise ValueError(f"bad side {side!r}")
-            if (side, order_id) in resting:
+            resting = resting_by_side[side]
+            if order_id in resting:
                 raise ValueError(f"order {order_id!r} ({side}) appears twice")
             if size < 0:
                 raise ValueError(f"order {order_id!r} has size {size}")
-            order = resting[(side, order_id)] = Order(order_id, side, price, size)
+            order = resting[order_id] = Order(order_id, side, price, size)
             level = levels.get(price)
             if level is None:
                 level = levels[price] = Level()
@@ -192,21 +198,24 @@ class Book:
     # -- operations (the projector maps each typed event to one of them) ----------------
 
     def add(self, side: Side, order_id: str, price: Number, size: Number) -> None:
-        key = (side, order_id)
-        orders = self.orders
-        resting = orders.get(key)
+        if side == BUY:
+            orders = self.bid_orders
+            level = self.bids.get(price)
+        else:
+            orders = self.ask_orders
+            level = self.asks.get(price)
+        resting = orders.get(order_id)
         if resting is not None:
             # The venue reused an id that is still resting: the new order replaces it.
             self.anomalies["add_existing_order"] += 1
             self._unlink(resting)
+            level = (self.bids if side == BUY else self.asks).get(price)  # it may have gone
         # Order(...) inlined: no __init__ frame on the hottest path.
-        orders[key] = order = _new_order(Order)
+        orders[order_id] = order = _new_order(Order)
         order.order_id = order_id
         order.side = side
         order.price = price
         order.size = size
-        order.level = None
-        level = (self.bids if side == BUY else self.asks).get(price)
         if level is None:
             self._link(order)
         else:  # the usual case, inlined: a level that has size already
@@ -218,48 +227,56 @@ class Book:
         self,
         side: Side,
         order_id: str,
-        price: Number,
-        size: Number,
-        remove_at_zero: bool = True,
+        price: Number | None,
+        size: Number | None,
         keep_place: bool | None = None,
+        keep_at_zero: bool = False,
+        if_resting: bool = False,
     ) -> None:
-        """Set a resting order's price and size. Its place in the queue: with ``keep_place``
-        None (the common rule), kept when the price is the same and the size does not grow;
-        True keeps it at the same price whatever the size; False always sends the order to
-        the back. Any other change sends it to the back of its (new) level. At size 0 the
-        order is removed, or with ``remove_at_zero=False`` rests at 0."""
-        order = self.orders.get((side, order_id))
+        """Set a resting order's price and size (None: that one is unchanged). Its place in
+        the queue: with ``keep_place`` None (the common rule), kept when the price is the
+        same and the size does not grow; True keeps it at the same price whatever the size;
+        False always sends the order to the back. Any other change sends it to the back of
+        its (new) level. At size 0 the order is removed, or with ``keep_at_zero`` rests at 0.
+        An unknown order is counted, unless ``if_resting`` (then it is no anomaly)."""
+        order = (self.bid_orders if side == BUY else self.ask_orders).get(order_id)
         if order is None:
-            self.anomalies["update_unknown_order"] += 1
+            if not if_resting:
+                self.anomalies["update_unknown_order"] += 1
             return
+        if price is None:
+            price = order.price
+        if size is None:
+            size = order.size
         if price == order.price and (size <= order.size if keep_place is None else keep_place):
-            if size <= 0 and remove_at_zero:
+            if size <= 0 and not keep_at_zero:
                 self._drop(order)
                 return
             level = order.level
-            assert level is not None
             level.total += size - order.size
             order.size = size
             if not level.total:
-                self._idle(level, order.side, order.price)
+                self._idle(level, side, price)
             elif level.idle:
-                self._wake(level, order.side, order.price)
+                self._wake(level, side, price)
             return
         self._unlink(order)
         order.price = price
         order.size = size
-        if size <= 0 and remove_at_zero:
-            del self.orders[(side, order_id)]
+        if size <= 0 and not keep_at_zero:
+            del (self.bid_orders if side == BUY else self.ask_orders)[order_id]
         else:
             self._link(order)
 
-    def delete(self, side: Side, order_id: str) -> None:
-        order = self.orders.pop((side, order_id), None)
+    def delete(self, side: Side, order_id: str, if_resting: bool = False) -> None:
+        """Remove an order. One that does not rest is counted, unless ``if_resting``: for
+        venues that announce the end of orders that never rested (Coinbase's ``done``)."""
+        order = (self.bid_orders if side == BUY else self.ask_orders).pop(order_id, None)
         if order is None:
-            self.anomalies["delete_unknown_order"] += 1
+            if not if_resting:
+                self.anomalies["delete_unknown_order"] += 1
             return
         level = order.level
-        assert level is not None
         queue = level.orders
         if len(queue) > 1 and not level.idle:  # the usual case, inlined: the level stays
             del queue[order_id]
@@ -272,18 +289,17 @@ class Book:
     def reduce(self, side: Side, order_id: str, size: Number) -> None:
         """Take ``size`` off a resting order in place (a partial cancel); at 0 it goes. A
         reduction larger than the order removes it and counts ``reduce_exceeds_order``."""
-        order = self.orders.get((side, order_id))
+        order = (self.bid_orders if side == BUY else self.ask_orders).get(order_id)
         if order is None:
             self.anomalies["reduce_unknown_order"] += 1
             return
         if size > order.size:
             self.anomalies["reduce_exceeds_order"] += 1
             size = order.size
-        level = order.level
-        assert level is not None
         if size >= order.size:
             self._drop(order)
             return
+        level = order.level
         level.total -= size
         order.size -= size
         if not level.total:
@@ -292,7 +308,7 @@ class Book:
     def replace(self, side: Side, order_id: str, new_order_id: str, price: Number, size: Number) -> None:
         """The order goes, and ``new_order_id`` rests at ``price`` and ``size`` at the back
         of its level (an unknown order is counted and the new one still added)."""
-        order = self.orders.pop((side, order_id), None)
+        order = (self.bid_orders if side == BUY else self.ask_orders).pop(order_id, None)
         if order is None:
             self.anomalies["replace_unknown_order"] += 1
         else:
@@ -301,7 +317,8 @@ class Book:
 
     def clear(self) -> None:
         """Every order leaves the book; anomaly counts stay."""
-        self.orders.clear()
+        self.bid_orders.clear()
+        self.ask_orders.clear()
         self.bids.clear()
         self.asks.clear()
         self.idle_bids.clear()
@@ -309,10 +326,10 @@ class Book:
         self.best_bid = self.best_ask = None
         self.best_bid_level = self.best_ask_level = None
 
-    def trade(self, side: Side, order_id: str, size: Number, remove_at_zero: bool = True) -> None:
+    def trade(self, side: Side, order_id: str, size: Number, keep_at_zero: bool = False) -> None:
         """Take ``size`` off a resting order (a fill). At 0 the order is removed, or with
-        ``remove_at_zero=False`` it rests at size 0 until the venue removes it."""
-        order = self.orders.get((side, order_id))
+        ``keep_at_zero`` it rests at size 0 until the venue removes it."""
+        order = (self.bid_orders if side == BUY else self.ask_orders).get(order_id)
         if order is None:
             self.anomalies["trade_unknown_order"] += 1
             return
@@ -320,30 +337,24 @@ class Book:
             self.anomalies["trade_exceeds_order"] += 1
             size = order.size
         level = order.level
-        assert level is not None
         level.total -= size
         order.size -= size
-        if order.size <= 0 and remove_at_zero:
+        if order.size <= 0 and not keep_at_zero:
             self._drop(order)
         elif not level.total:
             self._idle(level, side, order.price)
 
     def side_of(self, order_id: str) -> Side | None:
         """The side an order id rests on, for venues whose messages do not always say."""
-        if (BUY, order_id) in self.orders:
+        if order_id in self.bid_orders:
             return BUY
-        if (SELL, order_id) in self.orders:
+        if order_id in self.ask_orders:
             return SELL
         return None
 
-    def discard(self, side: Side, order_id: str) -> bool:
-        """Remove an order if it rests; False (and no anomaly) when it does not. For venues
-        that announce the end of orders that never rested, such as Coinbase's ``done``."""
-        order = self.orders.pop((side, order_id), None)
-        if order is None:
-            return False
-        self._unlink(order)
-        return True
+    def order(self, side: Side, order_id: str) -> Order | None:
+        """The order resting under ``order_id`` on ``side``, if any."""
+        return (self.bid_orders if side == BUY else self.ask_orders).get(order_id)
 
     # -- reading -------------------------------------------------------------------------
 
@@ -393,7 +404,7 @@ class Book:
             yield price, (idle[price] if level is None else level)
 
     def __len__(self) -> int:
-        return len(self.orders)
+        return len(self.bid_orders) + len(self.ask_orders)
 
     # -- internals -----------------------------------------------------------------------
 
@@ -448,7 +459,6 @@ class Book:
 
     def _unlink(self, order: Order) -> None:
         level = order.level
-        assert level is not None
         del level.orders[order.order_id]
         if level.orders:
             level.total -= order.size
@@ -494,4 +504,4 @@ class Book:
 
     def _drop(self, order: Order) -> None:
         self._unlink(order)
-        del self.orders[(order.side, order.order_id)]
+        del (self.bid_orders if order.side == BUY else self.ask_orders)[order.order_id]

@@ -34,7 +34,7 @@ clear or snapshot (:attr:`Projector.maybe_bad`).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from decimal import localcontext
 from typing import Any
 
@@ -66,16 +66,17 @@ class Projector:
 
     # -- applying ------------------------------------------------------------------------
 
-    def apply(self, events: Sequence[Record], out: list[L1Row] | None, *, l1: bool = True) -> int:
-        """Apply ``events`` in order and append each L1 row to ``out`` (None: a replay that
-        writes nothing, and no error threshold). Return how many were applied: fewer when
-        the anomalies went past the error threshold. Without ``l1`` only the book changes
-        (a book wanted at one point, not a projection that goes on)."""
+    def apply(self, events: Iterable[Record], out: list[L1Row] | None, *, l1: bool = True) -> int:
+        """Apply ``events`` in order (any iterable: a venue's rules hand them over one at a
+        time) and append each L1 row to ``out`` (None: a replay that writes nothing, and no
+        error threshold). Return how many were applied: fewer when the anomalies went past
+        the error threshold. Without ``l1`` only the book changes (a book wanted at one
+        point, not a projection that goes on)."""
         threshold = self.error_threshold if out is not None else None
         with localcontext(EXACT):
             return self._apply(events, out, l1, threshold)
 
-    def _apply(self, events: Sequence[Record], out: list[L1Row] | None, l1: bool, threshold: int | None) -> int:
+    def _apply(self, events: Iterable[Record], out: list[L1Row] | None, l1: bool, threshold: int | None) -> int:
         book = self.book
         anomalies = book.anomalies
         add, delete, trade, update = book.add, book.delete, book.trade, book.update
@@ -110,30 +111,23 @@ class Projector:
                 elif kind == "delete":
                     side = event[6]
                     if side is None and (side := side_of(event[5])) is None:
-                        if not event[7]:
+                        if not event[7]:  # if_resting: an order that never rested is no anomaly
                             anomalies["delete_unknown_order"] += 1
-                    elif event[7]:  # if_resting: an order that never rested is no anomaly
-                        book.discard(side, event[5])
                     else:
-                        delete(side, event[5])
+                        delete(side, event[5], event[7])
                 elif kind == "fill":
                     side = event[6]
                     if side is None and (side := side_of(event[5])) is None:
                         anomalies["trade_unknown_order"] += 1
                     else:
-                        trade(side, event[5], event[8], not event[9])
+                        trade(side, event[5], event[8], event[9])
                 elif kind == "modify":
-                    _, _, _, _, _, order_id, side, price, size, priority, keep_at_zero, if_resting = event
-                    if side is None:
-                        side = side_of(order_id)
-                    order = None if side is None else book.orders.get((side, order_id))
-                    if order is None:
-                        if not if_resting:
+                    side = event[6]
+                    if side is None and (side := side_of(event[5])) is None:
+                        if not event[11]:
                             anomalies["update_unknown_order"] += 1
                     else:
-                        new_price = order.price if price is None else price
-                        new_size = order.size if size is None else size
-                        update(order.side, order_id, new_price, new_size, not keep_at_zero, priority)
+                        update(side, event[5], event[7], event[8], event[9], event[10], event[11])
                 elif kind == "mark" or kind == "trade":
                     pass
                 elif kind == "reduce":

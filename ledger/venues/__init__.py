@@ -23,7 +23,7 @@ the command line's core never name a venue: adding one is a new folder and one l
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -35,9 +35,14 @@ __all__ = ["Rules", "Venue", "names", "venue"]
 
 
 class Rules(Protocol):
-    """Stored records ``(seq, kind, order_id, side, price, size, ts)`` to typed events."""
+    """Stored records ``(seq, kind, order_id, side, price, size, ts)`` to typed events:
+    ``iter_events`` makes them one at a time, as the projector takes them (a list of a
+    chunk's events costs the projector 8% more instructions, nearly all in the cyclic
+    GC); ``events`` is the same as a list."""
 
-    def events(self, rows: Sequence[Sequence[Any]]) -> list[Record]: ...
+    def events(self, rows: Iterable[Sequence[Any]]) -> list[Record]: ...
+
+    def iter_events(self, rows: Iterable[Sequence[Any]]) -> Iterator[Record]: ...
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,6 @@
-"""One stream's projector: its venue's rules turn the stored rows of each chunk into typed
-events, and the pure :class:`~ledger.domain.projector.Projector` applies them. No I/O here."""
+"""One stream's projector: its venue's rules turn each stored row into a typed event, which
+the pure :class:`~ledger.domain.projector.Projector` applies before the next row is decoded
+(the rules are a generator: one pass, and no list of events). No I/O here."""
 
 from __future__ import annotations
 
@@ -24,5 +25,6 @@ class StreamProjector(Projector):
 
     def apply_rows(self, rows: Sequence[Sequence[Any]], out: list[L1Row] | None, *, l1: bool = True) -> int:
         """Apply stored rows in order (see :meth:`Projector.apply`): one event per row, so
-        the count returned is a count of rows."""
-        return self.apply(self.rules.events(rows), out, l1=l1)
+        the count returned is a count of rows. A row the rules refuse raises when its turn
+        comes, after the rows before it were applied."""
+        return self.apply(self.rules.iter_events(rows), out, l1=l1)

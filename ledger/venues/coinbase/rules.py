@@ -15,7 +15,7 @@ the order is then found by its id. Every message is a whole exchange event.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from ledger.domain.events import LAST, Record
@@ -35,30 +35,30 @@ class CoinbaseRules:
     def __init__(self) -> None:
         self._number = Numbers()
 
-    def events(self, rows: Sequence[Sequence[Any]]) -> list[Record]:
+    def events(self, rows: Iterable[Sequence[Any]]) -> list[Record]:
+        return list(self.iter_events(rows))
+
+    def iter_events(self, rows: Iterable[Sequence[Any]]) -> Iterator[Record]:
         number = self._number
         cached = number.get
-        out: list[Record] = []
-        append = out.append
         for seq, kind, order_id, side, price_text, size_text, ts in rows:
             if kind == "done":
-                append(("delete", seq, ts, LAST, None, order_id, side, True))
+                yield ("delete", seq, ts, LAST, None, order_id, side, True)
             elif kind in _NO_CHANGE:
-                append(("mark", seq, ts, LAST, None))
+                yield ("mark", seq, ts, LAST, None)
             elif kind == "match":  # order_id is the maker's; the taker took the other side
                 price = cached(price_text) or number(seq, price_text)
                 size = cached(size_text) or number(seq, size_text)
-                append(("fill", seq, ts, LAST, None, order_id, side, price, size, True, _OTHER_SIDE[side], None))
+                yield ("fill", seq, ts, LAST, None, order_id, side, price, size, True, _OTHER_SIDE[side], None)
             elif kind == "open":
                 if side is None:
                     raise StreamError(f"seq {seq}: an open without a side")
                 price = cached(price_text) or number(seq, price_text)
                 size = cached(size_text) or number(seq, size_text)
-                append(("add", seq, ts, LAST, None, order_id, side, price, size))
+                yield ("add", seq, ts, LAST, None, order_id, side, price, size)
             elif kind == "change":  # a new size; with modify_order, a new price too
                 new_price = None if price_text is None else cached(price_text) or number(seq, price_text)
                 new_size = None if size_text is None else cached(size_text) or number(seq, size_text)
-                append(("modify", seq, ts, LAST, None, order_id, side, new_price, new_size, None, True, True))
+                yield ("modify", seq, ts, LAST, None, order_id, side, new_price, new_size, None, True, True)
             else:
                 unknown_kind(seq, kind, "the Coinbase feed")
-        return out

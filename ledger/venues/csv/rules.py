@@ -12,7 +12,7 @@ on both sides. Every record is a whole exchange event.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from ledger.domain.events import LAST, Record
@@ -28,14 +28,15 @@ class CsvRules:
     def __init__(self) -> None:
         self._number = Numbers()
 
-    def events(self, rows: Sequence[Sequence[Any]]) -> list[Record]:
+    def events(self, rows: Iterable[Sequence[Any]]) -> list[Record]:
+        return list(self.iter_events(rows))
+
+    def iter_events(self, rows: Iterable[Sequence[Any]]) -> Iterator[Record]:
         number = self._number
         cached = number.get
-        out: list[Record] = []
-        append = out.append
         for seq, kind, order_id, side, price_text, size_text, ts in rows:
             if kind == "delete":
-                append(("delete", seq, ts, LAST, None, order_id, side, False))
+                yield ("delete", seq, ts, LAST, None, order_id, side, False)
                 continue
             price = cached(price_text)
             if price is None:
@@ -44,11 +45,10 @@ class CsvRules:
             if size is None:
                 size = number(seq, size_text)
             if kind == "add":
-                append(("add", seq, ts, LAST, None, order_id, side, price, size))
+                yield ("add", seq, ts, LAST, None, order_id, side, price, size)
             elif kind == "trade":  # the trade's price; the resting order loses size, and goes at 0
-                append(("fill", seq, ts, LAST, None, order_id, side, price, size, False, None, None))
+                yield ("fill", seq, ts, LAST, None, order_id, side, price, size, False, None, None)
             elif kind == "update":
-                append(("modify", seq, ts, LAST, None, order_id, side, price, size, None, False, False))
+                yield ("modify", seq, ts, LAST, None, order_id, side, price, size, None, False, False)
             else:
                 unknown_kind(seq, kind, "the L3 CSV format")
-        return out

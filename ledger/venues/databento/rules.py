@@ -16,7 +16,7 @@ through as they are: ``F_LAST`` ends an exchange event (the book is looked at on
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from ledger.domain.events import Record
@@ -38,11 +38,12 @@ class DatabentoRules:
     def __init__(self) -> None:
         self._number = Numbers()
 
-    def events(self, rows: Sequence[Sequence[Any]]) -> list[Record]:
+    def events(self, rows: Iterable[Sequence[Any]]) -> list[Record]:
+        return list(self.iter_events(rows))
+
+    def iter_events(self, rows: Iterable[Sequence[Any]]) -> Iterator[Record]:
         number = self._number
         cached = number.get
-        out: list[Record] = []
-        append = out.append
         for row in rows:
             seq, kind, order_id, side, price, size, ts, flags, ts_event = row[:9]
             if size.__class__ is str:
@@ -52,25 +53,24 @@ class DatabentoRules:
                     price = cached(price) or number(seq, price)
                 if side is None or price is None:
                     raise StreamError(f"seq {seq}: a Databento add without a side or a price")
-                append(("add", seq, ts, flags, ts_event, order_id, side, price, size))
+                yield ("add", seq, ts, flags, ts_event, order_id, side, price, size)
             elif kind == "cancel":  # the size cancelled: a partial cancel keeps the order's place
-                append(("reduce", seq, ts, flags, ts_event, order_id, side, size))
+                yield ("reduce", seq, ts, flags, ts_event, order_id, side, size)
             elif kind == "modify":  # new absolute price and size; the common priority rule
                 if price.__class__ is str:
                     price = cached(price) or number(seq, price)
-                append(("modify", seq, ts, flags, ts_event, order_id, side, price, size, None, False, False))
+                yield ("modify", seq, ts, flags, ts_event, order_id, side, price, size, None, False, False)
             elif kind == "fill":  # the resting order's side; the book changes by the event's C or M
                 if price.__class__ is str:
                     price = cached(price) or number(seq, price)
-                append(("trade", seq, ts, flags, ts_event, price, size, _OTHER_SIDE[side], order_id, None))
+                yield ("trade", seq, ts, flags, ts_event, price, size, _OTHER_SIDE[side], order_id, None)
             elif kind == "trade":  # the aggressor's side and, where known, its order
                 if price.__class__ is str:
                     price = cached(price) or number(seq, price)
-                append(("trade", seq, ts, flags, ts_event, price, size, side, None, order_id))
+                yield ("trade", seq, ts, flags, ts_event, price, size, side, None, order_id)
             elif kind == "none":
-                append(("mark", seq, ts, flags, ts_event))
+                yield ("mark", seq, ts, flags, ts_event)
             elif kind == "clear":
-                append(("clear", seq, ts, flags, ts_event))
+                yield ("clear", seq, ts, flags, ts_event)
             else:
                 unknown_kind(seq, kind, "Databento MBO")
-        return out
