@@ -13,6 +13,10 @@ memory (max RSS) and the ratios.
 
     python benchmarks/bench_dbn.py                  # 15 copies: 1,031,880 records
     python benchmarks/bench_dbn.py --copies 30 --repeat 3
+    python benchmarks/bench_dbn.py --files 100      # also: the same records as 100 files
+
+With ``--files F`` it also ingests the same records cut into F files (each with the
+metadata), all named in one command, and prints the ratio to the one-file ingest.
 
 The server: LEDGER_BENCH_DATABASE_URL (an admin URL on which a scratch database is created
 and dropped), else postgres on 127.0.0.1. Needs ``psql`` on PATH for the baseline.
@@ -21,6 +25,7 @@ and dropped), else postgres on 127.0.0.1. Needs ``psql`` on PATH for the baselin
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import secrets
@@ -61,6 +66,27 @@ def make_input(copies: int, path: Path) -> int:
                 raw[40:48] = (int.from_bytes(raw[40:48], "little") + k * DAY_NS).to_bytes(8, "little")
                 out.write(raw)
     return copies * len(records)
+
+
+def split_input(path: Path, files: int, folder: Path) -> None:
+    """Cut ``path`` into ``files`` DBN files of about as many records each, each cut where a
+    record has its own time's key (not inside one microsecond's records or a snapshot's
+    spill: there a later file would key its first records as the earlier one's last)."""
+    reader = MboReader(path)
+    records = [r for r in reader if isinstance(r, MboRecord)]
+    head = bytes(reader.metadata.encode())
+    sequencer = Sequencer()
+    clean = [
+        i
+        for i, r in enumerate(records)
+        if sequencer("s", r.ts_recv) == r.ts_recv // 1000 * 1000
+        and (i == 0 or records[i - 1].ts_recv // 1000 < r.ts_recv // 1000)
+    ]
+    per = len(records) / files
+    cuts = sorted({next(i for i in clean if i >= k * per) for k in range(files)} | {len(records)})
+    folder.mkdir(parents=True, exist_ok=True)
+    for k, (start, end) in enumerate(itertools.pairwise(cuts)):
+        (folder / f"part{k:04d}.dbn").write_bytes(head + b"".join(r.raw for r in records[start:end]))
 
 
 def copy_text(path: Path, stream_id: int, out: Path) -> None:
@@ -131,7 +157,7 @@ def plain_book_rate(path: Path) -> float:
     return count / (time.perf_counter() - started)
 
 
-def bench(copies: int, server: str, workdir: Path) -> dict[str, object]:
+def bench(copies: int, files: int, server: str, workdir: Path) -> dict[str, object]:
     path = workdir / f"esh4_x{copies}.dbn"
     records = make_input(copies, path) if not path.exists() else sum(1 for _ in MboReader(path))
     admin_url = make_url(server)
@@ -149,6 +175,16 @@ def bench(copies: int, server: str, workdir: Path) -> dict[str, object]:
         [ingest] = json.loads(out_i)
         wall_p, rss_p, out_p = _run([*ledger, "project", STREAM, "-f", "json"], env)
         [proj] = json.loads(out_p)
+        wall_f = 0.0
+        if files:
+            parts = workdir / f"esh4_x{copies}_in{files}"
+            if not parts.exists():
+                split_input(path, files, parts)
+            with psycopg.connect(libpq, autocommit=True) as conn:  # the same records again, as new
+                conn.execute("DELETE FROM streams")
+                conn.execute("DELETE FROM events")
+            wall_f, _, out_f = _run([*ledger, "ingest", "dbn", str(parts), "-f", "json"], env)
+            assert sum(s["events_stored"] for s in json.loads(out_f)) == records
         # The baseline: the same rows, made by ledger's own encoder beforehand, by psql \copy.
         rows = workdir / f"esh4_x{copies}.copy"
         if not rows.exists():
@@ -169,6 +205,8 @@ def bench(copies: int, server: str, workdir: Path) -> dict[str, object]:
         "ingest_peak_mib": rss_i,
         "psql_copy_records_per_s": round(records / wall_c),
         "ingest_vs_psql_copy": round(wall_c / wall_i, 2),
+        **({f"ingest_{files}_files_records_per_s": round(records / wall_f)} if files else {}),
+        **({"files_vs_one_file": round(wall_i / wall_f, 2)} if files else {}),
         "project_records_per_s": round(records / wall_p),
         "project_wall_s": round(wall_p, 2),
         "project_peak_mib": rss_p,
@@ -181,6 +219,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--copies", type=int, default=15, help="copies of the ESH4 day (68,792 records each)")
     parser.add_argument("--repeat", type=int, default=1, help="runs; medians are printed")
+    parser.add_argument("--files", type=int, default=0, help="also ingest the records cut into this many files")
     parser.add_argument("--workdir", type=Path, default=None, help="keep the generated files here")
     args = parser.parse_args()
     if shutil.which("psql") is None:
@@ -189,7 +228,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         workdir = args.workdir or Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
-        runs = [bench(args.copies, server, workdir) for _ in range(args.repeat)]
+        runs = [bench(args.copies, args.files, server, workdir) for _ in range(args.repeat)]
     result = {key: statistics.median(run[key] for run in runs) for key in runs[0]}  # type: ignore[type-var]
     result = {k: round(v) if isinstance(runs[0][k], int) else round(v, 2) for k, v in result.items()}  # type: ignore[call-overload]
     width = max(map(len, result))

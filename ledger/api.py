@@ -224,41 +224,29 @@ class Ledger:
         resume: bool = True,
         progress: Callable[[int], None] | None = None,
         stop: Any = None,
-        done: builtins.list[DbnIngestSummary] | None = None,
     ) -> builtins.list[DbnIngestSummary]:
         """Append Databento MBO files to their streams (``databento:<dataset>:<symbol>``, or
-        ``stream`` for inputs of one instrument each): a path, a folder, several of them (read
-        in the time order of their metadata), ``"-"`` for stdin or a binary file object.
-        Idempotent and resumable (``services.ingest.dbn_file``). A summary per input, also
-        appended to ``done`` as each ends; ``progress`` gets the bytes read of all inputs so
-        far; ``stop`` (:meth:`stop_request`) ends it cleanly after whole records."""
+        ``stream`` for inputs of one instrument each): a path, a folder, a glob, several of
+        them (read in the time order of their metadata, in one run), ``"-"`` for stdin or a
+        binary file object. Idempotent and resumable (``services.ingest.dbn_file``). A
+        summary per input; one that cannot be read whole is named in its ``error`` (what came
+        before stored) and the others are ingested. ``progress`` gets the bytes read of all
+        inputs so far; ``stop`` (:meth:`stop_request`) ends it cleanly after whole records."""
         import sys
 
-        from ledger.services.ingest.dbn_file import dbn_inputs, ingest_dbn
+        from ledger.services.ingest.dbn_file import DbnInput, dbn_inputs, ingest_dbn_inputs
 
-        summaries = done if done is not None else []
-        options: dict[str, Any] = {"stream": stream, "batch_size": batch_size, "stop": stop}
         if not isinstance(sources, str | Path) and not isinstance(sources, Sequence):  # a file object
             stream_in: Any = sources
-            summaries.append(ingest_dbn(self.engine, stream_in, resumable=False, progress=progress, **options))
-            return summaries
-        if isinstance(sources, str | Path) and str(sources) == "-":
-            summaries.append(
-                ingest_dbn(self.engine, sys.stdin.buffer, resumable=False, progress=progress, **options)
-            )
-            return summaries
-        before = 0
-        for path in dbn_inputs([sources] if isinstance(sources, str | Path) else sources):
-
-            def moved(position: int, before: int = before) -> None:
-                if progress is not None:
-                    progress(before + position)
-
-            summaries.append(ingest_dbn(self.engine, path, resumable=resume, progress=moved, **options))
-            before += path.stat().st_size
-            if summaries[-1].interrupted:
-                break
-        return summaries
+            inputs = [DbnInput(stream_in, None, resumable=False)]
+        elif isinstance(sources, str | Path) and str(sources) == "-":
+            inputs = [DbnInput(sys.stdin.buffer, "stdin", resumable=False)]
+        else:
+            paths = dbn_inputs([sources] if isinstance(sources, str | Path) else sources)
+            inputs = [DbnInput(path, None, resumable=resume) for path in paths]
+        return ingest_dbn_inputs(
+            self.engine, inputs, stream=stream, batch_size=batch_size, progress=progress, stop=stop
+        )
 
     def capture(
         self,

@@ -381,3 +381,27 @@ def _check_lines_against_rows(path: Path) -> None:
             str(stored.channel),
         ]
         assert text == expected
+
+
+def test_a_bad_input_among_good_ones_is_named_and_the_others_are_stored(
+    engine: Engine, db_env: dict[str, str], tmp_path: Path
+) -> None:
+    records = b"".join(mbo(order_id=i, ts_recv=1_703_462_400_000_000_000 + i * 1000) for i in range(1, 6))
+    cut = write(tmp_path, "cut.dbn", metadata() + records[:-10])
+    result = CliRunner().invoke(
+        cli, ["ingest", "dbn", str(ESM4_CLEAR), str(cut), str(TINY[0]), "-f", "json"], env=db_env
+    )
+    assert result.exit_code == 1
+    assert "record 5: truncated" in result.output and "1 of 3 inputs could not be read whole" in result.output
+    with engine.connect() as conn:
+        counts = dict(
+            conn.execute(
+                sa.text("SELECT s.name, count(*) FROM events e JOIN streams s ON s.id = e.stream_id GROUP BY s.name")
+            ).all()
+        )
+    assert counts == {"databento:GLBX.MDP3:ESM4": 13_796, ESH4: 4, "databento:GLBX.MDP3:ESH1": 4}
+    with engine.connect() as conn:  # the cut file's checkpoint is not complete: run again, it goes on
+        complete = conn.execute(
+            sa.text("SELECT complete FROM ingest_checkpoints WHERE source = :s"), {"s": str(cut.resolve())}
+        ).scalar_one()
+    assert complete is False

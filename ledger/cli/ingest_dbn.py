@@ -68,7 +68,6 @@ def ingest_dbn_command(inputs: tuple[str, ...], stream: str | None, batch_size: 
         raise click.UsageError(str(e)) from None
     total = None if files is None else sum(path.stat().st_size for path in files)
     stop = Ledger.stop_request()
-    summaries: list[DbnIngestSummary] = []
     with (
         stopping_on_signals(stop.request) as signalled,
         open_ledger() as ledger,
@@ -81,7 +80,6 @@ def ingest_dbn_command(inputs: tuple[str, ...], stream: str | None, batch_size: 
             resume=not no_resume,
             progress=progress,
             stop=stop,
-            done=summaries,
         )
     if fmt == "csv":  # a line per input and stream
         rows = [_csv_row(s, counts) for s in summaries for counts in s.streams.values()]
@@ -90,6 +88,12 @@ def ingest_dbn_command(inputs: tuple[str, ...], stream: str | None, batch_size: 
         echo_json([s.as_dict() for s in summaries])
     else:
         click.echo(_report(summaries))
+    failed = [s for s in summaries if s.error]
+    if failed:
+        for s in failed:
+            click.echo(f"Error: {printable(s.error or '')}", err=True)
+        click.echo(f"ledger: {len(failed)} of {len(summaries)} inputs could not be read whole", err=True)
+        sys.exit(1)
     if any(s.interrupted for s in summaries):
         click.echo(
             f"ledger: stopped by {signalled.name}; the records read so far are stored: "
@@ -111,6 +115,7 @@ def _csv_row(summary: DbnIngestSummary | None, counts: Any) -> dict[str, Any]:
         "rejects": counts and counts.rejects,
         "seconds": summary and round(summary.seconds, 3),
         "interrupted": summary and summary.interrupted,
+        "error": summary and summary.error,
     }
 
 
@@ -122,6 +127,7 @@ def _report(summaries: list[DbnIngestSummary]) -> str:
             + (f" (resumed at record {s.resumed_from_record:,})" if s.resumed_from_record else "")
             + (" (stopped before the end)" if s.interrupted else "")
             + f", {s.records_per_second:,.0f} records/s in {s.seconds:.2f}s"
+            + (f"; stopped: {printable(s.error)}" if s.error else "")
         )
         for counts in s.streams.values():
             dups = f"{counts.duplicates:,} duplicates" + (

@@ -20,9 +20,13 @@ Rules (``docs/venues/databento.md`` says why):
   records already stored count as duplicates.
 - **Rejects.** A record that cannot become an event (an unknown action or side, an add
   without a price...) is kept in ``rejects`` with its record number, its bytes as hex and
-  the reason; what makes the whole input unreadable (another schema, truncation, corrupt
-  zstd) raises :class:`~ledger.venues.databento.dbn.DbnError` after committing the records
-  before it.
+  the reason; what makes the rest of an input unreadable (another schema, truncation,
+  corrupt zstd: :class:`~ledger.venues.databento.dbn.DbnError`) ends that input after
+  committing the records before it, named in its summary's ``error``; the run goes on with
+  the next input (:func:`ingest_dbn`, for one input, raises it).
+- **Several inputs** (:func:`ingest_dbn_inputs`) share one reading thread, one writer and
+  its connection: the next input is decoded while the last batches of the one before
+  commit, and a stream's locks are held until the run ends.
 - **Stopping early** (Ctrl-C, SIGTERM: :class:`~ledger.services.ingest.csv_file.StopReading`):
   the whole records read so far are committed, the checkpoint is left incomplete, and the
   summary says ``interrupted``.
@@ -50,7 +54,15 @@ from ledger.storage.log import Checkpoint, Checkpoints, EventLog, Reject, Reject
 from ledger.storage.notify import notify_appended
 from ledger.venues.databento.dbn import DbnError, MboReader, MboReject, Sequencer
 
-__all__ = ["DbnIngestSummary", "StreamCounts", "dbn_inputs", "ingest_dbn", "stream_name"]
+__all__ = [
+    "DbnIngestSummary",
+    "DbnInput",
+    "StreamCounts",
+    "dbn_inputs",
+    "ingest_dbn",
+    "ingest_dbn_inputs",
+    "stream_name",
+]
 
 #: Datasets that carry one symbol from several publishers (venues): their stream names end
 #: with ``:<publisher id>``, so that each venue's book is its own.
@@ -98,6 +110,8 @@ class DbnIngestSummary:
     seconds: float = 0.0
     resumed_from_record: int | None = None
     interrupted: bool = False
+    #: Why the input could not be read to its end (what came before it is stored).
+    error: str | None = None
     streams: dict[str, StreamCounts] = field(default_factory=dict)
     reject_samples: list[dict[str, object]] = field(default_factory=list)
 
@@ -151,92 +165,156 @@ def ingest_dbn(
     """Append the MBO records of one DBN input (a path, or a binary stream such as stdin) to
     their streams (see the module). ``source_name`` names the input in rejects and
     checkpoints (default: a path's absolute form, ``stdin`` for a stream); ``stream``
-    renames its one instrument's stream; ``progress`` gets the input bytes read so far."""
-    if batch_size < 1:
-        raise InputError("--batch-size must be at least 1")
-    started = time.perf_counter()
-    stop = stop or StopReading()
-    if isinstance(source, str | Path):
-        path = Path(source)
-        name = source_name or str(path.resolve())
-        try:
-            handle: BinaryIO = path.open("rb")
-        except OSError as e:
-            raise InputError(f"cannot read {source}: {e.strerror or e}") from None
-    else:
-        handle, name = source, source_name or "stdin"
-    summary = DbnIngestSummary(source=name)
-    with handle, engine.connect() as conn:
-        fingerprint = _fingerprint(handle) if resumable else None
-        run = _Run(conn, summary, fingerprint)
-        try:
-            _read(run, handle, stream, batch_size, progress, stop)
-        finally:
-            run.release()
-    summary.seconds = time.perf_counter() - started
+    renames its one instrument's stream; ``progress`` gets the input bytes read so far. An
+    input that cannot be read whole raises its error (after storing what came before)."""
+    (summary,) = ingest_dbn_inputs(
+        engine,
+        [DbnInput(source, source_name, resumable)],
+        stream=stream,
+        batch_size=batch_size,
+        progress=progress,
+        stop=stop,
+        raise_errors=True,
+    )
     return summary
 
 
+@dataclass(frozen=True)
+class DbnInput:
+    """One input of a run: a path or a binary stream; ``name`` names it in rejects and
+    checkpoints (default: a path's absolute form, ``stdin`` for a stream); ``resumable``:
+    whether a checkpoint left by a killed run is used (a regular file's only)."""
+
+    source: str | Path | BinaryIO
+    name: str | None = None
+    resumable: bool = True
+
+    def open(self) -> tuple[BinaryIO, str]:
+        if isinstance(self.source, str | Path):
+            path = Path(self.source)
+            try:
+                return path.open("rb"), self.name or str(path.resolve())
+            except OSError as e:
+                raise InputError(f"cannot read {self.source}: {e.strerror or e}") from None
+        return self.source, self.name or "stdin"
+
+
+def ingest_dbn_inputs(
+    engine: Engine,
+    inputs: Sequence[DbnInput],
+    *,
+    stream: str | None = None,
+    batch_size: int = 50_000,
+    progress: Callable[[int], None] | None = None,
+    stop: StopReading | None = None,
+    raise_errors: bool = False,
+) -> list[DbnIngestSummary]:
+    """Append several DBN inputs in one run, in the order given: one reading thread, one
+    writer and its connection (and the streams' locks) for all of them, so the next input is
+    decoded while the last batches of the one before commit. Each input keeps its own
+    checkpoints, resume point, counts and summary; an input that cannot be read whole is
+    named in its summary's ``error`` (``failure``: the exception) after what came before it
+    is stored, and the run goes on with the next (``raise_errors``: the first such error is
+    raised once the run has stored what it read). ``progress`` gets the bytes read of all
+    inputs so far; ``stop`` ends the run after whole records (the summaries of the inputs
+    not begun are not returned)."""
+    if batch_size < 1:
+        raise InputError("--batch-size must be at least 1")
+    stop = stop or StopReading()
+    summaries: list[DbnIngestSummary] = []
+    failures: list[InputError] = []
+    with engine.connect() as conn, engine.connect() as lookups:
+        run = _Run(conn)
+        writer = _Writer(run)
+        writer.start()
+        before = 0
+        try:
+            for given in inputs:
+                if stop.is_set():
+                    break
+                handle, name = given.open()
+                with handle:
+                    fingerprint = _fingerprint(handle) if given.resumable else None
+                    current = _Input(lookups, DbnIngestSummary(source=name), fingerprint)
+                    summaries.append(current.summary)
+
+                    def moved(position: int, before: int = before) -> None:
+                        if progress is not None:
+                            progress(before + position)
+
+                    counting = _Counting(handle, stop, moved)
+                    failure = _read(current, counting, writer, stream, batch_size, stop)
+                    if failure is not None:
+                        failures.append(failure)
+                    before += counting.done
+        except BaseException:
+            writer.abandon()
+            run.release()
+            raise
+        try:
+            writer.close()
+        finally:
+            run.release()
+    if raise_errors and failures:
+        raise failures[0]
+    return summaries
+
+
 def _read(
-    run: _Run,
-    handle: BinaryIO,
+    current: _Input,
+    counting: _Counting,
+    writer: _Writer,
     rename: str | None,
     batch_size: int,
-    progress: Callable[[int], None] | None,
     stop: StopReading,
-) -> None:
-    """The reading side: decode and key records into batches and hand them to the writer."""
-    summary = run.summary
-    counting = _Counting(handle, stop, progress)
+) -> InputError | None:
+    """The reading side of one input: decode and key records into batches for the writer;
+    the error that ended it early, if one did."""
+    summary = current.summary
     reader = MboReader(counting, name=summary.source)  # type: ignore[arg-type]
     sequencer = Sequencer()
     names: dict[Any, str] = {}
-    resume_from = run.resume_from
-    writer = _Writer(run)
-    writer.start()
-    batch = _Batch()
+    resume_from = current.resume_from
+    batch = _Batch(current)
+    failure: InputError | None = None
     try:
-        try:
-            for items in reader.copy_lines(sequencer):
-                if not summary.dataset:
-                    summary.dataset = reader.dataset
-                for item in items:
-                    if item.__class__ is MboReject:
-                        reject: MboReject = item
-                        if reject.record_no > resume_from:
-                            publisher = int.from_bytes(reject.raw[2:4], "little") if len(reject.raw) >= 4 else 0
-                            key = (reject.symbol, publisher)
-                            stream = names.get(key) or _name(names, key, reader.dataset, rename, summary.source)
-                            batch.rejects.setdefault(stream, []).append(
-                                Reject(reject.record_no, reject.raw.hex(), reject.reason)
-                            )
-                            batch.count += 1
-                        continue
-                    key, record_no, seq, line = item  # type: ignore[misc]
-                    stream = names.get(key) or _name(names, key, reader.dataset, rename, summary.source)
-                    if record_no <= resume_from:
-                        continue
-                    batch.rows.setdefault(stream, []).append((seq, record_no, line))
-                    batch.count += 1
-                batch.records = reader.records
-                if batch.count >= batch_size:
-                    writer.submit(batch.seal(complete=False))
-                    batch = _Batch()
-                if stop.is_set():
-                    break
-        except DbnError:
-            if not stop.is_set():  # a stop cuts the input short: what came before it is whole
-                batch.records = reader.records
-                writer.submit(batch.seal(complete=False))  # the records before the failure
-                writer.close()
-                raise
-        summary.interrupted = stop.is_set()
-        batch.records = reader.records
-        writer.submit(batch.seal(complete=not summary.interrupted))
-    except BaseException:
-        writer.abandon()
-        raise
-    writer.close()
+        for items in reader.copy_lines(sequencer):
+            if not summary.dataset:
+                summary.dataset = reader.dataset
+            for item in items:
+                if item.__class__ is MboReject:
+                    reject: MboReject = item
+                    if reject.record_no > resume_from:
+                        publisher = int.from_bytes(reject.raw[2:4], "little") if len(reject.raw) >= 4 else 0
+                        key = (reject.symbol, publisher)
+                        stream = names.get(key) or _name(names, key, reader.dataset, rename, summary.source)
+                        batch.rejects.setdefault(stream, []).append(
+                            Reject(reject.record_no, reject.raw.hex(), reject.reason)
+                        )
+                        batch.count += 1
+                    continue
+                key, record_no, seq, line = item  # type: ignore[misc]
+                stream = names.get(key) or _name(names, key, reader.dataset, rename, summary.source)
+                if record_no <= resume_from:
+                    continue
+                batch.rows.setdefault(stream, []).append((seq, record_no, line))
+                batch.count += 1
+            batch.records = reader.records
+            if batch.count >= batch_size:
+                writer.submit(batch)
+                batch = _Batch(current)
+            if stop.is_set():
+                break
+    except InputError as e:  # DbnError, or --stream over more than one instrument
+        if not (stop.is_set() and isinstance(e, DbnError)):  # a stop cuts the input short: not an error
+            failure = e
+            summary.error = str(e)
+    summary.interrupted = stop.is_set()
+    batch.records = reader.records
+    batch.last = True
+    batch.complete = failure is None and not summary.interrupted
+    writer.submit(batch)
+    return failure
 
 
 def _name(names: dict[Any, str], key: Any, dataset: str, rename: str | None, source: str) -> str:
@@ -256,50 +334,66 @@ def _name(names: dict[Any, str], key: Any, dataset: str, rename: str | None, sou
     return name
 
 
+class _Input:
+    """One input of a run: its summary, resume point and what the writer did for it per
+    stream (counts, the killed run's counts it carries on from)."""
+
+    def __init__(self, lookups: Connection, summary: DbnIngestSummary, fingerprint: str | None) -> None:
+        self.summary = summary
+        self.fingerprint = fingerprint
+        self.started = time.perf_counter()
+        self.resume_from = 0
+        self.checkpoints: dict[int, Checkpoint] = {}
+        #: stream name -> (stream id, counts of the killed run resumed)
+        self.streams: dict[str, tuple[int, tuple[int, int, int]]] = {}
+        if fingerprint is not None:
+            found = Checkpoints(lookups).of_source(summary.source)
+            lookups.commit()
+            usable = [cp for cp in found.values() if cp.fingerprint == fingerprint]
+            if usable and len(usable) == len(found) and not any(cp.complete for cp in usable):
+                self.checkpoints = found
+                self.resume_from = min(cp.lines_done for cp in usable)
+                summary.resumed_from_record = self.resume_from + 1
+
+    def stream(self, name: str, stream_id: int) -> None:
+        """The input writes ``name`` (from now on, its checkpoints include it)."""
+        if name not in self.streams:
+            cp = self.checkpoints.get(stream_id)
+            base = (0, 0, 0) if cp is None else (cp.events_stored, cp.duplicates, cp.rejects)
+            self.streams[name] = (stream_id, base)
+            self.summary.streams.setdefault(name, StreamCounts(name))
+
+
 @dataclass
 class _Batch:
-    """Keyed records waiting to be committed, per stream name, and where the input stands."""
+    """Keyed records of one input waiting to be committed, per stream name, and where the
+    input stands."""
 
+    input: _Input
     rows: dict[str, list[tuple[int, int, bytes]]] = field(default_factory=dict)  # (seq, record no, COPY row)
     rejects: dict[str, list[Reject]] = field(default_factory=dict)
     count: int = 0
     records: int = 0  # records of the input read up to the batch's end
-    complete: bool = False
-
-    def seal(self, *, complete: bool) -> _Batch:
-        self.complete = complete
-        return self
+    complete: bool = False  # the input was read to its end
+    last: bool = False  # the input's last batch
 
 
 @dataclass
 class _Stream:
-    """The writer's view of one stream: its id, highest stored seq and counts so far."""
+    """The writer's view of one stream: its id and highest stored seq."""
 
     stream_id: int
     high: int | None
-    counts: StreamCounts
-    base: tuple[int, int, int] = (0, 0, 0)  # counts of the killed run this one resumes
 
 
 class _Run:
-    """One run's connection, streams (each locked against other writers) and checkpoints."""
+    """One run's connection (the writer's) and streams, each locked against other writers
+    until the run ends."""
 
-    def __init__(self, conn: Connection, summary: DbnIngestSummary, fingerprint: str | None) -> None:
+    def __init__(self, conn: Connection) -> None:
         self.conn = conn
-        self.summary = summary
-        self.fingerprint = fingerprint
         self.streams: dict[str, _Stream] = {}
         self.locked: list[int] = []
-        self.resume_from = 0
-        self._checkpoints: dict[int, Checkpoint] = {}
-        if fingerprint is not None:
-            found = Checkpoints(conn).of_source(summary.source)
-            conn.commit()
-            usable = [cp for cp in found.values() if cp.fingerprint == fingerprint]
-            if usable and len(usable) == len(found) and not any(cp.complete for cp in usable):
-                self._checkpoints = found
-                self.resume_from = min(cp.lines_done for cp in usable)
-                summary.resumed_from_record = self.resume_from + 1
 
     def _stream(self, name: str) -> _Stream:
         found = self.streams.get(name)
@@ -314,18 +408,15 @@ class _Run:
         self.locked.append(stream_id)
         _, high = EventLog(conn).seq_range(stream_id)
         conn.commit()
-        counts = self.summary.streams.setdefault(name, StreamCounts(name))
-        found = self.streams[name] = _Stream(stream_id, high, counts)
-        cp = self._checkpoints.get(stream_id)
-        if cp is not None:
-            found.base = (cp.events_stored, cp.duplicates, cp.rejects)
+        found = self.streams[name] = _Stream(stream_id, high)
         return found
 
     def commit(self, batch: _Batch) -> None:
         """Store one batch in one transaction (called from the writer thread only)."""
-        conn, summary = self.conn, self.summary
+        conn, current = self.conn, batch.input
+        summary = current.summary
         for name in {**batch.rows, **batch.rejects}:
-            self._stream(name)
+            current.stream(name, self._stream(name).stream_id)
         try:
             with conn.begin():
                 log = EventLog(conn)
@@ -340,45 +431,48 @@ class _Run:
                 if parts:
                     notify_appended(conn, [stream_id for stream_id, rows in parts if rows])
                 for name in {**batch.rows, **batch.rejects}:
-                    state = self.streams[name]
                     _, _, conflicting = found.get(name, ([], 0, []))
-                    Rejects(conn).add(state.stream_id, summary.source, batch.rejects.get(name, []) + conflicting)
+                    rejects = batch.rejects.get(name, []) + conflicting
+                    Rejects(conn).add(self.streams[name].stream_id, summary.source, rejects)
                 self._checkpoint(batch, found)
         except DatabaseError as e:
             raise DatabaseError(
                 f"storing records up to {batch.records} of {summary.source} failed: {first_line(e)}. "
                 "Run the same command again: it resumes after the last stored batch"
             ) from e
-        summary.records = batch.records - self.resume_from
+        summary.records = batch.records - current.resume_from
         for name, (seqs, duplicates, conflicting) in found.items():
             state = self.streams[name]
             if seqs:
                 state.high = seqs[-1] if state.high is None else max(state.high, seqs[-1])
-            _count(summary, state.counts, len(seqs), duplicates, len(conflicting), 0)
+            _count(summary, summary.streams[name], len(seqs), duplicates, len(conflicting), 0)
         for name, rejects in batch.rejects.items():
-            _count(summary, self.streams[name].counts, 0, 0, 0, len(rejects))
+            _count(summary, summary.streams[name], 0, 0, 0, len(rejects))
         for name in {**batch.rows, **batch.rejects}:
             rejects = batch.rejects.get(name, []) + found.get(name, ([], 0, []))[2]
             for reject in rejects[: max(0, 20 - len(summary.reject_samples))]:
                 summary.reject_samples.append({"stream": name, "record": reject.line_no, "reason": reject.reason})
+        if batch.last:
+            summary.seconds = time.perf_counter() - current.started
 
     def _checkpoint(self, batch: _Batch, found: dict[str, Any]) -> None:
         """Every stream of the input so far: done up to the batch's last record."""
-        if self.fingerprint is None:
+        current = batch.input
+        if current.fingerprint is None:
             return
         checkpoints = Checkpoints(self.conn)
-        for name, state in self.streams.items():
+        for name, (stream_id, base) in current.streams.items():
             seqs, duplicates, conflicting = found.get(name, ([], 0, []))
-            stored, dups, rejected = state.base
-            counts = state.counts
+            stored, dups, rejected = base
+            counts = current.summary.streams[name]
             rejects = len(batch.rejects.get(name, [])) + len(conflicting)
             checkpoints.put(
-                state.stream_id,
-                self.summary.source,
+                stream_id,
+                current.summary.source,
                 Checkpoint(
                     batch.records,
                     0,
-                    self.fingerprint,
+                    current.fingerprint,
                     batch.complete,
                     events_stored=stored + counts.events_stored + len(seqs),
                     duplicates=dups + counts.duplicates + duplicates,
