@@ -92,10 +92,9 @@ def split_input(path: Path, files: int, folder: Path) -> None:
 def copy_text(path: Path, stream_id: int, out: Path) -> None:
     """ledger's own COPY rows of every record of ``path`` (the baseline's input)."""
     with out.open("wb") as fp:
-        rows: list[bytes] = []
-        for items in MboReader(path).copy_lines(Sequencer()):
-            rows = [item[3] for item in items]
-            fp.write(b"".join(events_chunks(stream_id, rows)))
+        for chunk in MboReader(path).copy_lines(Sequencer()):
+            for lines in chunk.lines.values():
+                fp.write(b"".join(events_chunks(stream_id, [line for _, _, line in lines])))
 
 
 def _run(args: list[str], env: dict[str, str]) -> tuple[float, int, str]:

@@ -356,14 +356,18 @@ def _check_lines_against_rows(path: Path) -> None:
     from ledger.venues.databento.dbn import MboReader, MboReject, Sequencer, keyed_rows
 
     rows = list(keyed_rows(MboReader(path)))
-    lines = [item for batch in MboReader(path).copy_lines(Sequencer()) for item in batch]
-    assert len(rows) == len(lines)
-    for row, line in zip(rows, lines, strict=True):
-        if isinstance(row, MboReject):
-            assert line == row
-            continue
-        key, record_no, stored = row
-        assert line[:3] == (key, record_no, stored.seq)
+    chunks = list(MboReader(path).copy_lines(Sequencer()))
+    assert [r for r in rows if isinstance(r, MboReject)] == [r for c in chunks for r in c.rejects]
+    by_key: dict[Any, list[Any]] = {}
+    for chunk in chunks:
+        for key, lines in chunk.lines.items():
+            by_key.setdefault(key, []).extend((key, *line) for line in lines)
+    stored_rows = [r for r in rows if not isinstance(r, MboReject)]
+    assert sum(map(len, by_key.values())) == len(stored_rows)
+    positions = {key: iter(lines) for key, lines in by_key.items()}
+    for key, record_no, stored in stored_rows:
+        line = next(positions[key])  # each stream's lines in file order: (key, seq, record_no, line)
+        assert line[:3] == (key, stored.seq, record_no)
         text = [None if cell == "\\N" else cell for cell in line[3].decode().split("\t")]
         expected = [
             str(stored.seq),

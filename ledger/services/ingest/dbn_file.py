@@ -52,7 +52,7 @@ from ledger.services.ingest.inputs import expand
 from ledger.storage.locks import Locks, writer_lock
 from ledger.storage.log import Checkpoint, Checkpoints, EventLog, Reject, Rejects, Streams
 from ledger.storage.notify import notify_appended
-from ledger.venues.databento.dbn import DbnError, MboReader, MboReject, Sequencer
+from ledger.venues.databento.dbn import DbnError, MboReader, Sequencer
 
 __all__ = [
     "DbnIngestSummary",
@@ -278,27 +278,30 @@ def _read(
     batch = _Batch(current)
     failure: InputError | None = None
     try:
-        for items in reader.copy_lines(sequencer):
+        for chunk in reader.copy_lines(sequencer):
             if not summary.dataset:
                 summary.dataset = reader.dataset
-            for item in items:
-                if item.__class__ is MboReject:
-                    reject: MboReject = item
-                    if reject.record_no > resume_from:
-                        publisher = int.from_bytes(reject.raw[2:4], "little") if len(reject.raw) >= 4 else 0
-                        key = (reject.symbol, publisher)
-                        stream = names.get(key) or _name(names, key, reader.dataset, rename, summary.source)
-                        batch.rejects.setdefault(stream, []).append(
-                            Reject(reject.record_no, reject.raw.hex(), reject.reason)
-                        )
-                        batch.count += 1
-                    continue
-                key, record_no, seq, line = item  # type: ignore[misc]
+            for key, rows in chunk.lines.items():
                 stream = names.get(key) or _name(names, key, reader.dataset, rename, summary.source)
-                if record_no <= resume_from:
-                    continue
-                batch.rows.setdefault(stream, []).append((seq, record_no, line))
-                batch.count += 1
+                if rows[0][1] <= resume_from:  # stored by the killed run this one resumes
+                    rows = [row for row in rows if row[1] > resume_from]
+                    if not rows:
+                        continue
+                known = batch.rows.get(stream)
+                if known is None:
+                    batch.rows[stream] = rows
+                else:
+                    known.extend(rows)
+                batch.count += len(rows)
+            for reject in chunk.rejects:
+                if reject.record_no > resume_from:
+                    publisher = int.from_bytes(reject.raw[2:4], "little") if len(reject.raw) >= 4 else 0
+                    key = (reject.symbol, publisher)
+                    stream = names.get(key) or _name(names, key, reader.dataset, rename, summary.source)
+                    batch.rejects.setdefault(stream, []).append(
+                        Reject(reject.record_no, reject.raw.hex(), reject.reason)
+                    )
+                    batch.count += 1
             batch.records = reader.records
             if batch.count >= batch_size:
                 writer.submit(batch)

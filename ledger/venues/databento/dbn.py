@@ -40,6 +40,7 @@ __all__ = [
     "KINDS",
     "PRICE_SCALE",
     "SEQ_PER_MICROSECOND",
+    "CopyLines",
     "DbnError",
     "MboReader",
     "MboRecord",
@@ -128,6 +129,14 @@ class MboRecord(NamedTuple):
     publisher_id: int
     #: The record's bytes, exactly as in the (decompressed) file.
     raw: bytes
+
+
+class CopyLines(NamedTuple):
+    """One chunk of records as the ingest stores them (:meth:`MboReader.copy_lines`)."""
+
+    #: stream key (symbol, publisher id) -> ``(seq, record_no, line)`` in file order
+    lines: dict[tuple[str, int], list[tuple[int, int, bytes]]]
+    rejects: list[MboReject]
 
 
 class MboReject(NamedTuple):
@@ -364,15 +373,16 @@ class MboReader:
         """Lists of records in file order, one per chunk of input."""
         return self._batches(self._records)
 
-    def copy_lines(self, sequencer: Sequencer) -> Iterator[list[tuple[tuple[str, int], int, int, bytes] | MboReject]]:
-        """Lists, one per chunk of input, of what the event log's COPY needs of each record:
-        ``(stream key, record_no, seq, line)``, the key being (symbol, publisher id), the seq
-        from ``sequencer``, the line the COPY text of :func:`keyed_rows` with ``text``; and
-        the rejects in their place. The same records, checks and rejects as
-        :meth:`batches`, without making an :class:`MboRecord` of each (the ingest's path)."""
+    def copy_lines(self, sequencer: Sequencer) -> Iterator[CopyLines]:
+        """What the event log's COPY needs of the records, one :class:`CopyLines` per chunk
+        of input: per stream key (symbol, publisher id) its records as ``(seq, record_no,
+        line)`` in file order, the seq from ``sequencer`` and the line the record's COPY
+        text; and the rejects. The same records, checks, keys and rejects as
+        :meth:`batches` and :func:`keyed_rows`, without making an :class:`MboRecord` of each
+        (the ingest's path)."""
         return self._batches(lambda decoded: self._lines(decoded, sequencer))
 
-    def _batches(self, convert: Callable[[list[Any]], list[Any]]) -> Iterator[list[Any]]:
+    def _batches(self, convert: Callable[[list[Any]], Any]) -> Iterator[Any]:
         if isinstance(self._source, str | Path):
             try:
                 handle: BinaryIO = open(self._source, "rb")  # noqa: SIM115 (closed below)
@@ -395,7 +405,7 @@ class MboReader:
                 return
             yield bytes(chunk)
 
-    def _read(self, handle: BinaryIO, convert: Callable[[list[Any]], list[Any]]) -> Iterator[list[Any]]:
+    def _read(self, handle: BinaryIO, convert: Callable[[list[Any]], Any]) -> Iterator[Any]:
         chunks = self._chunks(handle)
         head = b""
         for chunk in chunks:  # enough bytes to tell what the input is
@@ -558,25 +568,27 @@ class MboReader:
             self.records = number
         return out
 
-    def _lines(self, decoded: Iterable[Any], sequencer: Sequencer) -> list[Any]:
+    def _lines(self, decoded: Iterable[Any], sequencer: Sequencer) -> CopyLines:
         """The ingest's hot loop (:meth:`copy_lines`): the checks of :meth:`_records`, then
         the stream key, the seq (:class:`Sequencer`'s rule, inlined) and the COPY line (the
         columns of ``EVENT_COPY_COLUMNS`` from ``seq``, then ``VENUE_FIELDS``; ``ts`` as
         ``YYYY-MM-DD HH:MM:SS.ffffff+00``, made once per second, the price text once per
         price; no value needs escaping: numbers, fixed words, hex)."""
-        out: list[Any] = []
-        append = out.append
+        groups: dict[tuple[str, int], list[tuple[int, int, bytes]]] = {}
+        rejects: list[MboReject] = []
         unpack = _MBO.unpack_from
         symbols = self._symbols
         assert symbols is not None
-        fixed = symbols.fixed
         actions = _ACTIONS
         kinds = _KIND_OF_BYTE
         sides = _SIDE_TEXT
         prices = self._price_text
         seconds = self._second_text
         lasts = sequencer._last
-        known: dict[int, str | None] = {}
+        # instrument id -> (publisher id, stream key, its rows, its last seq in a cell): one
+        # look-up per record (the symbol is looked up once per chunk, as _records does)
+        streams: dict[int, tuple[int, tuple[str, int], list[tuple[int, int, bytes]], list[int]]] = {}
+        cells: dict[tuple[str, int], list[int]] = {}
         number = self.records
         last_us, ts = -1, ""
         try:
@@ -586,32 +598,39 @@ class MboReader:
                 if len(raw) < _MBO_SIZE or raw[1] != _RTYPE_MBO:
                     item = self._other(record, raw, number)
                     if item is not None:
-                        append(item)
-                    known.clear()  # a symbol mapping record may have named an instrument anew
+                        rejects.append(item)
+                    streams.clear()  # a symbol mapping record may have named an instrument anew
                     continue
                 (_, _, publisher_id, instrument_id, ts_event, order_id, price_units, size, flags, channel_id,
                  action_byte, side_byte, ts_recv, _, sequence) = unpack(raw)  # fmt: skip
-                symbol = known.get(instrument_id)
-                if symbol is None:
-                    symbol = known[instrument_id] = fixed(instrument_id)
-                    if symbol is None:
-                        symbol = symbols.get(instrument_id, ts_recv)
+                stream = streams.get(instrument_id)
+                if stream is None or stream[0] != publisher_id:
+                    symbol = symbols.fixed(instrument_id) or symbols.get(instrument_id, ts_recv)
+                    key = (symbol, publisher_id)
+                    cell = cells.get(key)
+                    if cell is None:
+                        last = lasts.get(key)
+                        cell = cells[key] = [-1 if last is None else last]
+                    stream = streams[instrument_id] = (publisher_id, key, groups.setdefault(key, []), cell)
                 side = sides.get(side_byte)
                 if action_byte not in actions or side is None or flags & (F_TOB | F_MBP) or ts_recv >= 2**63:
-                    append(self._reject(number, instrument_id, symbol, raw, action_byte, side_byte, flags, ts_recv))
+                    symbol = stream[1][0]
+                    rejects.append(
+                        self._reject(number, instrument_id, symbol, raw, action_byte, side_byte, flags, ts_recv)
+                    )
                     continue
                 price = prices.get(price_units)
                 if price is None:
                     if price_units == UNDEF_PRICE:
                         if action_byte == 65 or action_byte == 77:  # A, M
-                            kind = KINDS[actions[action_byte]]
-                            append(self._refuse(number, instrument_id, symbol, raw, f"{kind} without a price"))
+                            reason = f"{KINDS[actions[action_byte]]} without a price"
+                            rejects.append(self._refuse(number, instrument_id, stream[1][0], raw, reason))
                             continue
                         price = NULL
                     else:
                         price = prices[price_units] = str(price_of(price_units))
                 if side_byte == 78 and action_byte == 65:  # N, A
-                    append(self._refuse(number, instrument_id, symbol, raw, "an add without a side"))
+                    rejects.append(self._refuse(number, instrument_id, stream[1][0], raw, "an add without a side"))
                     continue
                 us = ts_recv // 1000
                 if us != last_us:
@@ -621,21 +640,23 @@ class MboReader:
                     if day is None:
                         day = seconds[second] = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(second))
                     ts = f"{day}.{fraction:06d}+00"
-                key = (symbol, publisher_id)
+                cell = stream[3]
                 seq = us * SEQ_PER_MICROSECOND
-                last = lasts.get(key)
-                if last is not None and seq <= last:
-                    seq = last + 1
-                lasts[key] = seq
+                if seq <= cell[0]:
+                    seq = cell[0] + 1
+                cell[0] = seq
                 order = NULL if order_id == 0 and action_byte not in _ORDER_ACTIONS else order_id
                 line = (
                     f"{seq}\t{kinds[action_byte]}\t{order}\t{side}\t{price}\t{size}\t{ts}\t{raw.hex()}\t{flags}"
                     f"\t{NULL if ts_event == UNDEF_TIMESTAMP else ts_event}\t{ts_recv}\t{sequence}\t{channel_id}"
                 )
-                append((key, number, seq, line.encode()))
+                stream[2].append((seq, number, line.encode()))
         finally:
             self.records = number
-        return out
+            for key, cell in cells.items():
+                if cell[0] >= 0:
+                    lasts[key] = cell[0]
+        return CopyLines({key: rows for key, rows in groups.items() if rows}, rejects)
 
     def _reject(
         self, number: int, instrument_id: int, symbol: str, raw: bytes, action: int, side: int, flags: int, ts: int
