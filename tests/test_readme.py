@@ -55,7 +55,7 @@ def test_sql_examples(db_env: dict[str, str], engine: Engine) -> None:
     _ledger(["ingest", "csv", str(V31)])
     _ledger(["ingest", "csv", str(V3)])
     _ledger(["project", "--skip-gaps"])
-    best_at, open_gaps, order_life = _blocks("sql")
+    _, best_at, open_gaps, order_life = _blocks("sql")
     with engine.connect() as conn:
         [row] = conn.execute(sa.text(best_at)).all()
         with V31_EXPECTED.open(encoding="utf-8-sig") as f:
@@ -73,3 +73,38 @@ def test_sql_examples(db_env: dict[str, str], engine: Engine) -> None:
         lines = [line for line in V31.read_text(encoding="utf-8-sig").splitlines()[1:] if "7457972527797789251" in line]
         assert sorted(r.raw for r in life) == sorted(lines) and len(life) >= 2
         assert life[0].kind == "add"
+
+
+def test_the_databento_commands_and_sql(
+    db_env: dict[str, str], engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Databento section's commands as printed, then its query, against databento_dbn."""
+    from collections import Counter
+    from decimal import Decimal
+
+    import databento_dbn
+
+    (block,) = [b for b in _blocks("sh") if "ingest dbn" in b]
+    monkeypatch.chdir(tmp_path)
+    for line in block.replace("\\\n", " ").splitlines():
+        args = shlex.split(line.split("#")[0])
+        if args and args[0] == "ledger":
+            _ledger([str(ROOT / a) if a.startswith("tests/") else a for a in args[1:]])
+    # 25,439 L1 changes: the naive model's count over both days (tests/test_databento.py)
+    assert len((tmp_path / "esh4-l1.csv").read_text(encoding="utf-8-sig").splitlines()) == 1 + 25_439
+
+    records = []
+    for name in ("nautilus__esh4-glbx-mdp3-20231224.mbo.dbn.zst", "nautilus__esh4-glbx-mdp3-20231225.mbo.dbn.zst"):
+        decoder = databento_dbn.DBNDecoder(compression=databento_dbn.Compression.ZSTD)
+        decoded = decoder.write_and_decode((ROOT / "tests" / "data" / "databento" / name).read_bytes())
+        records += [r for r in decoded if isinstance(r, databento_dbn.MBOMsg)]
+    kinds = {"A": "add", "C": "cancel", "M": "modify", "R": "clear", "T": "trade", "F": "fill", "N": "none"}
+    expected = Counter(kinds[r.action.value] for r in records)
+    (by_kind,) = [b for b in _blocks("sql") if "databento:" in b]
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text(by_kind)).all()
+    assert {r.kind: r.records for r in rows} == expected
+    for r in rows:
+        prices = [Decimal(p.price) / 10**9 for p in records if kinds[p.action.value] == r.kind and p.price < 2**63 - 1]
+        assert (r.low, r.high) == ((min(prices), max(prices)) if prices else (None, None))
+        assert r.bad_ts_recv == sum(1 for p in records if kinds[p.action.value] == r.kind and p.flags & 8)
