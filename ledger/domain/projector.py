@@ -47,6 +47,8 @@ __all__ = ["L1Row", "Projector"]
 #: One L1 row: seq, time (as the event carried it), bid price, bid size, ask price, ask size.
 L1Row = tuple[int, Any, Number, Number, Number, Number]
 
+_NO_LEVEL = Level()
+
 
 class Projector:
     """One stream's book and the L1 and crossed-book rules around it (see the module)."""
@@ -86,8 +88,9 @@ class Projector:
         # same objects with the same totals as at the last check, the top has not moved:
         # a level keeps its price for life.
         last: tuple[Any, ...] | None = self.last
-        seen_bid: Level | None = None
-        seen_ask: Level | None = None
+        seen_bid: Level = _NO_LEVEL  # (never a level of a book)
+        seen_ask: Level = _NO_LEVEL
+        ends = LAST if l1 else 0
         seen_bid_size: Any = None
         seen_ask_size: Any = None
         bid_price: Any = None
@@ -148,19 +151,22 @@ class Projector:
                 else:
                     raise TypeError(f"not an event: {event!r}")
                 applied += 1
-                if not l1 or not flags & LAST:
+                if not flags & ends:  # inside an event, or no L1 wanted
                     continue
                 bid_level = book.best_bid_level
                 ask_level = book.best_ask_level
-                if bid_level is None or ask_level is None:
-                    seen_bid = None
+                if bid_level is seen_bid and ask_level is seen_ask:  # the usual case
+                    bid_size = seen_bid.total
+                    ask_size = seen_ask.total
+                    if bid_size == seen_bid_size and ask_size == seen_ask_size:
+                        continue
+                elif bid_level is None or ask_level is None:
+                    seen_bid = _NO_LEVEL
                     continue
-                bid_size = bid_level.total
-                ask_size = ask_level.total
-                if bid_level is not seen_bid or ask_level is not seen_ask:
+                else:
                     seen_bid, seen_ask, bid_price, ask_price = bid_level, ask_level, book.best_bid, book.best_ask
-                elif bid_size == seen_bid_size and ask_size == seen_ask_size:
-                    continue
+                    bid_size = bid_level.total
+                    ask_size = ask_level.total
                 seen_bid_size, seen_ask_size = bid_size, ask_size
                 top = (bid_price, bid_size, ask_price, ask_size)
                 if top == last:
@@ -171,7 +177,7 @@ class Projector:
                     anomalies["crossed_book"] += 1
                 self.crossed = crossed
                 if out is not None:
-                    out.append((event[1], event[2], *top))
+                    out.append((event[1], event[2], bid_price, bid_size, ask_price, ask_size))
         finally:
             self.last = None if last is None else Top(*last)
         return applied
