@@ -409,3 +409,31 @@ def test_a_bad_input_among_good_ones_is_named_and_the_others_are_stored(
             sa.text("SELECT complete FROM ingest_checkpoints WHERE source = :s"), {"s": str(cut.resolve())}
         ).scalar_one()
     assert complete is False
+
+
+def test_a_book_inside_an_event_is_the_book_at_the_event_before(engine: Engine) -> None:
+    """`ledger book --at-seq` never shows the state half way through an exchange event."""
+    from ledger.errors import StreamError
+    from ledger.services.read.book import book_at
+    from tests.test_databento import NaiveBook
+
+    ingest_dbn(engine, ESH4_DAY)
+    _, records = decoded(ESH4_DAY)
+    seqs = [row[0] for row in _events(engine, ESH4)]
+    inside = [i for i, r in enumerate(records) if not r.flags & 128 and i > 9_000][::1_000][:6]
+    assert len(inside) == 6
+    naive = NaiveBook()
+    done = 0
+    for i in inside:
+        end = max(j for j in range(i) if records[j].flags & 128)  # the event before
+        for r in records[done : end + 1]:
+            naive.apply(r.action.value, r.side.value, r.price, r.size, r.order_id, int(r.flags))
+        done = end + 1
+        view = book_at(engine, ESH4, at_seq=seqs[i])
+        assert view.seq == seqs[end]
+        top = view.book.top()
+        assert top is not None
+        assert (units(top.bid_price), top.bid_size, units(top.ask_price), top.ask_size) == naive.top()
+    # The day opens with a snapshot whose records end no event until 22:00: no book inside it.
+    with pytest.raises(StreamError, match="no exchange event has ended by seq"):
+        book_at(engine, ESH4, at_seq=seqs[100])

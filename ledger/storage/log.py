@@ -150,6 +150,34 @@ class EventLog:
         )
         return [(int(r.seq), r.ts, r.kind, int(r.flags or 0)) for r in self._conn.execute(query)]
 
+    def event_end(self, stream_id: int, *, at_or_before: int) -> int | None:
+        """Where the book may be looked at, at or before a seq: the seq itself unless the
+        last record at or before it is inside an exchange event (flagged, without
+        ``F_LAST`` (128): Databento's records of one event); then the seq of the last record
+        before it that ends one, or None when none has ended by then. A venue without flags
+        (each record a whole event) gives the seq back."""
+        last = (
+            sa.select(events.c.flags)
+            .where(events.c.stream_id == stream_id, events.c.seq <= at_or_before)
+            .order_by(events.c.seq.desc())
+            .limit(1)
+        )
+        flags = self._conn.execute(last).scalar()
+        if flags is None or flags & 128:
+            return at_or_before
+        ended = (
+            sa.select(events.c.seq)
+            .where(
+                events.c.stream_id == stream_id,
+                events.c.seq <= at_or_before,
+                events.c.flags.op("&")(128) != 0,
+            )
+            .order_by(events.c.seq.desc())
+            .limit(1)
+        )
+        found = self._conn.execute(ended).scalar()
+        return None if found is None else int(found)
+
     def raw_between(self, stream_id: int, first: int, last: int) -> dict[int, str]:
         """seq -> raw of the stream's events with a seq in [first, last]."""
         query = sa.select(events.c.seq, events.c.raw).where(

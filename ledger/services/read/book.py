@@ -57,6 +57,10 @@ def book_at(engine: Engine, stream: str, *, at_seq: int | None = None, at_time: 
     """The book of ``stream`` after the event at ``at_seq`` (or the last one at or before
     ``at_time``; or the newest event when neither is given).
 
+    The book is shown only where an exchange event ends: a seq inside one (a venue whose
+    records of one event end with ``F_LAST``, as Databento's do) shows the book at the end
+    of the event before it, never the state half way through.
+
     No book is shown for a seq the log cannot know: between a gap and the venue's book
     (source snapshot) that resolved it, the events are missing, so a seq there raises
     :class:`~ledger.errors.UnknowableBook` naming the gap and that book's seq. A gap at the
@@ -80,6 +84,14 @@ def book_at(engine: Engine, stream: str, *, at_seq: int | None = None, at_time: 
             target = head
         if tail is not None and high < target < tail:
             raise _unknowable(stream, target, high + 1, tail)
+        if target <= high:
+            ended = log.event_end(stream_id, at_or_before=target)
+            if ended is None:
+                raise StreamError(
+                    f"stream {stream!r}: no exchange event has ended by seq {target} (its records so far are "
+                    "part of one event, such as a venue's snapshot); ask for a later seq"
+                )
+            target = ended
         if target < high:  # a seq in a hole of the log that a venue book ends is unknowable too
             before, _ = log.nearest(stream_id, at_or_before=target)
             if before < target:
