@@ -437,3 +437,41 @@ def test_a_book_inside_an_event_is_the_book_at_the_event_before(engine: Engine) 
     # The day opens with a snapshot whose records end no event until 22:00: no book inside it.
     with pytest.raises(StreamError, match="no exchange event has ended by seq"):
         book_at(engine, ESH4, at_seq=seqs[100])
+
+
+def test_watch_shows_the_book_only_at_event_ends(engine: Engine, tmp_path: Path) -> None:
+    """A batch of records may end inside an exchange event: watch waits for its end."""
+    from ledger.services.read.watch import BookFollower
+
+    t = 1_703_462_400_000_000_000
+    bid = mbo(order_id=1, ts_recv=t, side=dbn.Side.BID, price=4_799_000_000_000, size=5)
+    ask = mbo(order_id=2, ts_recv=t + 1000, side=dbn.Side.ASK, price=4_800_000_000_000, size=7)
+    # One event: an aggressor bid added at the ask's price, then the ask it took cancelled.
+    taker = mbo(order_id=3, ts_recv=t + 2000, side=dbn.Side.BID, price=4_800_000_000_000, size=7, flags=0)
+    taken = mbo(
+        order_id=2,
+        ts_recv=t + 2000,
+        side=dbn.Side.ASK,
+        price=4_800_000_000_000,
+        size=7,
+        action=dbn.Action.CANCEL,
+        flags=0,
+    )
+    done = mbo(  # (a later microsecond: a file that begins inside one would key it anew)
+        order_id=3, ts_recv=t + 5000, side=dbn.Side.BID, price=4_800_000_000_000, size=7, action=dbn.Action.CANCEL
+    )
+    ask2 = mbo(order_id=4, ts_recv=t + 6000, side=dbn.Side.ASK, price=4_801_000_000_000, size=1)
+    ingest_dbn(engine, write(tmp_path, "a.dbn", metadata() + bid + ask + taker + taken))  # cut inside the event
+    follower = BookFollower(engine, ESH4)
+    view = follower.top(1)
+    assert view is not None and view.seq == _events(engine, ESH4)[1][0]  # the ask's event, not the crossed state
+    assert [(lv.price, lv.size) for lv in view.bids] == [(4799, 5)] and [(lv.price, lv.size) for lv in view.asks] == [
+        (4800, 7)
+    ]
+    ingest_dbn(engine, write(tmp_path, "b.dbn", metadata() + done + ask2))
+    assert follower.advance()
+    view = follower.top(1)
+    assert view is not None and view.seq == _events(engine, ESH4)[-1][0]
+    assert [(lv.price, lv.size) for lv in view.bids] == [(4799, 5)] and [(lv.price, lv.size) for lv in view.asks] == [
+        (4801, 1)
+    ]

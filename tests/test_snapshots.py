@@ -161,7 +161,9 @@ def test_book_at_seq_equals_an_independent_replay(db_env: dict[str, str], offset
         (o.side, o.order_id, o.price, o.size) for o in ref.iter_orders()
     ]
     levels = json.loads(run("book", STREAM, "--at-seq", str(seq), "--depth", "3", "--json"))
-    assert [[Decimal(p), Decimal(s), n] for p, s, n in levels["bids"]] == [list(v) for v in ref.levels("B", 3)]
+    assert [[Decimal(lv["price"]), Decimal(lv["size"]), lv["orders"]] for lv in levels["bids"]] == [
+        list(v) for v in ref.levels("B", 3)
+    ]
 
 
 def test_book_at_time_is_the_book_after_the_last_event_by_then(db_env: dict[str, str]) -> None:
@@ -171,7 +173,10 @@ def test_book_at_time_is_the_book_after_the_last_event_by_then(db_env: dict[str,
     before = [r for r in rows if r["time"] <= "2021-08-03 05:00:00"]
     data = json.loads(run("book", STREAM, "--at-time", "2021-08-03 05:00:00", "--json"))
     assert data["seq"] == int(before[-1]["seq_num"])
-    assert data["bids"] == [[str(v.price), str(v.size), v.orders] for v in _reference_book(data["seq"]).levels("B", 10)]
+    assert data["bids"] == [
+        {"price": str(v.price), "size": str(v.size), "orders": v.orders}
+        for v in _reference_book(data["seq"]).levels("B", 10)
+    ]
     out = CliRunner().invoke(cli, ["book", STREAM, "--at-time", "2020-01-01"])
     assert out.exit_code == 1 and "before the stream's first event" in out.output
 

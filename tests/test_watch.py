@@ -25,11 +25,11 @@ def _ingest(engine: Engine, text: str, stream: str) -> None:
     ingest_csv(engine, io.BytesIO(text.encode()), stream=stream, source="stdin", resumable=False)
 
 
-def _top(engine: Engine, stream: str, depth: int) -> tuple[list[list[object]], list[list[object]]]:
+def _top(engine: Engine, stream: str, depth: int) -> tuple[list[dict[str, object]], list[dict[str, object]]]:
     book = book_at(engine, stream).book
     return (
-        [[str(lv.price), str(lv.size), lv.orders] for lv in book.levels("B", depth)],
-        [[str(lv.price), str(lv.size), lv.orders] for lv in book.levels("S", depth)],
+        [{"price": str(lv.price), "size": str(lv.size), "orders": lv.orders} for lv in book.levels("B", depth)],
+        [{"price": str(lv.price), "size": str(lv.size), "orders": lv.orders} for lv in book.levels("S", depth)],
     )
 
 

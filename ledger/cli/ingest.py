@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -12,14 +13,14 @@ import click
 from ledger.cli._app import (
     STREAM,
     cli,
-    echo_json,
     fail_on_ledger_error,
-    json_option,
     open_ledger,
     printable,
     progress_bar,
     stream_name_problem,
 )
+from ledger.cli._output import echo_csv, echo_one, format_option
+from ledger.cli._progress import CountingReader, line_ticker
 from ledger.cli._signals import stopping_on_signals
 
 if TYPE_CHECKING:
@@ -46,6 +47,7 @@ def _default_stream(path: str) -> str:
 @ingest.command("csv")
 @click.argument("file", metavar="FILE|-")
 @click.option(
+    "-s",
     "--stream",
     type=STREAM,
     help="Stream to append to: any non-empty text without control characters. "
@@ -65,7 +67,7 @@ def _default_stream(path: str) -> str:
     help="Seconds after which a partial batch is committed anyway (for '-' fed live).",
 )
 @click.option("--no-resume", is_flag=True, help="Read from the first line even if a killed run left a checkpoint.")
-@json_option
+@format_option
 @fail_on_ledger_error
 def ingest_csv_command(
     file: str,
@@ -73,28 +75,31 @@ def ingest_csv_command(
     batch_size: int,
     flush_interval: float | None,
     no_resume: bool,
-    as_json: bool,
+    fmt: str,
 ) -> None:
     """Append an L3 CSV file (or '-' for stdin) to the event log.
 
     Idempotent and resumable: rows already stored are counted as duplicates, a run that was
     killed goes on after its last committed batch. Bad rows go to the rejects table with
     their line number and the reason; gaps in seq_num are recorded and closed when the
-    missing rows arrive. Ctrl-C (or SIGTERM, SIGHUP) stops it cleanly: the lines read so far
+    missing rows arrive. On a terminal, progress goes to stderr: a bar for a file, lines
+    read and lines/s for stdin. Ctrl-C (or SIGTERM, SIGHUP) stops it cleanly: the lines read so far
     are stored, the summary printed, and the exit code is 130 (143, 129); run the same
     command again to resume. A second Ctrl-C stops at once.
 
     \b
     Example:
       ledger ingest csv tests/data/l3-l1/v3.1/l3_data_v3.1.csv
-      tail -f live.csv | ledger ingest csv - --stream csv:live --flush-interval 1
+      tail -f live.csv | ledger ingest csv - -s csv:live --flush-interval 1
     """
     from ledger.api import Ledger
     from ledger.errors import InputError
 
+    counter = None
     if file == "-":
         fp: BinaryIO = _stdin()
         source, size = "stdin", None
+        fp = counter = CountingReader(fp)  # type: ignore[assignment]  # a file that counts its lines
     else:
         path = Path(file)
         try:
@@ -115,6 +120,7 @@ def ingest_csv_command(
         open_ledger() as ledger,
         fp,
         progress_bar(size, "ingesting") as progress,
+        line_ticker(counter, "ingesting stdin") if counter is not None else contextlib.nullcontext(),
     ):
         summary = ledger.ingest_csv(
             fp,
@@ -126,10 +132,7 @@ def ingest_csv_command(
             progress=progress,
             stop=stop,
         )
-    if as_json:
-        echo_json(summary.as_dict())
-    else:
-        click.echo(_ingest_report(summary, file))
+    echo_one(fmt, summary.as_dict(), table=lambda: click.echo(_ingest_report(summary, file)))
     if summary.interrupted:
         # Rule: an ingest stopped by a signal has stored whole lines only, and says how to
         # go on; its exit code is 128 + the signal's number (see ledger.cli._signals).
@@ -255,16 +258,17 @@ def capture_settings(
 
 @ingest.command("coinbase")
 @coinbase_options
-@json_option
+@format_option
 @fail_on_ledger_error
-def ingest_coinbase_command(as_json: bool, **capture_options: Any) -> None:
+def ingest_coinbase_command(fmt: str, **capture_options: Any) -> None:
     """Capture the Coinbase Exchange order-by-order feed of one or more products.
 
     Every message is stored as received in stream coinbase:<PRODUCT>, keyed by its
     sequence. A new stream starts from a REST level-3 book; lost messages (a sequence
     jump, a reconnect, a restart after a crash) are recorded as gaps and made up for by
     a new REST book of that product only. Runs until --duration, --max-messages, Ctrl-C
-    or SIGTERM, then commits what it received and prints a summary.
+    or SIGTERM, then commits what it received and prints a summary (with --format csv,
+    a line per product).
 
     The API key comes from LEDGER_COINBASE_KEY, LEDGER_COINBASE_SECRET and
     LEDGER_COINBASE_PASSPHRASE (never printed).
@@ -272,15 +276,21 @@ def ingest_coinbase_command(as_json: bool, **capture_options: Any) -> None:
     \b
     Example:
       ledger ingest coinbase --product BTC-USD --product ETH-USD --duration 3600
-      ledger project --stream coinbase:BTC-USD
+      ledger project coinbase:BTC-USD
     """
     options, credentials = capture_settings(**capture_options)
     with open_ledger() as ledger:
         summary = ledger.capture(options, credentials, on_summary=log_capture_progress)
-    if as_json:
-        echo_json(summary.as_dict())
-        return
-    click.echo(capture_report(summary))
+    if fmt == "csv":
+        rows = capture_rows(summary)
+        echo_csv(list(rows[0]) if rows else ["product"], [list(r.values()) for r in rows])
+    else:
+        echo_one(fmt, summary.as_dict(), table=lambda: click.echo(capture_report(summary)))
+
+
+def capture_rows(summary: CaptureSummary) -> list[dict[str, Any]]:
+    """The capture's figures, a row per product (its CSV form)."""
+    return [dict(vars(p)) for p in summary.products]
 
 
 def capture_report(summary: CaptureSummary) -> str:

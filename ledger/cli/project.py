@@ -13,15 +13,17 @@ from ledger.cli._app import (
     STREAM,
     STREAM_NAME_HELP,
     cli,
-    echo_json,
     fail_on_ledger_error,
-    json_option,
+    level_dict,
     level_table,
     open_ledger,
     printable,
     progress_bar,
+    streams_argument,
 )
+from ledger.cli._output import echo_csv, echo_json, echo_rows, format_option
 from ledger.cli._signals import stopping_on_signals
+from ledger.services.read.times import iso_time
 
 if TYPE_CHECKING:
     from ledger.api import Ledger, ProjectSettings
@@ -31,7 +33,7 @@ log = logging.getLogger("ledger")
 
 
 @cli.command(epilog=STREAM_NAME_HELP)
-@click.option("--stream", "streams", type=STREAM, multiple=True, help="Stream to project (repeatable). Default: all.")
+@streams_argument
 @click.option("--skip-gaps", is_flag=True, help="Go on across missing seqs, and record that it did.")
 @click.option(
     "--error-threshold",
@@ -73,7 +75,7 @@ log = logging.getLogger("ledger")
     show_default=True,
     help="With --follow: seconds between looks at the log when no notification comes.",
 )
-@json_option
+@format_option
 @fail_on_ledger_error
 def project(
     streams: tuple[str, ...],
@@ -85,10 +87,11 @@ def project(
     rebuild: bool,
     follow: bool,
     poll: float,
-    as_json: bool,
+    fmt: str,
 ) -> None:
     """Replay the event log into books and record every best bid/offer change (L1).
 
+    The streams named (all of them when none is) are projected.
     Goes on from where the last run stopped (from its newest book snapshot); nothing is
     written twice. A stream stops at a gap in its seqs (exit code 3) unless --skip-gaps is
     given. With --follow it keeps going as the log grows, woken by ingest (PostgreSQL
@@ -104,8 +107,8 @@ def project(
     \b
     Example:
       ledger project
-      ledger project --stream csv:l3_data_v3 --skip-gaps
-      ledger project --rebuild --stream csv:l3_data_v3.1
+      ledger project csv:l3_data_v3 --skip-gaps
+      ledger project --rebuild csv:l3_data_v3.1
       ledger project --follow
     """
     from ledger.api import ProjectSettings
@@ -127,7 +130,7 @@ def project(
             summaries = ledger.follow(streams, stop=stop, poll=poll, settings=settings)
         else:
             summaries = _batch(ledger, streams, settings, stop)
-    _report(summaries, as_json)
+    _report(summaries, fmt)
     if signalled.is_set() and not follow:
         # Rule: a batch projection stopped by a signal has committed what it applied, says
         # how to go on, and exits 128 + the signal's number (see ledger.cli._signals).
@@ -161,89 +164,108 @@ def _batch(
         return ledger.project(streams, settings=settings, progress=advance, stop=stop.is_set)
 
 
-def _report(summaries: list[ProjectSummary], as_json: bool) -> None:
-    if as_json:
-        echo_json([s.as_dict() for s in summaries])
-    else:
-        if not summaries:
-            click.echo("no streams yet: run `ledger ingest csv FILE` first")
-        for s in summaries:
-            skipped = f", {len(s.gaps_skipped)} gaps skipped" if s.gaps_skipped else ""
-            started = f", restarted from the snapshot at seq {s.from_snapshot}" if s.from_snapshot else ""
-            anomalies = ", ".join(f"{k} {v}" for k, v in sorted(s.anomalies.items()) if v)
-            click.echo(
-                f"stream {printable(s.stream)}: {s.status}, {s.events_applied} events applied, {s.l1_rows} L1 rows "
-                f"({s.events_per_second:,.0f} events/s){skipped}{started}, position {s.last_seq}"
-                + (f"; anomalies: {anomalies}" if anomalies else "")
-            )
-            if s.message:
-                click.echo(f"  {printable(s.message)}", err=True)
+def _report(summaries: list[ProjectSummary], fmt: str) -> None:
+    rows = [_summary_row(s) for s in summaries]
+    echo_rows(fmt, rows, columns=list(rows[0]) if rows else ["stream"], table=lambda: _report_text(summaries))
+
+
+def _summary_row(summary: ProjectSummary) -> dict[str, Any]:
+    row = summary.as_dict()
+    row["gaps_skipped"] = [{"first_seq": a, "last_seq": z} for a, z in summary.gaps_skipped]
+    return row
+
+
+def _report_text(summaries: list[ProjectSummary]) -> None:
+    if not summaries:
+        click.echo("no streams yet: run `ledger ingest csv FILE` first")
+    for s in summaries:
+        skipped = f", {len(s.gaps_skipped)} gaps skipped" if s.gaps_skipped else ""
+        started = f", restarted from the snapshot at seq {s.from_snapshot}" if s.from_snapshot else ""
+        anomalies = ", ".join(f"{k} {v}" for k, v in sorted(s.anomalies.items()) if v)
+        click.echo(
+            f"stream {printable(s.stream)}: {s.status}, {s.events_applied} events applied, {s.l1_rows} L1 rows "
+            f"({s.events_per_second:,.0f} events/s){skipped}{started}, position {s.last_seq}"
+            + (f"; anomalies: {anomalies}" if anomalies else "")
+        )
+        if s.message:
+            click.echo(f"  {printable(s.message)}", err=True)
 
 
 @cli.command(epilog=STREAM_NAME_HELP)
 @click.argument("stream", type=STREAM)
-@click.option("--depth", type=click.IntRange(min=1), default=10, show_default=True, help="Levels per side.")
+@click.option("-n", "--depth", type=click.IntRange(min=1), default=10, show_default=True, help="Levels per side.")
 @click.option("--at-seq", type=int, default=None, help="The book after the event with this seq.")
 @click.option(
     "--at-time",
     type=str,
     default=None,
-    help="The book after the last event at or before this time (ISO, UTC unless it says otherwise).",
+    help="The book after the last event at or before this time (ISO 8601, UTC unless it says otherwise).",
 )
 @click.option("--orders", "show_orders", is_flag=True, help="List every resting order instead of levels.")
-@json_option
+@format_option
 @fail_on_ledger_error
-def book(stream: str, depth: int, at_seq: int | None, at_time: str | None, show_orders: bool, as_json: bool) -> None:
+def book(stream: str, depth: int, at_seq: int | None, at_time: str | None, show_orders: bool, fmt: str) -> None:
     """Show a stream's book now, or at any past seq or time.
 
     Rebuilt from the nearest book snapshot at or before that point plus the events after it.
+    JSON: the stream, seq, time, the gaps crossed (missing) and the levels ({"price",
+    "size", "orders"}, best first) or, with --orders, every resting order; CSV: a line per
+    level (side B or S, level from 1) or per order.
 
     \b
     Example:
-      ledger book csv:l3_data_v3.1 --depth 5
-      ledger book csv:l3_data_v3.1 --at-time '2021-08-03 05:00:00' --json
+      ledger book csv:l3_data_v3.1 -n 5
+      ledger book csv:l3_data_v3.1 --at-time '2021-08-03 05:00:00' -f json
       ledger book csv:l3_data_v3.1 --at-seq 1627942268920660000 --orders
     """
-    from datetime import UTC, datetime
-
     from ledger.domain.events import BUY, SELL
+    from ledger.services.read.times import parse_time
 
     if at_seq is not None and at_time is not None:
         raise click.UsageError("give --at-seq or --at-time, not both")
     when = None
     if at_time is not None:
         try:
-            when = datetime.fromisoformat(at_time.strip().removesuffix(" UTC").removesuffix("Z"))
+            when = parse_time(at_time)
         except ValueError:
-            raise click.BadParameter(f"not an ISO date and time: {at_time!r}", param_hint="--at-time") from None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=UTC)
+            raise click.BadParameter(f"not an ISO 8601 date and time: {at_time!r}", param_hint="--at-time") from None
     with open_ledger() as ledger:
         view = ledger.book(stream, at_seq=at_seq, at_time=when)
     b = view.book
-    if as_json:
-        data: dict[str, Any] = {
-            "stream": view.stream,
-            "seq": view.seq,
-            "time": None if view.time is None else view.time.isoformat(),
-            "from_snapshot": view.from_snapshot,
-            "missing": view.missing,
-        }
+    head = {"stream": view.stream, "seq": view.seq, "time": view.time}
+    # exact numbers as text: a price may be an int or a Decimal
+    items: list[dict[str, Any]]
+    if show_orders:
+        columns = ["side", "price", "size", "order_id"]
+        items = [
+            {"side": o.side, "price": str(o.price), "size": str(o.size), "order_id": o.order_id}
+            for o in b.iter_orders()
+        ]
+    else:
+        columns = ["side", "level", "price", "size", "orders"]
+        items = [
+            {"side": side, "level": i, **level_dict(lv)}
+            for side in (BUY, SELL)
+            for i, lv in enumerate(b.levels(side, depth), start=1)
+        ]
+    if fmt == "json":
+        missing = [{"first_seq": a, "last_seq": z} for a, z in view.missing]
+        data: dict[str, Any] = {**head, "from_snapshot": view.from_snapshot, "missing": missing}
         if show_orders:
-            data["orders"] = [
-                {"side": o.side, "price": str(o.price), "size": str(o.size), "order_id": o.order_id}
-                for o in b.iter_orders()
-            ]
+            data["orders"] = items
         else:
-            data["bids"] = [[str(lv.price), str(lv.size), lv.orders] for lv in b.levels(BUY, depth)]
-            data["asks"] = [[str(lv.price), str(lv.size), lv.orders] for lv in b.levels(SELL, depth)]
+            data["bids"] = [level_dict(lv) for lv in b.levels(BUY, depth)]
+            data["asks"] = [level_dict(lv) for lv in b.levels(SELL, depth)]
         echo_json(data)
         return
-    when_text = "" if view.time is None else f" ({view.time.isoformat()})"
-    click.echo(f"{printable(view.stream)} after seq {view.seq}{when_text}: {len(b)} resting orders")
     if view.missing:
         gaps = ", ".join(f"{a}..{z}" for a, z in view.missing[:5])
         click.echo(f"  warning: {len(view.missing)} gaps crossed, the book may be wrong: {gaps}", err=True)
+    if fmt == "csv":
+        echo_csv([*head, *columns], ([*head.values(), *item.values()] for item in items))
+        return
+    when_text = "" if view.time is None else f" ({iso_time(view.time)})"
+    click.echo(f"{printable(view.stream)} after seq {view.seq}{when_text}: {len(b)} resting orders")
     if show_orders:
         for o in b.iter_orders():
             side = "BUY " if o.side == BUY else "SELL"
@@ -265,43 +287,44 @@ def snapshots() -> None:
 
 @snapshots.command("list", epilog=STREAM_NAME_HELP)
 @click.argument("stream", type=STREAM)
-@json_option
+@format_option
 @fail_on_ledger_error
-def snapshots_list(stream: str, as_json: bool) -> None:
-    """List a stream's book snapshots, newest first.
+def snapshots_list(stream: str, fmt: str) -> None:
+    """List a stream's book snapshots, newest first: seq, format version, orders, bytes and
+    when each was taken.
 
     \b
     Example:
       ledger snapshots list csv:l3_data_v3.1
+      ledger snapshots list csv:l3_data_v3.1 -f csv
     """
     with open_ledger() as ledger:
         infos = ledger.snapshots(stream)
-    if as_json:
-        echo_json([{**i.__dict__, "created_at": i.created_at.isoformat()} for i in infos])
-        return
-    if not infos:
-        click.echo(f"{printable(stream)}: no snapshots")
-    for i in infos:
-        click.echo(
-            f"seq {i.seq}  {i.order_count} orders  {i.size} bytes  v{i.format_version}  "
-            f"{i.created_at:%Y-%m-%d %H:%M:%S}"
-        )
+    rows = [dict(vars(i)) for i in infos]
+    echo_rows(fmt, rows, columns=["seq", "format_version", "order_count", "size", "created_at"], count="snapshot")
 
 
 @snapshots.command("prune", epilog=STREAM_NAME_HELP)
-@click.option("--stream", "streams", type=STREAM, multiple=True, help="Stream to prune (repeatable). Default: all.")
+@streams_argument
 @click.option("--keep", type=click.IntRange(min=1), required=True, help="Keep the newest N snapshots per stream.")
 @click.option("--keep-every", type=click.IntRange(min=1), default=None, help="Of the older ones, keep every M-th.")
+@format_option
 @fail_on_ledger_error
-def snapshots_prune(streams: tuple[str, ...], keep: int, keep_every: int | None) -> None:
-    """Delete old book snapshots so their storage stays bounded.
+def snapshots_prune(streams: tuple[str, ...], keep: int, keep_every: int | None, fmt: str) -> None:
+    """Delete old book snapshots of the streams named (all when none is), so their storage
+    stays bounded; says how many it deleted per stream.
 
     \b
     Example:
       ledger snapshots prune --keep 3
-      ledger snapshots prune --keep 3 --keep-every 10 --stream csv:l3_data_v3.1
+      ledger snapshots prune csv:l3_data_v3.1 --keep 3 --keep-every 10
     """
     with open_ledger() as ledger:
         deleted = ledger.prune_snapshots(streams, keep=keep, keep_every=keep_every)
-    for name, gone in deleted.items():
-        click.echo(f"{printable(name)}: deleted {gone} snapshots")
+    rows = [{"stream": name, "deleted": gone} for name, gone in deleted.items()]
+
+    def text() -> None:
+        for name, gone in deleted.items():
+            click.echo(f"{printable(name)}: deleted {gone} snapshots")
+
+    echo_rows(fmt, rows, columns=["stream", "deleted"], table=text)

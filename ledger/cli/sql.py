@@ -4,26 +4,25 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterator
-from datetime import date, datetime, time
 from decimal import Decimal
 from typing import Any
 
 import click
 
-from ledger.cli._app import cli, fail_on_ledger_error, open_ledger, printable
-
-_TABLE_SAMPLE = 200  # rows looked at to size the columns of --format table; the rest stream
+from ledger.cli._app import cli, fail_on_ledger_error, open_ledger
+from ledger.cli._output import echo_csv, echo_table, json_ready
 
 
 @cli.command("sql")
 @click.argument("query")
 @click.option(
+    "-f",
     "--format",
     "fmt",
     type=click.Choice(["table", "csv", "json"]),
     default="table",
     show_default=True,
-    help="table: aligned columns; csv: a header and RFC 4180 rows; json: one JSON object per line.",
+    help="table: aligned columns; csv: a header and RFC 4180 rows; json: one JSON object per line (it streams).",
 )
 @click.option("--write", is_flag=True, help="Allow the query to change data (default: a read-only transaction).")
 @fail_on_ledger_error
@@ -31,7 +30,8 @@ def sql_command(query: str, fmt: str, write: bool) -> None:
     """Run a SQL query on the ledger database (the embedded one too) and print its rows.
 
     Read-only unless --write. Rows stream: a large result does not fill memory. Exact
-    numbers stay exact (JSON numbers written from their decimal text).
+    numbers stay exact (JSON numbers written from their decimal text); times are written in
+    the one format of every ledger report (ISO 8601 in UTC with microseconds).
 
     \b
     Example:
@@ -43,42 +43,22 @@ def sql_command(query: str, fmt: str, write: bool) -> None:
         result = ledger.sql(query, write=write)
         try:
             if fmt == "csv":
-                _csv(result.columns, result.rows)
+                echo_csv(result.columns, result.rows)
             elif fmt == "json":
                 _json(result.columns, result.rows)
+            elif not result.columns:
+                click.echo("(done: the statement returned no rows)")
             else:
-                _table(result.columns, result.rows)
+                echo_table(result.columns, result.rows)
         finally:
             close = getattr(result.rows, "close", None)
             if close is not None:  # ends the transaction of a result not read to its end
                 close()
 
 
-def _text(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, datetime | date | time):
-        return value.isoformat()
-    if isinstance(value, bytes):
-        return "\\x" + value.hex()
-    return str(value)
-
-
-def _csv(columns: list[str], rows: Iterator[tuple[Any, ...]]) -> None:
-    import csv
-
-    out = csv.writer(sys.stdout, lineterminator="\n")
-    out.writerow(columns)
-    for row in rows:
-        out.writerow([_text(v) for v in row])
-
-
 def _default(o: Any) -> Any:
-    if isinstance(o, datetime | date | time):
-        return o.isoformat()
-    if isinstance(o, bytes):
-        return "\\x" + o.hex()
-    return str(o)
+    ready = json_ready(o)
+    return ready if isinstance(ready, str) else str(o)
 
 
 def _json(columns: list[str], rows: Iterator[tuple[Any, ...]]) -> None:
@@ -92,30 +72,6 @@ def _json(columns: list[str], rows: Iterator[tuple[Any, ...]]) -> None:
             text = str(value) if isinstance(value, Decimal) and value.is_finite() else encode(value)
             parts.append(f"{encode(name)}: {text}")
         sys.stdout.write("{" + ", ".join(parts) + "}\n")
-
-
-def _table(columns: list[str], rows: Iterator[tuple[Any, ...]]) -> None:
-    if not columns:
-        click.echo("(done: the statement returned no rows)")
-        return
-    head: list[list[str]] = []
-    for row in rows:
-        head.append([printable(_text(v)) for v in row])
-        if len(head) >= _TABLE_SAMPLE:
-            break
-    widths = [max([len(c), *(len(r[i]) for r in head)]) for i, c in enumerate(columns)]
-    line = " | ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))
-    click.echo(line)
-    click.echo("-+-".join("-" * w for w in widths))
-    count = 0
-    for cells in head:
-        click.echo(" | ".join(v.ljust(w) for v, w in zip(cells, widths, strict=True)).rstrip())
-        count += 1
-    for row in rows:
-        cells = [printable(_text(v)) for v in row]
-        click.echo(" | ".join(v.ljust(w) for v, w in zip(cells, widths, strict=True)).rstrip())
-        count += 1
-    click.echo(f"({count} row{'s' if count != 1 else ''})")
 
 
 @cli.command("psql", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})

@@ -13,6 +13,7 @@ from ledger.domain.book import Book
 from ledger.errors import StreamError, UnknowableBook
 from ledger.services.project.replay import SourceBook, replay, restore_latest, stream_projector
 from ledger.services.project.rows import StreamProjector
+from ledger.services.read.times import iso_time
 from ledger.storage.log import EventLog, GapStore, SourceSnapshots, Streams
 
 __all__ = ["BookView", "Rebuilt", "book_at", "rebuild", "seq_at_time"]
@@ -39,7 +40,7 @@ def seq_at_time(conn: Connection, stream_id: int, at: datetime) -> int:
         raise StreamError("the stream has no events")
     first_ts = log.nearest(stream_id, at_or_after=low)[1]
     if first_ts is not None and first_ts > at:
-        raise StreamError(f"{at.isoformat()} is before the stream's first event ({first_ts.isoformat()})")
+        raise StreamError(f"{iso_time(at)} is before the stream's first event ({iso_time(first_ts)})")
     # Largest x in [low, high] whose first event at or after x is not later than `at`;
     # that x is itself the seq of an event (or the next event would qualify too).
     lo, hi = low, high

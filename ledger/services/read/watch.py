@@ -45,7 +45,7 @@ class BookFollower:
         self.stream = stream
         with engine.connect() as conn:
             self.stream_id = Streams(conn).get(stream)
-            low, high = EventLog(conn).seq_range(self.stream_id)
+            low, high = _shown_range(EventLog(conn), self.stream_id)
         self.seq: int | None = None
         self._first = low
         self.missing: list[tuple[int, int]] = []
@@ -58,7 +58,7 @@ class BookFollower:
     def advance(self) -> bool:
         """Apply the events appended since the last call; whether there were any."""
         with self._engine.connect() as conn:
-            low, high = EventLog(conn).seq_range(self.stream_id)
+            low, high = _shown_range(EventLog(conn), self.stream_id)
         if high is None or low is None or (self.seq is not None and high <= self.seq):
             return False
         if self._proj is None or self._first is None or low < self._first or self._must_rebuild():
@@ -108,6 +108,15 @@ class BookFollower:
             tuple(book.levels("S", depth)),
             tuple(self.missing),
         )
+
+
+def _shown_range(log: EventLog, stream_id: int) -> tuple[int | None, int | None]:
+    """The stream's first seq and the last one its book may be shown at: the end of the
+    last whole exchange event (a batch of a venue's records may end inside one)."""
+    low, high = log.seq_range(stream_id)
+    if high is not None:
+        high = log.event_end(stream_id, at_or_before=high)
+    return (low, high) if high is not None else (low, None)
 
 
 def follow_top(
