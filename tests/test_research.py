@@ -129,3 +129,39 @@ def test_bad_input_is_one_line(projected: ledger.Ledger, db_env: dict[str, str],
     result = CliRunner().invoke(cli, args)
     assert result.exit_code != 0 and message in result.output, result.output
     assert "Traceback" not in result.output
+
+
+def test_every_parquet_export_is_in_row_groups_with_metadata(projected: ledger.Ledger, tmp_path: Path) -> None:
+    """l1, l2, trades and events: written batch by batch (a row group each, so memory holds
+    one batch, whatever the size), zstd, with the stream, venue, table and version."""
+    from ledger.services.read.depth import depth_batches
+    from ledger.services.read.research import events_batches, l1_batches, write_parquet
+    from ledger.services.read.trades import trades_batches
+
+    engine = projected.engine
+    made = {
+        "l1": l1_batches(engine, STREAM, chunk=2_000),
+        "l2": depth_batches(engine, STREAM, depth=3, every="10s", chunk=500),
+        "trades": trades_batches(engine, STREAM, chunk=2),
+        "events": events_batches(engine, STREAM, chunk=2_000),
+    }
+    whole = {
+        "l1": projected.l1(STREAM),
+        "l2": projected.l2(STREAM, 3, every="10s"),
+        "trades": projected.trades(STREAM),
+        "events": projected.events(STREAM),
+    }
+    for table, (schema, batches) in made.items():
+        out = tmp_path / f"{table}.parquet"
+        rows = write_parquet(schema, batches, out)
+        meta = pq.ParquetFile(out).metadata
+        assert rows == meta.num_rows == whole[table].num_rows > 0, table
+        assert meta.num_row_groups >= 2, table
+        biggest = max(meta.row_group(i).num_rows for i in range(meta.num_row_groups))
+        assert biggest <= {"l1": 4_000, "l2": 500, "trades": 2, "events": 4_000}[table], (table, biggest)
+        assert meta.row_group(0).column(0).compression == "ZSTD"
+        back = pq.read_table(out)
+        assert back.equals(whole[table]), table
+        assert back.schema.metadata[b"ledger.table"] == table.encode()
+        assert back.schema.metadata[b"ledger.stream"] == STREAM.encode()
+        assert back.schema.metadata[b"ledger.venue"] == b"csv" and back.schema.metadata[b"ledger.version"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import io
+import itertools
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -150,8 +151,7 @@ def l1_batches(
 
     def batches() -> Iterator[pa.RecordBatch]:
         with engine.connect() as conn:
-            for rows in L1Range(conn, stream_id, start=start, end=end).chunks(chunk):
-                yield _batch(rows, schema)
+            yield from _csv_batches(L1Range(conn, stream_id, start=start, end=end).copy_csv(), schema, chunk=chunk)
 
     return schema, batches()
 
@@ -181,19 +181,68 @@ def events_batches(
 
     def batches() -> Iterator[pa.RecordBatch]:
         with engine.connect() as conn:
-            for rows in EventRows(conn, stream_id, start=start, end=end).chunks(raw=raw, chunk=chunk):
-                yield _batch(rows, schema)
+            rows = EventRows(conn, stream_id, start=start, end=end)
+            yield from _csv_batches(rows.copy_csv(extra=("raw",) if raw else ()), schema, chunk=chunk, newlines=raw)
 
     return schema, batches()
 
 
-def _batch(rows: list[Any], schema: pa.Schema) -> pa.RecordBatch:
-    import pyarrow as pa
+class _Blocks(io.RawIOBase):
+    """A binary file that reads an iterator of byte blocks, for Arrow's CSV reader."""
 
-    columns = zip(*rows, strict=True)
-    return pa.RecordBatch.from_arrays(
-        [pa.array(c, f.type) for c, f in zip(columns, schema, strict=True)], schema=schema
+    def __init__(self, blocks: Iterator[bytes]) -> None:
+        self._blocks = blocks
+        self._left = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while not self._left:
+            block = next(self._blocks, None)
+            if block is None:
+                return 0
+            self._left = block
+        n = min(len(buffer), len(self._left))
+        buffer[:n] = self._left[:n]
+        self._left = self._left[n:]
+        return n
+
+
+def _csv_batches(
+    blocks: Iterator[bytes], schema: pa.Schema, *, chunk: int, newlines: bool = False
+) -> Iterator[pa.RecordBatch]:
+    """Record batches of ``schema`` from the CSV blocks of a COPY (``time`` as whole
+    microseconds since the epoch), about ``chunk`` rows each (Arrow reads blocks of bytes)."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    first = next(blocks, None)
+    if first is None:  # an empty range: no batch (Arrow's reader refuses empty input)
+        return
+    stream = io.BufferedReader(_Blocks(itertools.chain([first], blocks)), buffer_size=1 << 20)
+    # Arrow's CSV reader makes decimal128 but not decimal256 (more than 18 fractional
+    # digits): such columns are read as text and made exact decimals in Python.
+    wide = {f.name for f in schema if pa.types.is_decimal256(f.type)}
+    types = {f.name: pa.int64() if f.name == "time" else pa.string() if f.name in wide else f.type for f in schema}
+    reader = pacsv.open_csv(
+        stream,
+        read_options=pacsv.ReadOptions(column_names=schema.names, block_size=max(1 << 16, chunk * 80)),
+        parse_options=pacsv.ParseOptions(newlines_in_values=newlines),
+        convert_options=pacsv.ConvertOptions(
+            column_types=types, strings_can_be_null=True, quoted_strings_can_be_null=False
+        ),
     )
+    for batch in reader:
+        columns = [
+            c.cast(f.type)
+            if f.name == "time"
+            else pa.array([None if v is None else Decimal(v) for v in c.to_pylist()], f.type)
+            if f.name in wide
+            else c
+            for c, f in zip(batch.columns, schema, strict=True)
+        ]
+        yield pa.RecordBatch.from_arrays(columns, schema=schema)
 
 
 def write_parquet(schema: pa.Schema, batches: Iterator[pa.RecordBatch], path: Path | Any) -> int:
