@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import shlex
 import sys
 import threading
 from dataclasses import fields
@@ -98,7 +99,7 @@ def _status_text(rows: list[StreamStatus]) -> str:
             + (f"\n  {printable(r.projector_message)}" if r.projector_message else "")
             + (
                 f"\n  {r.skipped_then_filled} gaps the projector skipped have been filled since: "
-                f"`ledger project --rebuild --stream {name}` includes them"
+                f"`ledger project --rebuild {shlex.quote(name)}` includes them"
                 if r.skipped_then_filled
                 else ""
             )
