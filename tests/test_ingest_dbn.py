@@ -327,6 +327,11 @@ def test_status_counts_sparse_seqs_and_shows_the_venues_warning(engine: Engine, 
     with engine.connect() as conn:
         (status,) = stream_status(conn, ESH4)
     assert (status.events, status.lag_events, status.book_maybe_bad) == (6, 0, False)
+    # The L1 rows carry the mark from the flagged record until the clear (the clear empties
+    # the book: no row); the first row, before the warning, has none.
+    seqs = [row[0] for row in _events(engine, ESH4)]
+    marks = _rows(engine, "SELECT seq, maybe_bad FROM l1 WHERE stream_id = :s ORDER BY seq", ESH4)
+    assert marks == [(seqs[1], None), (seqs[2], True), (seqs[3], True), (seqs[4], True)]
     cleared = _events(engine, ESH4)[-1][0]
     with engine.connect() as conn:
         assert gap_rows(conn, ESH4) == []

@@ -95,7 +95,10 @@ def test_values_are_escaped_and_refused_as_copy_text_requires() -> None:
         event_row("1", "add", "1", "B", "1", "1", None, "raw")  # type: ignore[arg-type]
     with pytest.raises(RecordError, match="integer"):
         events_payload("3", [row])  # type: ignore[arg-type]
-    assert l1_payload(4, [(9, None, 1, Decimal("2.50"), 3, 4)]) == b"4\t9\t\\N\t1\t2.50\t3\t4\n"
+    # maybe_bad: NULL, or true on a row the venue marked (a seventh element)
+    assert l1_payload(4, [(9, None, 1, Decimal("2.50"), 3, 4)]) == b"4\t9\t\\N\t1\t2.50\t3\t4\t\\N\n"
+    marked = l1_payload(4, [(9, None, 1, 2, 3, 4), (10, None, 1, 2, 3, 5, True)])
+    assert marked == b"4\t9\t\\N\t1\t2\t3\t4\t\\N\n4\t10\t\\N\t1\t2\t3\t5\tt\n"
 
 
 def test_the_csv_fast_path_makes_the_rows_the_encoder_makes() -> None:

@@ -44,8 +44,10 @@ from ledger.domain.snapshot import ProjectorState
 
 __all__ = ["L1Row", "Projector"]
 
-#: One L1 row: seq, time (as the event carried it), bid price, bid size, ask price, ask size.
-L1Row = tuple[int, Any, Number, Number, Number, Number]
+#: One L1 row: seq, time (as the event carried it), bid price, bid size, ask price, ask size;
+#: and a seventh element, True, while the venue says the book may be wrong
+#: (:data:`~ledger.domain.events.MAYBE_BAD_BOOK`, until the next clear or snapshot).
+L1Row = tuple[int, Any, Number, Number, Number, Number] | tuple[int, Any, Number, Number, Number, Number, bool]
 
 _NO_LEVEL = Level()
 
@@ -177,7 +179,10 @@ class Projector:
                     anomalies["crossed_book"] += 1
                 self.crossed = crossed
                 if out is not None:
-                    out.append((event[1], event[2], bid_price, bid_size, ask_price, ask_size))
+                    if self.maybe_bad:
+                        out.append((event[1], event[2], bid_price, bid_size, ask_price, ask_size, True))
+                    else:
+                        out.append((event[1], event[2], bid_price, bid_size, ask_price, ask_size))
         finally:
             self.last = None if last is None else Top(*last)
         return applied
@@ -235,4 +240,4 @@ class Projector:
         self.last = top
         self.crossed = top.bid_price > top.ask_price
         if out is not None:
-            out.append((seq, ts, *top))
+            out.append((seq, ts, *top, True) if self.maybe_bad else (seq, ts, *top))

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
+from typing import Any
 
 from ledger.domain.events import Number
 from ledger.errors import RecordError
@@ -55,7 +56,7 @@ EVENT_COPY_COLUMNS = ("stream_id", "seq", "kind", "order_id", "side", "price", "
 #: rows that carry them have them after ``raw``.
 VENUE_FIELDS = ("flags", "ts_event", "ts_recv", "sequence", "channel")
 #: The columns of the L1 rows :func:`l1_payload` makes, in order.
-L1_COPY_COLUMNS = ("stream_id", "seq", "ts", "bid_price", "bid_size", "ask_price", "ask_size")
+L1_COPY_COLUMNS = ("stream_id", "seq", "ts", "bid_price", "bid_size", "ask_price", "ask_size", "maybe_bad")
 #: NULL, as COPY text spells it.
 NULL = "\\N"
 _NULL_BYTES = NULL.encode()
@@ -68,7 +69,11 @@ _ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 #: loop pays no Python call for it.
 join_cells: Callable[[Iterable[bytes]], bytes] = b"\t".join
 #: seq, ts (a datetime or timestamptz text, None for none), bid, bid size, ask, ask size.
-L1Row = tuple[int, datetime | str | None, Number, Number, Number, Number]
+#: A seventh element, True, marks a row where the venue said the book may be wrong.
+L1Row = (
+    tuple[int, datetime | str | None, Number, Number, Number, Number]
+    | tuple[int, datetime | str | None, Number, Number, Number, Number, bool]
+)
 
 
 def escape(text: str) -> str:
@@ -128,12 +133,24 @@ def events_payload(stream_id: int, rows: Sequence[bytes]) -> bytes:
 
 def l1_payload(stream_id: int, rows: Iterable[L1Row]) -> bytes:
     """The COPY text of one stream's L1 rows (columns :data:`L1_COPY_COLUMNS`). Numbers and
-    times hold no special character, so nothing is escaped."""
+    times hold no special character, so nothing is escaped. ``maybe_bad`` is true for a
+    row marked so (a seventh element), NULL otherwise.
+
+        >>> l1_payload(3, [(7, None, 10, 1, 11, 2), (8, None, 10, 1, 12, 2, True)])
+        b'3\\t7\\t\\\\N\\t10\\t1\\t11\\t2\\t\\\\N\\n3\\t8\\t\\\\N\\t10\\t1\\t12\\t2\\tt\\n'
+    """
     prefix = f"{stream_id}\t"
+    listed: list[Any] = rows if isinstance(rows, list) else list(rows)
+    if any(len(row) > 6 for row in listed):  # a venue's warning on some rows: the slow way
+        return "".join(
+            f"{prefix}{row[0]}\t{NULL if row[1] is None else row[1]}\t{row[2]!s}\t{row[3]!s}\t{row[4]!s}"
+            f"\t{row[5]!s}\t{'t' if len(row) > 6 and row[6] else NULL}\n"
+            for row in listed
+        ).encode("ascii")
     # !s: str() is much cheaper than format() (what a bare {} calls) on a Decimal.
     return "".join(
         [
-            f"{prefix}{seq}\t{NULL if ts is None else ts}\t{bid!s}\t{bid_size!s}\t{ask!s}\t{ask_size!s}\n"
-            for seq, ts, bid, bid_size, ask, ask_size in rows
+            f"{prefix}{seq}\t{NULL if ts is None else ts}\t{bid!s}\t{bid_size!s}\t{ask!s}\t{ask_size!s}\t\\N\n"
+            for seq, ts, bid, bid_size, ask, ask_size in listed
         ]
     ).encode("ascii")

@@ -5,9 +5,9 @@
   ``sequence`` and ``channel``. NULL for venues without them (CSV, Coinbase): adding
   nullable columns without a default rewrites nothing, and a NULL costs a bit in the row's
   null bitmap.
-- ``l1.maybe_bad``: the venue said the book may be wrong at this row (Databento's
-  ``F_MAYBE_BAD_BOOK``, until the next clear or snapshot); NULL where the venue gives no
-  such mark.
+- ``l1.maybe_bad``: true where the venue said the book may be wrong at this row
+  (Databento's ``F_MAYBE_BAD_BOOK``, until the next clear or snapshot); NULL otherwise (a
+  NULL costs nothing there: the row's null bitmap fits in the header's padding).
 - ``projector_positions.maybe_bad``: the same, for the book where the projector stands.
 - ``events_venue_marks``: a partial index of the few records that start or end such a
   period (flags ``F_MAYBE_BAD_BOOK`` 4 or ``F_SNAPSHOT`` 32, or a clear), so ``ledger gaps``
