@@ -85,24 +85,53 @@ _FAST_GROUPS = (("add", 1), ("update", 5), ("delete", 9), ("trade", 11))
 _GROUPS = (("add", 1, 4), ("update", 5, 4), ("delete", 9, 2), ("trade", 11, 4))
 
 
-# The same checks on raw bytes, one pattern per kind, picked by the run of empty cells
-# after seq_num (0 for add, 4 for update, 8 for delete, 10 for trade). This is the ingest
-# hot path: it makes the event's row from slices of the line, decoding nothing.
-_B_ID = rb"([0-9]{1,19})"
-_B_SIDE = rb"(BUY|SELL)"
+def _at_most(limit: int) -> bytes:
+    """A pattern (no group) for the plain integers from 0 to ``limit``, written with at most
+    as many digits as ``limit`` (leading zeros allowed): those of fewer digits, or of as many
+    that do not exceed it digit by digit.
+
+        >>> pattern = re.compile(_at_most(305))
+        >>> [n for n in (b"0", b"99", b"299", b"300", b"305", b"306", b"310", b"999", b"1000") if pattern.fullmatch(n)]
+        [b'0', b'99', b'299', b'300', b'305']
+    """
+    digits = str(limit)
+    width = len(digits)
+    branches = []
+    for i, digit in enumerate(map(int, digits)):
+        if digit:  # the same digits before i, a smaller one at i, any after
+            rest = width - i - 1
+            branches.append(
+                digits[:i] + ("0" if digit == 1 else f"[0-{digit - 1}]") + (f"[0-9]{{{rest}}}" if rest else "")
+            )
+    branches.append(digits)
+    if width > 1:
+        branches.append(f"[0-9]{{1,{width - 1}}}")
+    return ("(?:" + "|".join(branches) + ")").encode()
+
+
+# The same checks on raw bytes in one pattern, the ingest hot path: it makes the event's
+# row from slices of the line, decoding nothing. It refuses a seq or id above 2**63 - 1 and
+# an add of size zero itself (an int() or a strip() per line cost more than the pattern
+# does); one alternative per kind (groups 2-5 add, 6-9 update, 10-11 delete, 12-15 trade:
+# order id, side's initial, price, size); then the time as the row stores it (16) and its
+# date (17), which is checked against the calendar once per distinct date.
+_B_INT = _at_most(_MAX_INT8)
+_B_ID = b"(" + _B_INT + b")"
+_B_SIDE = rb"(B|S)(?:UY|ELL)"
 _B_PRICE = rb"(-?[0-9]{1,20}(?:\.[0-9]{1,18})?)"
 _B_QTY = rb"([0-9]{1,20}(?:\.[0-9]{1,18})?)"
-_B_TIME = (
-    rb",([0-9]{4}-[0-9]{2}-[0-9]{2})[ T]((?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](?:\.[0-9]{1,6})?)"
+_B_NONZERO_QTY = rb"((?=[0-9.]*[1-9])[0-9]{1,20}(?:\.[0-9]{1,18})?)"  # the digits hold one that is not 0
+_B_LINE = re.compile(
+    b"("
+    + _B_INT
+    + b"),(?:"
+    + (_B_ID + b"," + _B_SIDE + b"," + _B_PRICE + b"," + _B_NONZERO_QTY + b"," * 10)
+    + (b"|" + b"," * 4 + _B_ID + b"," + _B_SIDE + b"," + _B_PRICE + b"," + _B_QTY + b"," * 6)
+    + (b"|" + b"," * 8 + _B_ID + b"," + _B_SIDE + b"," * 4)
+    + (b"|" + b"," * 10 + _B_ID + b"," + _B_SIDE + b"," + _B_PRICE + b"," + _B_QTY)
+    + rb"),(([0-9]{4}-[0-9]{2}-[0-9]{2})[ T](?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](?:\.[0-9]{1,6})?)"
     rb"(?: ?UTC|Z|\+00:00|\+00)?\r?\n?"
 )
-_B_KINDS = {
-    0: (b"add", re.compile(_B_ID + b"," + _B_SIDE + b"," + _B_PRICE + b"," + _B_QTY + b"," * 10 + _B_TIME)),
-    4: (b"update", re.compile(_B_ID + b"," + _B_SIDE + b"," + _B_PRICE + b"," + _B_QTY + b"," * 6 + _B_TIME)),
-    8: (b"delete", re.compile(_B_ID + b"," + _B_SIDE + b"," * 4 + _B_TIME)),
-    10: (b"trade", re.compile(_B_ID + b"," + _B_SIDE + b"," + _B_PRICE + b"," + _B_QTY + _B_TIME)),
-}
-_B_SIDES = {b"BUY": b"B", b"SELL": b"S"}
 _B_NULL = NULL.encode()
 _valid_dates: dict[bytes, bool] = {}
 
@@ -114,39 +143,32 @@ def fast_row(line: bytes) -> tuple[int, bytes] | None:
     The row holds the event's values in the order of :data:`COPY_COLUMNS` (seq, kind,
     order_id, side, price, size, time and the raw line), joined by storage's
     :data:`~ledger.storage.copy.join_cells`: the pattern admits none of the characters COPY
-    text escapes, so the values are the line's own bytes."""
-    p = line.find(b",")
-    if p < 1 or p > 19:
+    text escapes, so the values are the line's own bytes. Rule: the row holds the values
+    :func:`parse_line` and :func:`~ledger.storage.copy.event_row` make of the same line (a
+    seq_num with leading zeros stays as written: the same bigint)."""
+    match = _B_LINE.fullmatch(line)
+    if match is None:
         return None
-    head = line[p + 1 : p + 12]
-    empty = len(head) - len(head.lstrip(b","))
-    spec = _B_KINDS.get(empty)
-    if spec is None:
-        return None
-    kind, pattern = spec
-    match = pattern.fullmatch(line, p + 1 + empty)
-    seq_text = line[:p]
-    if match is None or not seq_text.isdigit():
-        return None
-    seq = int(seq_text)
-    g = match.groups()
-    day = g[-2]
+    (seq, add, a_side, a_price, a_size, update, u_side, u_price, u_size, delete, d_side, trade, t_side, t_price, t_size,
+     ts, day) = match.groups()  # fmt: skip
     valid = _valid_dates.get(day)
     if valid is None:
         if len(_valid_dates) > 10_000:
             _valid_dates.clear()
         valid = _valid_dates[day] = _valid_time(day.decode("ascii"))
-    # Only 19-digit numbers can pass 2**63 - 1. The pattern leaves no tab, backslash, CR or
-    # NUL in the line (nor a newline but the one stripped), so nothing in it needs escaping.
-    if not valid or (p == 19 and seq > _MAX_INT8) or (len(g[0]) == 19 and int(g[0]) > _MAX_INT8):
+    if not valid:
         return None
-    if kind == b"add" and not g[3].strip(b"0."):
-        return None  # a zero-size add: the careful path rejects it
+    # The pattern leaves no tab, backslash, CR or NUL in the line (nor a newline but the one
+    # stripped), so nothing in it needs escaping.
+    ts += b"+00"
     raw = line.rstrip(b"\r\n")
-    ts = day + b" " + g[-1] + b"+00"
-    if kind == b"delete":
-        return seq, join_cells((seq_text, kind, g[0], _B_SIDES[g[1]], _B_NULL, _B_NULL, ts, raw))
-    return seq, join_cells((seq_text, kind, g[0], _B_SIDES[g[1]], g[2], g[3], ts, raw))
+    if add is not None:
+        return int(seq), join_cells((seq, b"add", add, a_side, a_price, a_size, ts, raw))
+    if update is not None:
+        return int(seq), join_cells((seq, b"update", update, u_side, u_price, u_size, ts, raw))
+    if delete is not None:
+        return int(seq), join_cells((seq, b"delete", delete, d_side, _B_NULL, _B_NULL, ts, raw))
+    return int(seq), join_cells((seq, b"trade", trade, t_side, t_price, t_size, ts, raw))
 
 
 class CsvRow(NamedTuple):
