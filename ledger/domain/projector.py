@@ -50,6 +50,7 @@ __all__ = ["L1Row", "Projector"]
 L1Row = tuple[int, Any, Number, Number, Number, Number] | tuple[int, Any, Number, Number, Number, Number, bool]
 
 _NO_LEVEL = Level()
+_RARE = SNAPSHOT | MAYBE_BAD_BOOK
 
 
 class Projector:
@@ -85,7 +86,10 @@ class Projector:
         anomalies = book.anomalies
         add, delete, trade, update = book.add, book.delete, book.trade, book.update
         side_of = book.side_of
-        plain = -1 if self.in_snapshot else LAST
+        # The flags looked at before a record is applied: a snapshot's or a warning's, and any
+        # record's inside a snapshot run (one without the flag, or the run's last, ends it).
+        rare = _RARE
+        in_snapshot = self.in_snapshot
         # The L1 rule, inlined (it runs after every event). While the best levels are the
         # same objects with the same totals as at the last check, the top has not moved:
         # a level keeps its price for life.
@@ -106,9 +110,9 @@ class Projector:
                     return applied
                 kind = event[0]
                 flags = event[3]
-                if flags != plain:  # anything but a whole event outside a snapshot run
+                if flags & rare or in_snapshot:
                     self._flags(flags)
-                    plain = -1 if self.in_snapshot else LAST
+                    in_snapshot = self.in_snapshot
                 # An order given by its id alone (side None) is found on either side: some
                 # venues' messages do not say the side of the order they act on.
                 if kind == "add":
