@@ -19,7 +19,7 @@ from ledger.cli._app import (
     progress_bar,
     stream_name_problem,
 )
-from ledger.cli._output import echo_csv, echo_one, format_option
+from ledger.cli._output import echo_csv, echo_json, echo_one, format_option
 from ledger.cli._progress import CountingReader, line_ticker
 from ledger.cli._signals import stopping_on_signals
 
@@ -45,13 +45,13 @@ def _default_stream(path: str) -> str:
 
 
 @ingest.command("csv")
-@click.argument("file", metavar="FILE|-")
+@click.argument("files", nargs=-1, required=True, metavar="FILE|FOLDER|GLOB|-...")
 @click.option(
     "-s",
     "--stream",
     type=STREAM,
-    help="Stream to append to: any non-empty text without control characters. "
-    "Default: csv:<file name without extension>.",
+    help="Stream to append to (every file, in the order given): any non-empty text without "
+    "control characters. Default: csv:<file name without extension>, one stream per file.",
 )
 @click.option(
     "--batch-size",
@@ -70,14 +70,14 @@ def _default_stream(path: str) -> str:
 @format_option
 @fail_on_ledger_error
 def ingest_csv_command(
-    file: str,
+    files: tuple[str, ...],
     stream: str | None,
     batch_size: int,
     flush_interval: float | None,
     no_resume: bool,
     fmt: str,
 ) -> None:
-    """Append an L3 CSV file (or '-' for stdin) to the event log.
+    """Append L3 CSV files (or '-' for stdin) to the event log.
 
     Idempotent and resumable: rows already stored are counted as duplicates, a run that was
     killed goes on after its last committed batch. Bad rows go to the rejects table with
@@ -87,11 +87,38 @@ def ingest_csv_command(
     are stored, the summary printed, and the exit code is 130 (143, 129); run the same
     command again to resume. A second Ctrl-C stops at once.
 
+    Several files, a folder (its .csv files) or a quoted glob (expanded by ledger, '**'
+    spanning folders) are read in one run, in the order given (a folder's or a glob's files
+    in name order): each file is its own stream unless --stream names one for all, and
+    keeps its checkpoint, duplicates and rejects; a summary is printed per file, then the
+    total. A file that cannot be read (missing, not CSV, its stream busy) is named and
+    skipped, the others are ingested, and the exit code is 1.
+
     \b
     Example:
       ledger ingest csv tests/data/l3-l1/v3.1/l3_data_v3.1.csv
+      ledger ingest csv data/ 'archive/2021-08-*.csv'
+      ledger ingest csv -s csv:BTC-USD day1.csv day2.csv day3.csv
       tail -f live.csv | ledger ingest csv - -s csv:live --flush-interval 1
     """
+    if "-" in files and len(files) > 1:
+        raise click.BadParameter("'-' (stdin) is read alone: give it as the only input")
+    if len(files) > 1 or _names_many(files[0]):
+        _ingest_files(files, stream, batch_size, flush_interval, no_resume, fmt)
+        return
+    _ingest_file(files[0], stream, batch_size, flush_interval, no_resume, fmt)
+
+
+def _names_many(argument: str) -> bool:
+    """Whether one argument may name several files: a folder, or a glob (see
+    ``ledger.services.ingest.inputs``)."""
+    path = Path(argument)
+    return path.is_dir() or (not path.exists() and any(c in argument for c in "*?["))
+
+
+def _ingest_file(
+    file: str, stream: str | None, batch_size: int, flush_interval: float | None, no_resume: bool, fmt: str
+) -> None:
     from ledger.api import Ledger
     from ledger.errors import InputError
 
@@ -145,6 +172,106 @@ def ingest_csv_command(
             how = "run the same command again to resume after them"
         click.echo(f"ledger: stopped by {signalled.name}; the lines up to {last} are stored: {how}", err=True)
         sys.exit(signalled.exit_code)
+
+
+def _ingest_files(
+    arguments: tuple[str, ...],
+    stream: str | None,
+    batch_size: int,
+    flush_interval: float | None,
+    no_resume: bool,
+    fmt: str,
+) -> None:
+    """Several files in one run: a summary per file, then the total."""
+    import time
+
+    from ledger.api import Ledger
+    from ledger.errors import InputError
+
+    try:
+        files = Ledger.csv_files(arguments, stream=stream)
+    except InputError as e:  # an empty folder, a glob matching nothing, two files for one stream
+        raise click.BadParameter(str(e)) from None
+    if stream is None:
+        for path, name in files:
+            problem = stream_name_problem(name)
+            if problem is not None:
+                raise click.BadParameter(
+                    f"the file name {printable(str(path))} gives no stream name: {problem}; name one with --stream"
+                )
+    sizes = [path.stat().st_size if path.is_file() else 0 for path, _ in files]
+    stop = Ledger.stop_request()
+    started = time.perf_counter()
+    with (
+        stopping_on_signals(stop.request) as signalled,
+        open_ledger() as ledger,
+        progress_bar(sum(sizes), "ingesting") as progress,
+    ):
+        summaries = ledger.ingest_csv_files(
+            [path for path, _ in files],
+            stream=stream,
+            batch_size=batch_size,
+            flush_interval=flush_interval,
+            resume=not no_resume,
+            progress=progress,
+            stop=stop,
+        )
+    total = _total(summaries, len(files), time.perf_counter() - started)
+    if fmt == "json":
+        echo_json({"files": [s.as_dict() for s in summaries], "total": total})
+    elif fmt == "csv":  # a line per file
+        rows = [s.as_dict() for s in summaries]
+        echo_csv(list(rows[0]) if rows else ["stream", "source"], [list(r.values()) for r in rows])
+    else:
+        reports = [_ingest_report(s, s.source) if s.error is None else _failed_report(s) for s in summaries]
+        click.echo("\n".join([*reports, _total_report(total)]))
+    failed = [s for s in summaries if s.error is not None]
+    if any(s.interrupted for s in summaries):
+        begun = len(summaries)
+        click.echo(
+            f"ledger: stopped by {signalled.name} in {printable(summaries[-1].source)}; the lines read so far "
+            f"are stored{f' and {len(files) - begun} files were not begun' if begun < len(files) else ''}: "
+            "run the same command again to resume",
+            err=True,
+        )
+        sys.exit(signalled.exit_code)
+    if failed:
+        raise InputError(
+            f"{len(failed)} of {len(files)} files could not be ingested (the others were): "
+            + "; ".join(printable(s.error or "") for s in failed[:3])
+            + (" ..." if len(failed) > 3 else "")
+        )
+
+
+def _total(summaries: Sequence[IngestSummary], files: int, seconds: float) -> dict[str, Any]:
+    """The run's figures over every file (its wall time, start-up excluded)."""
+    lines = sum(s.lines for s in summaries)
+    return {
+        "files": files,
+        "failed": sum(s.error is not None for s in summaries),
+        "not_begun": files - len(summaries),
+        "lines": lines,
+        "events_stored": sum(s.events_stored for s in summaries),
+        "duplicates": sum(s.duplicates for s in summaries),
+        "rejects": sum(s.rejects for s in summaries),
+        "seconds": round(seconds, 3),
+        "events_per_second": round(lines / seconds, 1) if seconds > 0 else 0.0,
+    }
+
+
+def _failed_report(summary: IngestSummary) -> str:
+    stored = f" ({summary.lines} lines stored before it)" if summary.lines else ""
+    return f"stream {printable(summary.stream)}: not ingested{stored}: {printable(summary.error or '')}"
+
+
+def _total_report(total: dict[str, Any]) -> str:
+    failed = f", {total['failed']} not ingested" if total["failed"] else ""
+    begun = f", {total['not_begun']} not begun" if total["not_begun"] else ""
+    return (
+        f"total: {total['files']} files{failed}{begun}, {total['lines']:,} lines, {total['events_stored']:,} events "
+        f"stored, {total['duplicates']:,} duplicates, {total['rejects']:,} rejects, "
+        f"{total['events_per_second']:,.0f} lines/s in {total['seconds']:.2f}s"
+    )
 
 
 def _stdin() -> BinaryIO:
