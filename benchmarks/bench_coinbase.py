@@ -13,11 +13,15 @@ how long the capture took to catch up after the last message, its peak memory, a
 reconnects and resyncs. ``--pause-db SECONDS`` holds an exclusive lock on the event table
 for that long in the middle of the run (the database stops taking events): the capture's
 memory stays bounded (it stops reading; the server then cuts it as a slow consumer), and
-it recovers by reconnecting and resyncing.
+it recovers by reconnecting and resyncing. ``--fast-paths off`` runs the capture without
+orjson and uvloop (as if they were not installed: the standard library's JSON decoder and
+asyncio's own event loop); ``both`` alternates the two, ``--repeat`` pairs, and prints the
+capture's CPU time per message for each (less noisy than the lag on a busy machine).
 
     python benchmarks/bench_coinbase.py                        # 10 products, 20,000 msg/s, 20 s
     python benchmarks/bench_coinbase.py --rate 1000 --seconds 10
     python benchmarks/bench_coinbase.py --pause-db 5
+    python benchmarks/bench_coinbase.py --rate 20000 --fast-paths both --repeat 3
 
 The server: LEDGER_BENCH_DATABASE_URL (an admin URL), else postgres on 127.0.0.1.
 """
@@ -28,8 +32,10 @@ import argparse
 import asyncio
 import json
 import random
+import resource
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -149,7 +155,18 @@ def _stored(dsn: str) -> tuple[int, int]:
     return int(events[0]) if events else 0, int(books[0]) if books else 0
 
 
-async def run(args: argparse.Namespace, dsn: str, env: dict[str, str]) -> dict[str, Any]:
+# The capture as if orjson and uvloop were not installed (an import of either fails).
+_WITHOUT_FAST_PATHS = (
+    "import sys; sys.modules['orjson'] = sys.modules['uvloop'] = None; from ledger.cli import main; main()"
+)
+
+
+def _cpu_of_children() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+async def run(args: argparse.Namespace, dsn: str, env: dict[str, str], *, fast: bool = True) -> dict[str, Any]:
     products = [f"P{i:02d}-USD" for i in range(args.products)]
     total = int(args.rate * args.seconds)
     print(f"generating {total:,} messages over {len(products)} products ...", file=sys.stderr)
@@ -169,9 +186,11 @@ async def run(args: argparse.Namespace, dsn: str, env: dict[str, str]) -> dict[s
         "LEDGER_COINBASE_SECRET": creds.secret,
         "LEDGER_COINBASE_PASSPHRASE": creds.passphrase,
     }
-    cmd = [sys.executable, "-m", "ledger.cli", "ingest", "coinbase", "--json"]
+    launch = ["-m", "ledger.cli"] if fast else ["-c", _WITHOUT_FAST_PATHS]
+    cmd = [sys.executable, *launch, "ingest", "coinbase", "--json"]
     cmd += [a for p in products for a in ("--product", p)]
     cmd += ["--ws-url", f"ws://127.0.0.1:{port}/", "--rest-url", f"http://127.0.0.1:{port}"]
+    cpu_before = _cpu_of_children()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     while not feed.queues:
         await asyncio.sleep(0.05)
@@ -198,6 +217,7 @@ async def run(args: argparse.Namespace, dsn: str, env: dict[str, str]) -> dict[s
     proc.send_signal(signal.SIGTERM)
     watch.cancel()
     out, err = await asyncio.to_thread(proc.communicate)
+    cpu = _cpu_of_children() - cpu_before
     if pause is not None:
         await pause
     await runner.cleanup()
@@ -206,6 +226,7 @@ async def run(args: argparse.Namespace, dsn: str, env: dict[str, str]) -> dict[s
     summary = json.loads(out)
     events, books = _stored(dsn)
     return {
+        "fast_paths": fast,
         "products": len(products),
         "rate_target": args.rate,
         "messages_sent": feed.sent,
@@ -220,6 +241,8 @@ async def run(args: argparse.Namespace, dsn: str, env: dict[str, str]) -> dict[s
         "cut_as_slow": feed.cut,
         "db_paused_s": args.pause_db,
         "peak_rss_mib": peak[0] // 1024,
+        "cpu_s": round(cpu, 2),
+        "cpu_us_per_message": round(cpu / max(feed.sent, 1) * 1e6, 1),
     }
 
 
@@ -231,22 +254,41 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--pause-db", type=float, default=0, help="hold the event table locked this long")
     parser.add_argument("--slow-consumer", type=int, default=100_000, help="messages queued before a cut")
+    parser.add_argument(
+        "--fast-paths", choices=("on", "off", "both"), default="on", help="orjson and uvloop (default on)"
+    )
+    parser.add_argument("--repeat", type=int, default=1, help="runs (pairs with --fast-paths both)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    with scratch_database() as (url, env):
-        result = asyncio.run(run(args, libpq(url), env))
+    modes = {"on": [True], "off": [False], "both": [True, False]}[args.fast_paths]
+    results = []
+    for _ in range(args.repeat):
+        for fast in modes:
+            with scratch_database() as (url, env):
+                result = asyncio.run(run(args, libpq(url), env, fast=fast))
+            results.append(result)
+            _show(result, args)
+    if len(modes) == 2 and not args.json:
+        on = [r for r in results if r["fast_paths"]]
+        off = [r for r in results if not r["fast_paths"]]
+        for key in ("cpu_us_per_message", "lag_ms_p50", "lag_ms_p99"):
+            a, b = statistics.median(r[key] for r in on), statistics.median(r[key] for r in off)
+            print(f"median {key}: fast paths on {a}, off {b} (off/on {b / a if a else float('nan'):.2f})")
+
+
+def _show(r: dict[str, Any], args: argparse.Namespace) -> None:
     if args.json:
-        print(json.dumps(result))
+        print(json.dumps(r))
         return
-    r = result
     print(
+        f"fast paths {'on' if r['fast_paths'] else 'off'}: "
         f"{r['products']} products, target {r['rate_target']:,.0f} msg/s: sent {r['messages_sent']:,} at "
         f"{r['send_rate']:,}/s; stored {r['events_stored']:,} events and {r['books_stored']} books\n"
         f"  lag receipt->commit p50 {r['lag_ms_p50']} ms, p99 {r['lag_ms_p99']} ms; caught up "
         f"{r['catch_up_s']} s after the last message\n"
         f"  peak memory {r['peak_rss_mib']} MiB; reconnects {r['reconnects']}, resyncs {r['resyncs']}, "
-        f"cut as slow consumer {r['cut_as_slow']}"
-        + (f"; database paused {r['db_paused_s']} s" if args.pause_db else "")
+        f"cut as slow consumer {r['cut_as_slow']}; capture CPU {r['cpu_s']} s, "
+        f"{r['cpu_us_per_message']} us/message" + (f"; database paused {r['db_paused_s']} s" if args.pause_db else "")
     )
 
 

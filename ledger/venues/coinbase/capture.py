@@ -99,8 +99,9 @@ _REST_RETRIES = Backoff(first=0.4, cap=5.0, jitter=(0.5, 1.0))
 
 
 def capture(run: Capture) -> CaptureSummary:
-    """Run a capture in an event loop of its own (uvloop when installed), with SIGINT and
-    SIGTERM stopping it, until it ends (see :class:`Capture`)."""
+    """Run a capture in an event loop of its own (uvloop, a dependency except on Windows,
+    where asyncio's own loop runs), with SIGINT and SIGTERM stopping it, until it ends (see
+    :class:`Capture`)."""
     runner_options: dict[str, Any] = {}
     with contextlib.suppress(ImportError):
         import uvloop

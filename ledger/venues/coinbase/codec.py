@@ -1,7 +1,7 @@
 """Coinbase Exchange feed codec: full-channel and compact ``level3`` messages to event-log rows.
 
 Pure: no I/O, no database, no event loop. The websocket reader hands each frame to
-:func:`decode` (orjson when it is installed, else the standard library), then
+:func:`decode` (orjson, a dependency; the standard library where it cannot be had), then
 :func:`classify` says what the message is and :func:`to_row` makes the event-log row of a
 sequenced event. A real full-channel message (``tests/data/coinbase``) and its row::
 
@@ -167,12 +167,12 @@ def _stdlib_loads(raw: bytes | str) -> Any:
 def _pick_loads() -> tuple[str, Callable[[bytes | str], Any]]:
     try:
         import orjson
-    except ImportError:  # orjson is optional: the standard library decodes the same JSON, slower
+    except ImportError:  # a dependency, but a platform without a wheel may lack it: the same JSON, slower
         return "json", _stdlib_loads
     return "orjson", orjson.loads
 
 
-#: The JSON decoder in use: "orjson" when it is installed, else "json".
+#: The JSON decoder in use: "orjson" (a dependency), else "json" where it is missing.
 JSON_LIBRARY, _loads = _pick_loads()
 
 
