@@ -1,12 +1,19 @@
-"""Benchmark the CSV pipeline: ingest and project N generated L3 events.
+r"""Benchmark the CSV pipeline: ingest and project N generated L3 events.
 
 For each size N it generates a seeded L3 CSV (``generate_l3.py``), creates a fresh
 database, then runs ``ledger ingest csv`` and ``ledger project`` as child processes and
 prints, for each, events/s, wall time and the child's peak memory (max RSS). Running two
 sizes shows whether memory grows with N.
 
+In the same database it also times ``psql \copy`` of the same file into a table of 16 text
+columns keyed on seq_num (``CREATE TABLE copy_baseline (seq_num text PRIMARY KEY, ...)``),
+the fastest PostgreSQL itself takes the file, and prints ingest's events/s as a ratio of
+it; with ``--repeat`` the two alternate (which goes first alternates too) and the median
+ratio is printed. ``--no-project`` leaves ``ledger project`` out.
+
     python benchmarks/bench_csv.py                       # N = 1,000,000
     python benchmarks/bench_csv.py --sizes 200000,1000000 --repeat 3
+    python benchmarks/bench_csv.py --sizes 1000000,5000000 --repeat 5 --no-project
 
 The server: LEDGER_BENCH_DATABASE_URL (an admin URL on which a scratch database is
 created and dropped), else LEDGER_DATABASE_URL's server; postgres on 127.0.0.1 otherwise.
@@ -18,6 +25,8 @@ import argparse
 import json
 import os
 import secrets
+import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -50,7 +59,34 @@ def _run(args: list[str], env: dict[str, str]) -> tuple[float, int, str]:
     return wall, usage.ru_maxrss // 1024, out.decode()
 
 
-def bench(n: int, seed: int, server: str, workdir: Path) -> dict[str, object]:
+_BASELINE_COLUMNS = (
+    "seq_num text PRIMARY KEY, add_order_id text, add_side text, add_price text, add_qty text, "
+    "update_order_id text, update_side text, update_price text, update_qty text, delete_order_id text, "
+    "delete_side text, trade_order_id text, trade_side text, trade_price text, trade_qty text, time text"
+)
+
+
+def _psql_copy(dsn: str, csv_path: Path) -> float:
+    r"""Wall seconds of ``psql \copy`` of the file into a new keyed table of 16 text columns."""
+    psql = shutil.which("psql")
+    if psql is None:
+        raise SystemExit("psql is not on PATH (the baseline needs it); pass --no-copy")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("DROP TABLE IF EXISTS copy_baseline")
+        conn.execute(f"CREATE TABLE copy_baseline ({_BASELINE_COLUMNS})")
+        conn.execute("CHECKPOINT")
+    started = time.perf_counter()
+    copy = f"\\copy copy_baseline FROM '{csv_path}' WITH (FORMAT csv, HEADER true)"
+    subprocess.run([psql, dsn, "-q", "-v", "ON_ERROR_STOP=1", "-c", copy], check=True, capture_output=True)
+    wall = time.perf_counter() - started
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("DROP TABLE copy_baseline")
+    return wall
+
+
+def bench(
+    n: int, seed: int, server: str, workdir: Path, *, copy: bool = True, project: bool = True, copy_first: bool = False
+) -> dict[str, object]:
     csv_path = workdir / f"l3_{n}_{seed}.csv"
     if not csv_path.exists():
         with csv_path.open("w", encoding="utf-8", newline="\n") as out:
@@ -61,12 +97,23 @@ def bench(n: int, seed: int, server: str, workdir: Path) -> dict[str, object]:
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     env = {**os.environ, "LEDGER_DATABASE_URL": admin_url.set(database=name).render_as_string(hide_password=False)}
+    dsn = admin_url.set(drivername="postgresql", database=name).render_as_string(hide_password=False)
+    wall_c = None
     try:
         _run(["db", "upgrade"], env)
+        if copy and copy_first:
+            wall_c = _psql_copy(dsn, csv_path)
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("CHECKPOINT")
         wall_i, rss_i, out_i = _run(["ingest", "csv", str(csv_path), "--stream", "csv:bench", "--json"], env)
         ingest = json.loads(out_i)
-        wall_p, rss_p, out_p = _run(["project", "--json"], env)
-        [proj] = json.loads(out_p)
+        if copy and not copy_first:
+            wall_c = _psql_copy(dsn, csv_path)
+        proj = {"events_applied": n, "l1_rows": None}
+        wall_p, rss_p = 0.0, 0
+        if project:
+            wall_p, rss_p, out_p = _run(["project", "--json"], env)
+            [proj] = json.loads(out_p)
     finally:
         with psycopg.connect(admin, autocommit=True) as conn:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
@@ -76,10 +123,12 @@ def bench(n: int, seed: int, server: str, workdir: Path) -> dict[str, object]:
         "ingest_events_per_s": round(n / wall_i),
         "ingest_wall_s": round(wall_i, 2),
         "ingest_peak_mib": rss_i,
-        "project_events_per_s": round(n / wall_p),
-        "project_wall_s": round(wall_p, 2),
+        "project_events_per_s": round(n / wall_p) if project else None,
+        "project_wall_s": round(wall_p, 2) if project else None,
         "project_peak_mib": rss_p,
         "l1_rows": proj["l1_rows"],
+        "copy_events_per_s": None if wall_c is None else round(n / wall_c),
+        "ingest_to_copy": None if wall_c is None else round(wall_c / wall_i, 3),
     }
 
 
@@ -90,26 +139,59 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1, help="runs per size; the best is printed too")
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "ledger-bench")
     parser.add_argument("--json", action="store_true", help="print JSON lines only")
+    parser.add_argument("--no-copy", action="store_true", help="leave out the psql \\copy baseline")
+    parser.add_argument("--no-project", action="store_true", help="leave out ledger project")
     args = parser.parse_args()
     server = os.environ.get("LEDGER_BENCH_DATABASE_URL") or DEFAULT_SERVER
     if "LEDGER_BENCH_DATABASE_URL" not in os.environ and os.environ.get("LEDGER_DATABASE_URL"):
         server = make_url(os.environ["LEDGER_DATABASE_URL"]).set(database="postgres").render_as_string(False)
     args.workdir.mkdir(parents=True, exist_ok=True)
     for n in (int(s) for s in args.sizes.split(",")):
-        results = [bench(n, args.seed, server, args.workdir) for _ in range(args.repeat)]
+        results = [
+            bench(
+                n,
+                args.seed,
+                server,
+                args.workdir,
+                copy=not args.no_copy,
+                project=not args.no_project,
+                copy_first=i % 2 == 1,
+            )
+            for i in range(args.repeat)
+        ]
         for r in results:
             if args.json:
                 print(json.dumps(r))
             else:
                 print(
                     f"N={r['events']:>10,}  ingest {r['ingest_events_per_s']:>8,} ev/s {r['ingest_wall_s']:>7}s "
-                    f"peak {r['ingest_peak_mib']:>4} MiB | project {r['project_events_per_s']:>8,} ev/s "
-                    f"{r['project_wall_s']:>7}s peak {r['project_peak_mib']:>4} MiB"
+                    f"peak {r['ingest_peak_mib']:>4} MiB"
+                    + (
+                        ""
+                        if r["project_events_per_s"] is None
+                        else f" | project {r['project_events_per_s']:>8,} ev/s "
+                        f"{r['project_wall_s']:>7}s peak {r['project_peak_mib']:>4} MiB"
+                    )
+                    + (
+                        ""
+                        if r["copy_events_per_s"] is None
+                        else f" | psql \\copy {r['copy_events_per_s']:>9,} ev/s, ingest/copy {r['ingest_to_copy']}"
+                    )
                 )
+        ratios = [float(r["ingest_to_copy"]) for r in results if r["ingest_to_copy"] is not None]  # type: ignore[arg-type]
+        if ratios and not args.json:
+            print(
+                f"N={n:,}: ingest / psql \\copy, median of {len(ratios)}: {statistics.median(ratios):.3f} "
+                f"(min {min(ratios):.3f}, max {max(ratios):.3f})"
+            )
         if len(results) > 1 and not args.json:
             print(
-                f"best of {len(results)}: ingest {max(int(r['ingest_events_per_s']) for r in results):,} ev/s, "  # type: ignore[call-overload]
-                f"project {max(int(r['project_events_per_s']) for r in results):,} ev/s"  # type: ignore[call-overload]
+                f"best of {len(results)}: ingest {max(int(r['ingest_events_per_s']) for r in results):,} ev/s"  # type: ignore[call-overload]
+                + (
+                    ""
+                    if args.no_project
+                    else f", project {max(int(r['project_events_per_s']) for r in results):,} ev/s"  # type: ignore[call-overload]
+                )
             )
 
 
