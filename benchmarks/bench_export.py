@@ -132,6 +132,7 @@ def bench(n: int, server: str, workdir: Path) -> dict[str, object]:
                 "bytes_per_row": round(size / n, 2),
             }
             files[kind].unlink()
+            print(f"  {n:,} rows, {kind}: {results[kind]}", file=sys.stderr, flush=True)
         parquet, copy = results["parquet"], results["copy"]
         assert isinstance(parquet, dict) and isinstance(copy, dict)
         results["parquet_wall_vs_copy"] = round(parquet["wall_s"] / copy["wall_s"], 2)

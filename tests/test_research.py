@@ -165,3 +165,35 @@ def test_every_parquet_export_is_in_row_groups_with_metadata(projected: ledger.L
         assert back.schema.metadata[b"ledger.table"] == table.encode()
         assert back.schema.metadata[b"ledger.stream"] == STREAM.encode()
         assert back.schema.metadata[b"ledger.venue"] == b"csv" and back.schema.metadata[b"ledger.version"]
+
+
+def test_the_readme_research_section_runs_as_written(
+    projected: ledger.Ledger, db_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import re
+    import shlex
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## Research") :]
+    section = section[: section.index("\n## ", 1)]
+    [commands] = re.findall(r"```sh\n(.*?)```", section, flags=re.S)
+    [code] = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    monkeypatch.chdir(tmp_path)
+    written = []
+    for line in commands.strip().splitlines():
+        args = shlex.split(line)
+        assert args[0] == "ledger"
+        result = CliRunner().invoke(cli, args[1:])
+        assert result.exit_code == 0, (line, result.output)
+        target = tmp_path / args[args.index("-o") + 1]
+        assert target.stat().st_size > 300, line
+        written.append(target.suffix)
+    assert written == [".csv", ".parquet", ".parquet", ".csv", ".csv", ".parquet", ".png"]
+    assert pq.read_table(tmp_path / "l1.parquet").equals(projected.l1(STREAM))  # -f from the suffix
+    assert (tmp_path / "l1-hour.csv").read_bytes().startswith(b"\xef\xbb\xbftime,bid_price")
+    namespace: dict[str, object] = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    depth = namespace["depth"]
+    assert depth.num_rows == 39_399 and depth.column_names[2] == "bid_price_1"  # type: ignore[attr-defined]
+    assert namespace["trades"].num_rows == 4  # type: ignore[attr-defined]
+    assert len(namespace["frame"]) == 39_399  # type: ignore[arg-type]
