@@ -90,6 +90,9 @@ _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 # Records as the file has them: no upgrade to the newest DBN version (the stubs type it int).
 _AS_IS: Any = databento_dbn.VersionUpgradePolicy.AS_IS
 _CHUNK = 1 << 18
+# The time texts of this many seconds are kept (the ingest's COPY lines): memory stays flat.
+_SECONDS_KEPT = 4096
+_PRICES_KEPT = 1 << 16
 
 
 class DbnError(InputError):
@@ -628,6 +631,8 @@ class MboReader:
                             continue
                         price = NULL
                     else:
+                        if len(prices) >= _PRICES_KEPT:  # bounded, like the seconds
+                            prices.clear()
                         price = prices[price_units] = str(price_of(price_units))
                 if side_byte == 78 and action_byte == 65:  # N, A
                     rejects.append(self._refuse(number, instrument_id, stream[1][0], raw, "an add without a side"))
@@ -638,6 +643,8 @@ class MboReader:
                     second, fraction = divmod(us, 1_000_000)
                     day = seconds.get(second)
                     if day is None:
+                        if len(seconds) >= _SECONDS_KEPT:  # bounded: a long file has many seconds
+                            seconds.clear()
                         day = seconds[second] = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(second))
                     ts = f"{day}.{fraction:06d}+00"
                 cell = stream[3]
