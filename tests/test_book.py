@@ -1,6 +1,7 @@
 """The projector and its book against independent, naive reference models, and their edge
 cases. Every test drives :class:`~ledger.domain.projector.Projector` with typed events: the
-code production runs."""
+code production runs; the last ones as a projection run does, in chunks, and from stored
+rows through a venue's rules."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from hypothesis import strategies as st
 from ledger.domain.book import Book, LevelView, Top
 from ledger.domain.events import BUY, SELL, Event, add, delete, fill, modify
 from ledger.domain.projector import Projector
+from ledger.services.project.rows import StreamProjector
+from ledger.venues import venue
 
 
 def _apply(proj: Projector, event: Event) -> list[tuple[object, ...]]:
@@ -288,3 +291,110 @@ def test_a_book_with_orders_at_size_zero_is_built_and_rebuilt() -> None:
     assert book.top() == Top(99, 2, 101, 3)
     assert [(o.order_id, o.size) for o in book.iter_orders()] == [("z", 0), ("a", 2), ("y", 0), ("s", 3)]
     assert book.levels(SELL) == [LevelView(101, 3, 1)]
+
+
+# -- as production applies them: in chunks, from stored rows through a venue's rules ----------
+
+
+def _numbered(seq: list[Event]) -> list[Event]:
+    return [event._replace(seq=i) for i, event in enumerate(seq, 1)]
+
+
+def _naive_rows(naive: NaiveBook | NaiveVenueBook, seq: list[Event]) -> tuple[list[tuple[object, ...]], int]:
+    """The L1 rows (seq and top) the naive model's tops make, and how many times a written
+    top became crossed (bid above ask) after one that was not."""
+    rows: list[tuple[object, ...]] = []
+    last, crossings, crossed = None, 0, False
+    for event in seq:
+        naive.apply(event)
+        top = naive.top()
+        if top is not None and top != last:
+            rows.append((event.seq, *top))
+            last = top
+            crossings += top.bid_price > top.ask_price and not crossed
+            crossed = top.bid_price > top.ask_price
+    return rows, crossings
+
+
+def _chunks(seq: list[object], cuts: list[int]) -> list[list[object]]:
+    out, i, k = [], 0, 0
+    while i < len(seq):
+        out.append(seq[i : i + cuts[k % len(cuts)]])
+        i += cuts[k % len(cuts)]
+        k += 1
+    return out
+
+
+cuts = st.lists(st.integers(min_value=1, max_value=60), min_size=1, max_size=8)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(events, max_size=200), cuts)
+def test_chunks_of_events_make_the_naive_models_l1_rows_and_crossings(seq: list[Event], sizes: list[int]) -> None:
+    seq = _numbered(seq)
+    proj = Projector()
+    got: list[tuple[object, ...]] = []
+    for chunk in _chunks(seq, sizes):
+        proj.apply(iter(chunk), got)  # one at a time, as a venue's rules hand them over
+    expected, crossings = _naive_rows(NaiveBook(), seq)
+    assert [(row[0], *row[2:]) for row in got] == expected
+    assert proj.book.anomalies["crossed_book"] == crossings
+    assert proj.last == (None if not expected else Top(*expected[-1][1:]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(venue_events, max_size=200), cuts)
+def test_chunks_of_venue_events_make_the_naive_models_l1_rows(seq: list[Event], sizes: list[int]) -> None:
+    seq = _numbered(seq)
+    proj = Projector()
+    got: list[tuple[object, ...]] = []
+    for chunk in _chunks(seq, sizes):
+        proj.apply(iter(chunk), got)
+    expected, crossings = _naive_rows(NaiveVenueBook(), seq)
+    assert [(row[0], *row[2:]) for row in got] == expected
+    assert proj.book.anomalies["crossed_book"] == crossings
+
+
+def _csv_row(e: Event) -> tuple[object, ...]:
+    """The stored L3 CSV row of an event of the strategy above (kinds add, update, delete, trade)."""
+    if e.kind == "delete":
+        return (e.seq, "delete", e.order_id, e.side, None, None, f"ts{e.seq}")
+    kind = {"add": "add", "modify": "update", "fill": "trade"}[e.kind]
+    return (e.seq, kind, e.order_id, e.side, str(e.price), str(e.size), f"ts{e.seq}")  # type: ignore[union-attr]
+
+
+def _coinbase_row(e: Event) -> tuple[object, ...]:
+    """The stored Coinbase row of a venue event above (open, change, done, match)."""
+    if e.kind == "delete":
+        return (e.seq, "done", e.order_id, e.side, None, None, f"ts{e.seq}")
+    kind = {"add": "open", "modify": "change", "fill": "match"}[e.kind]
+    return (e.seq, kind, e.order_id, e.side, str(e.price), str(e.size), f"ts{e.seq}")  # type: ignore[union-attr]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(events, max_size=200), cuts)
+def test_stored_csv_rows_in_chunks_make_the_naive_models_l1_rows(seq: list[Event], sizes: list[int]) -> None:
+    """What a projection run does: chunks of stored rows, decoded by the venue's rules."""
+    seq = _numbered(seq)
+    proj = StreamProjector(None, venue("csv").rules())
+    got: list[tuple[object, ...]] = []
+    for chunk in _chunks([_csv_row(e) for e in seq], sizes):
+        assert proj.apply_rows(chunk, got) == len(chunk)
+    expected, crossings = _naive_rows(NaiveBook(), seq)
+    assert [(row[0], *row[2:]) for row in got] == expected
+    assert [row[1] for row in got] == [f"ts{row[0]}" for row in got]
+    assert proj.book.anomalies["crossed_book"] == crossings
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(venue_events, max_size=200), cuts)
+def test_stored_coinbase_rows_in_chunks_make_the_naive_models_l1_rows(seq: list[Event], sizes: list[int]) -> None:
+    seq = _numbered(seq)
+    proj = StreamProjector(None, venue("coinbase").rules())
+    got: list[tuple[object, ...]] = []
+    for chunk in _chunks([_coinbase_row(e) for e in seq], sizes):
+        assert proj.apply_rows(chunk, got) == len(chunk)
+    naive = NaiveVenueBook()
+    expected, _ = _naive_rows(naive, seq)
+    assert [(row[0], *row[2:]) for row in got] == expected
+    assert [(o.side, o.order_id, o.size) for o in proj.book.iter_orders()] == naive.queue()

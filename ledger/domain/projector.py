@@ -96,7 +96,7 @@ class Projector:
         last: tuple[Any, ...] | None = self.last
         seen_bid: Level = _NO_LEVEL  # (never a level of a book)
         seen_ask: Level = _NO_LEVEL
-        ends = LAST if l1 else 0
+        look = LAST if l1 else -1
         seen_bid_size: Any = None
         seen_ask_size: Any = None
         bid_price: Any = None
@@ -110,7 +110,7 @@ class Projector:
                     return applied
                 kind = event[0]
                 flags = event[3]
-                if flags & rare or in_snapshot:
+                if in_snapshot or (flags != LAST and flags & rare):  # a whole event: one test
                     self._flags(flags)
                     in_snapshot = self.in_snapshot
                 # An order given by its id alone (side None) is found on either side: some
@@ -157,7 +157,8 @@ class Projector:
                 else:
                     raise TypeError(f"not an event: {event!r}")
                 applied += 1
-                if not flags & ends:  # inside an event, or no L1 wanted
+                # Look at the book only at an event's end (a whole event: flags == LAST).
+                if flags != look and (not l1 or not flags & LAST):
                     continue
                 bid_level = book.best_bid_level
                 ask_level = book.best_ask_level
@@ -166,22 +167,23 @@ class Projector:
                     ask_size = seen_ask.total
                     if bid_size == seen_bid_size and ask_size == seen_ask_size:
                         continue
+                    # After every check the last row is the seen levels at their seen sizes:
+                    # the same prices at other sizes differ from it, and are as crossed.
+                    seen_bid_size, seen_ask_size = bid_size, ask_size
                 elif bid_level is None or ask_level is None:
                     seen_bid = _NO_LEVEL
                     continue
                 else:
                     seen_bid, seen_ask, bid_price, ask_price = bid_level, ask_level, book.best_bid, book.best_ask
-                    bid_size = bid_level.total
-                    ask_size = ask_level.total
-                seen_bid_size, seen_ask_size = bid_size, ask_size
-                top = (bid_price, bid_size, ask_price, ask_size)
-                if top == last:
-                    continue
-                last = top
-                crossed = bid_price > ask_price
-                if crossed and not self.crossed:
-                    anomalies["crossed_book"] += 1
-                self.crossed = crossed
+                    seen_bid_size = bid_size = bid_level.total
+                    seen_ask_size = ask_size = ask_level.total
+                    if (bid_price, bid_size, ask_price, ask_size) == last:
+                        continue
+                    crossed = bid_price > ask_price
+                    if crossed and not self.crossed:
+                        anomalies["crossed_book"] += 1
+                    self.crossed = crossed
+                last = (bid_price, bid_size, ask_price, ask_size)
                 if out is not None:
                     if self.maybe_bad:
                         out.append((event[1], event[2], bid_price, bid_size, ask_price, ask_size, True))
