@@ -77,6 +77,10 @@ class NaiveBook:
             self.orders[key] = [price, qty]
             if qty <= 0:
                 del self.orders[key]
+        elif kind == "fill0" and key in self.orders:  # a fill that leaves the order at 0
+            self.orders[key][1] -= qty
+        elif kind == "resize" and key in self.orders:  # a new size, the price kept
+            self.orders[key][1] = qty
         elif kind in ("trade", "reduce") and key in self.orders:
             self.orders[key][1] -= qty
             if self.orders[key][1] <= 0:
@@ -85,6 +89,8 @@ class NaiveBook:
     def top(self, n: int) -> tuple[Levels, Levels]:
         sides: dict[str, dict[Decimal, list[Any]]] = {"BUY": {}, "SELL": {}}
         for (side, _), (price, qty) in self.orders.items():
+            if qty <= 0:  # resting at 0 (Coinbase, until its done): not in a level, not counted
+                continue
             level = sides[side].setdefault(price, [Decimal(0), 0])
             level[0] += qty
             level[1] += 1
@@ -228,10 +234,10 @@ def test_generated_data_from_a_snapshot_in_a_range(database_url: URL, engine: En
 # -- the event-end rule, on the pure sampler ----------------------------------------------
 
 _record = st.tuples(
-    st.sampled_from(["add", "add", "reduce", "delete"]),
+    st.sampled_from(["add", "add", "reduce", "delete", "fill0", "resize"]),
     st.sampled_from([BUY, SELL]),
     st.integers(1, 6),  # order id
-    st.integers(95, 105),  # price
+    st.integers(98, 101),  # price (few levels: several orders in each)
     st.integers(1, 5),  # size
     st.integers(0, 14).map(lambda k: k * 50_000),  # microseconds after the previous (often on a grid point)
     st.booleans(),  # ends its event
@@ -260,12 +266,20 @@ def test_sampler_shows_only_event_ends(records: list[Any], every: int | None, on
         if kind == "add":
             resting[key] = size
             typed.append(events_module.add(seq, str(oid), side, price, size, ts=ts, flags=flags))
-        elif kind == "reduce":
+        elif kind == "reduce" and resting[key] > 0:
             resting[key] -= size
             if resting[key] <= 0:
                 del resting[key]
             typed.append(events_module.reduce(seq, str(oid), side, size, ts=ts, flags=flags))
+        elif kind == "fill0" and resting[key] > 0:  # Coinbase's match: the order stays at 0
+            size = min(size, resting[key])
+            resting[key] -= size
+            typed.append(events_module.fill(seq, str(oid), side, price, size, keep_at_zero=True, ts=ts, flags=flags))
+        elif kind == "resize":  # Coinbase's change: a new size (an order at 0 may get size again)
+            resting[key] = size
+            typed.append(events_module.modify(seq, str(oid), side, None, size, keep_at_zero=True, ts=ts, flags=flags))
         else:
+            kind = "delete"
             del resting[key]
             typed.append(events_module.delete(seq, str(oid), side, ts=ts, flags=flags))
         naive_side = "BUY" if side == BUY else "SELL"
@@ -294,6 +308,32 @@ def test_sampler_shows_only_event_ends(records: list[Any], every: int | None, on
         for s in got
     ]  # fmt: skip
     assert as_naive == want
+
+
+def test_orders_resting_at_zero_are_not_counted() -> None:
+    """Coinbase keeps an order matched down to 0 until its done: it is not counted in its
+    level, and counted again when a change gives it size (the sampler keeps counts between
+    samples only while a level's total and number of orders stay the same)."""
+    sampler = DepthSampler(Projector(), depth=1, on_change=True)
+    at = EPOCH + timedelta(seconds=1)
+    out = sampler.feed(
+        [
+            events_module.add(1, "a", BUY, 100, 2, ts=at),
+            events_module.add(2, "b", BUY, 100, 3, ts=at),
+            events_module.fill(3, "a", BUY, 100, 2, keep_at_zero=True, ts=at),  # a rests at 0
+            events_module.modify(4, "a", BUY, None, 4, keep_at_zero=True, ts=at),  # a has size again
+            events_module.fill(5, "b", BUY, 100, 3, keep_at_zero=True, ts=at),  # b rests at 0
+            events_module.modify(6, "b", BUY, None, 3, keep_at_zero=True, ts=at),
+        ]
+    )
+    assert [(s.seq, [tuple(level) for level in s.bids]) for s in out] == [
+        (1, [(100, 2, 1)]),
+        (2, [(100, 5, 2)]),
+        (3, [(100, 3, 1)]),
+        (4, [(100, 7, 2)]),
+        (5, [(100, 4, 1)]),
+        (6, [(100, 7, 2)]),
+    ]
 
 
 def test_a_grid_point_inside_an_event_shows_the_book_before_it() -> None:

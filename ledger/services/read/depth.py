@@ -32,7 +32,7 @@ the gap); a gap without one is crossed. Memory is the book and one batch of samp
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from sqlalchemy.engine import Engine
 
 from ledger.domain.book import Book, LevelView
-from ledger.domain.events import BUY, LAST, SELL, Record
+from ledger.domain.events import LAST, Record
 from ledger.domain.projector import Projector
 from ledger.services.project.replay import contiguous, read_ahead, stream_projector
 from ledger.services.read.book import rebuild
@@ -130,11 +130,41 @@ class DepthSampler:
         self._last_point = last_point
         self._seq = seq
         self._pending: list[Record] = []  # the records of an event that has not ended yet
+        # per price: (the level, its total, orders held, its LevelView) when last counted
+        self._bid_counts: dict[Any, Any] = {}
+        self._ask_counts: dict[Any, Any] = {}
         self._top = self._levels()
 
     def _levels(self) -> tuple[list[LevelView], list[LevelView]]:
+        """The top N levels per side, as :meth:`Book.levels <ledger.domain.book.Book.levels>`
+        gives them (orders resting at size 0 not counted), with each level's count of orders
+        kept from the last sample while the level is the same object with the same total and
+        the same number of orders held: counting a level's orders one by one is what costs,
+        and one record changes one order (or moves it), so the number of orders of size 0 in
+        a level cannot change while its total and its number of orders stay the same."""
         book = self.projector.book
-        return book.levels(BUY, self._depth), book.levels(SELL, self._depth)
+        bids, asks, depth = book.bids, book.asks, self._depth
+        return (
+            self._side(bids, reversed(bids.keys()[-depth:]), self._bid_counts),
+            self._side(asks, asks.keys()[:depth], self._ask_counts),
+        )
+
+    def _side(self, levels: Any, prices: Iterable[Any], counts: dict[Any, Any]) -> list[LevelView]:
+        out = []
+        for price in prices:
+            level = levels[price]
+            total, held = level.total, len(level.orders)
+            known = counts.get(price)
+            if known is not None and known[0] is level and known[1] == total and known[2] == held:
+                out.append(known[3])
+                continue
+            orders = held if held == 1 and total else sum(1 for order in level.orders.values() if order.size)
+            view = LevelView(price, total, orders)
+            if len(counts) > 64 * self._depth:  # prices long gone from the top
+                counts.clear()
+            counts[price] = (level, total, held, view)
+            out.append(view)
+        return out
 
     def _grid_before(self, time: int, out: list[Sample]) -> None:
         """Samples at every grid point before ``time`` (and not past the last point)."""
@@ -205,6 +235,8 @@ class DepthSampler:
             self._grid_before(time, out)
         self._pending = []
         self.projector.reset(book)
+        self._bid_counts.clear()  # another book: count its levels afresh
+        self._ask_counts.clear()
         self._seq = seq
         top = self._levels()
         if self._on_change and top != self._top:
