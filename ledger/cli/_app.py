@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import gc
-import json
 import logging
 import re
 import signal
@@ -31,9 +30,7 @@ __all__ = [
     "STREAM",
     "STREAM_NAME_HELP",
     "cli",
-    "echo_json",
     "fail_on_ledger_error",
-    "json_option",
     "level_dict",
     "level_table",
     "main",
@@ -154,10 +151,6 @@ class _Cli(click.Group):
             raise
 
 
-def json_option(func: F) -> F:
-    return click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")(func)
-
-
 @contextmanager
 def open_ledger() -> Iterator[Ledger]:
     """The library's :class:`~ledger.api.Ledger` on the configured (or embedded) database:
@@ -185,10 +178,6 @@ def level_dict(level: Any) -> dict[str, Any]:
     """A price level (a LevelView) as JSON has it: exact price and size as text (a price may
     be an int or a Decimal: the text is the same either way), and its number of orders."""
     return {"price": str(level.price), "size": str(level.size), "orders": level.orders}
-
-
-def echo_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, default=str))
 
 
 class _CannotAnswer(click.ClickException):
