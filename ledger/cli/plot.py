@@ -9,6 +9,7 @@ import click
 
 from ledger.cli._app import STREAM, STREAM_NAME_HELP, cli, fail_on_ledger_error, open_ledger, printable
 from ledger.cli.export import parse_range, write_file
+from ledger.services.read.times import iso_time
 
 if TYPE_CHECKING:
     from ledger.services.read.plot import PlotSummary
@@ -65,7 +66,7 @@ def plot(stream: str, output: str, start: str | None, end: str | None, depth: in
         _, written, _ = write_file(Path(output), write)
     [summary] = drawn
     click.echo(
-        f"wrote {printable(written)}: {printable(stream)} from {summary.first_time.isoformat()} "
-        f"to {summary.last_time.isoformat()}, {summary.samples} book samples, {summary.trades} trades",
+        f"wrote {printable(written)}: {printable(stream)} from {iso_time(summary.first_time)} "
+        f"to {iso_time(summary.last_time)}, {summary.samples} book samples, {summary.trades} trades",
         err=True,
     )
