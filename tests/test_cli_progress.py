@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 
 from ledger.cli._progress import CountingReader
 from tests.children import track
@@ -32,12 +33,16 @@ def _ingest_stdin(env: dict[str, str], stderr: int) -> subprocess.Popen[bytes]:
     )
 
 
-def _feed(proc: subprocess.Popen[bytes]) -> None:
-    """The header and 1,000 lines, a pause for the ticker, then 2,000 more, in a trickle."""
+def _feed(proc: subprocess.Popen[bytes], shown: Callable[[], bool] = lambda: True) -> None:
+    """The header and 1,000 lines, a pause (until ``shown()`` says the ticker has shown
+    them, at least 1.5 s), then 2,000 more, in a trickle."""
     assert proc.stdin is not None
     proc.stdin.write((HEADER + "".join(ROWS[:1000])).encode())
     proc.stdin.flush()
     time.sleep(1.5)
+    deadline = time.monotonic() + 60  # the command may take long to start on a loaded machine
+    while not shown() and time.monotonic() < deadline:
+        time.sleep(0.1)
     for start in range(1000, 3000, 500):
         proc.stdin.write("".join(ROWS[start : start + 500]).encode())
         proc.stdin.flush()
@@ -70,7 +75,7 @@ def test_stdin_shows_lines_and_rate_on_a_terminal(db_env: dict[str, str]) -> Non
 
     reader = threading.Thread(target=read)
     reader.start()
-    _feed(proc)
+    _feed(proc, lambda: b"1,000 lines read" in shown)
     out = _finish(proc)
     reader.join(10)
     os.close(main)
