@@ -5,7 +5,8 @@ The N events are generated once (``generate_l3.py``, seeded) and split into F fi
 equal line counts, each with the header (each its own stream, as by default). Each
 measurement is a whole ``ledger`` process into a fresh scratch database; the two are run
 alternately, ``--repeat`` times, and the medians and their ratio are printed (the ratio of
-one pair is what a loaded machine still measures fairly).
+one pair is what a loaded machine still measures fairly), with the CPU seconds of the
+``ledger`` process, which neighbours on a busy machine disturb less than the wall time.
 
     python benchmarks/bench_many_files.py                       # 100 files of 10,000 vs one of 1,000,000
     python benchmarks/bench_many_files.py --events 200000 --files 20 --repeat 5
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import statistics
 import subprocess
 import sys
@@ -48,10 +50,16 @@ def _files(workdir: Path, events: int, files: int, seed: int) -> tuple[Path, Pat
     return one, folder
 
 
-def _ingest(target: Path) -> tuple[float, int]:
-    """Wall seconds of one ``ledger ingest csv`` of ``target`` into a fresh database, and
-    the events it stored."""
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _ingest(target: Path) -> tuple[float, float, int]:
+    """Wall seconds and CPU seconds of one ``ledger ingest csv`` of ``target`` into a fresh
+    database, and the events it stored."""
     with scratch_database() as (_, env):
+        cpu = _children_cpu()
         started = time.perf_counter()
         out = subprocess.run(
             [sys.executable, "-m", "ledger.cli", "ingest", "csv", str(target), "-f", "json"],
@@ -60,9 +68,10 @@ def _ingest(target: Path) -> tuple[float, int]:
             check=True,
         ).stdout
         wall = time.perf_counter() - started
+        cpu = _children_cpu() - cpu
     result = json.loads(out)
     stored = result["total"]["events_stored"] if "total" in result else result["events_stored"]
-    return wall, int(stored)
+    return wall, cpu, int(stored)
 
 
 def main() -> None:
@@ -77,23 +86,26 @@ def main() -> None:
     one, folder = _files(args.workdir, args.events, args.files, args.seed)
     single: list[float] = []
     many: list[float] = []
+    cpu_ratios: list[float] = []
     for i in range(args.repeat):
-        wall_one, stored_one = _ingest(one)
-        wall_many, stored_many = _ingest(folder)
+        wall_one, cpu_one, stored_one = _ingest(one)
+        wall_many, cpu_many, stored_many = _ingest(folder)
         assert stored_one == stored_many == args.events, (stored_one, stored_many)
         single.append(wall_one)
         many.append(wall_many)
+        cpu_ratios.append(cpu_one / cpu_many)
         print(
-            f"pair {i + 1}: one file {args.events / wall_one:>9,.0f} events/s ({wall_one:.2f}s) | "
-            f"{args.files} files {args.events / wall_many:>9,.0f} events/s ({wall_many:.2f}s) | "
-            f"ratio {wall_one / wall_many:.2f}"
+            f"pair {i + 1}: one file {args.events / wall_one:>9,.0f} events/s ({wall_one:.2f}s, cpu {cpu_one:.2f}s) | "
+            f"{args.files} files {args.events / wall_many:>9,.0f} events/s ({wall_many:.2f}s, cpu {cpu_many:.2f}s) | "
+            f"ratio {wall_one / wall_many:.2f}, cpu ratio {cpu_one / cpu_many:.2f}"
         )
     one_rate = args.events / statistics.median(single)
     many_rate = args.events / statistics.median(many)
     print(
         f"median of {args.repeat}: one file of {args.events:,}: {one_rate:,.0f} events/s; "
         f"{args.files} files of {args.events // args.files:,}: {many_rate:,.0f} events/s; "
-        f"ratio {many_rate / one_rate:.2f} (whole processes, start-up included)"
+        f"ratio {many_rate / one_rate:.2f} (whole processes, start-up included); "
+        f"ledger's CPU, one file over many files: {statistics.median(cpu_ratios):.2f}"
     )
 
 
