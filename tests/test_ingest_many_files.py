@@ -228,3 +228,20 @@ def test_a_killed_multi_file_run_resumes_to_the_undisturbed_result(
         calm_state, killed_state = _state(engine, f"csv:calm_{name}"), _state(engine, f"csv:{name}")
         assert len(calm_state["events"]) > 60_000 and calm_state["rejects"] and calm_state["gaps"]
         assert killed_state == calm_state, name
+
+
+def test_the_library_ingests_many_files_with_progress_over_all_of_them(
+    db_env: dict[str, str], engine: Engine, tmp_path: Path
+) -> None:
+    import ledger
+
+    files = parts(tmp_path / "lib", 3)
+    seen: list[int] = []
+    with ledger.open() as lg:
+        assert lg.csv_files([str(tmp_path / "lib")]) == [(p, f"csv:{p.stem}") for p in files]
+        summaries = lg.ingest_csv_files([tmp_path / "lib"], batch_size=1000, progress=seen.append)
+    assert [s.stream for s in summaries] == [f"csv:{p.stem}" for p in files]
+    lines = [len(p.read_text(encoding="utf-8-sig").splitlines()) - 1 for p in files]
+    assert [s.events_stored for s in summaries] == lines
+    assert seen == sorted(seen) and seen[-1] == sum(p.stat().st_size for p in files)
+    assert all(s.error is None and s.seconds > 0 for s in summaries)
