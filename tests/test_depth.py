@@ -414,3 +414,35 @@ def test_bad_input_is_one_line(sample: ledger.Ledger, db_env: dict[str, str], ar
     result = CliRunner().invoke(cli, args)
     assert result.exit_code != 0 and message in result.output, result.output
     assert "Traceback" not in result.output
+
+
+def test_databento_samples_are_the_book_at_the_last_event_end(database_url: URL, engine: Engine) -> None:
+    """A Databento stream (exchange events of several records, time-based seqs): each sample
+    equals ``Ledger.book`` at the seq of the last record ending an event (F_LAST) received
+    at or before the sample's time, found from the file's records read here."""
+    from ledger.venues.databento.dbn import MboReader, MboRecord, stored_rows
+
+    path = Path(__file__).parent / "data" / "databento"
+    path = path / "nautilus__orderbooks_mbo_2024-05-08T00-00-00_2024-05-08T00-00-02.dbn.zst"
+    rows = list(stored_rows(r for r in MboReader(path) if isinstance(r, MboRecord)))
+    ends = [(r.ts, r.seq) for r in rows if r.flags & 128]
+    assert len(ends) < len(rows)  # events of several records
+    with ledger.open(database_url.render_as_string(hide_password=False)) as lg:
+        lg.ingest_dbn(path)
+        [stream] = lg.streams()
+        table = lg.l2(stream, 3, every="20ms")
+        samples = _samples(table, 3)
+        assert len(samples) == 100  # 00:00:00.000 through 00:00:01.980
+        checked = 0
+        for time, seq, bids, asks in samples[::7]:
+            at = EPOCH + timedelta(microseconds=time)
+            end_seq = max(s for ts, s in ends if ts <= at)
+            assert seq == end_seq
+            view = lg.book(stream, at_seq=end_seq)
+            assert [tuple(level) for level in view.book.levels(BUY, 3)] == bids
+            assert [tuple(level) for level in view.book.levels(SELL, 3)] == asks
+            checked += 1
+        assert checked == 15
+        trades = lg.trades(stream)
+        fills = [r for r in rows if r.kind == "fill"]
+        assert sorted(trades["maker_id"].to_pylist()) == sorted(r.order_id for r in fills)

@@ -288,10 +288,11 @@ def _replay(engine: Engine, stream: str, bounds: SeqRange, depth: int, every: in
     rules = proj.rules
     expected = after + 1
     skip_until: int | None = None
-    for rows in read_ahead(engine, stream_id, after=after, upto=bounds.last, chunk=20_000):
+    dense, extra = sources.venue.dense_seqs, sources.venue.fields
+    for rows in read_ahead(engine, stream_id, after=after, upto=bounds.last, chunk=20_000, extra=extra):
         rest = rows if skip_until is None else [r for r in rows if r[0] > skip_until]
         while rest:
-            segment, gap = contiguous(rest, expected)
+            segment, gap = contiguous(rest, expected, dense=dense)
             if segment:
                 yield from sampler.feed(rules.events(segment))
             if gap is None:

@@ -121,7 +121,8 @@ def trades_batches(
 
     with engine.connect() as conn:
         stream_id = Streams(conn).get(stream)
-        rules = venue(Streams(conn).source(stream_id)).rules()
+        found = venue(Streams(conn).source(stream_id))
+        rules = found.rules()
         bounds = seq_range(conn, stream_id, start=start, end=end)
         scale = 0 if bounds is None else EventRows(conn, stream_id, start=bounds.first, end=bounds.last).scale()
     number = decimal_type(scale)
@@ -150,7 +151,10 @@ def trades_batches(
             return
         tape = TradeTape()
         rows: list[TradeRow] = []
-        for records in read_ahead(engine, stream_id, after=bounds.first - 1, upto=bounds.last, chunk=20_000):
+        records_read = read_ahead(
+            engine, stream_id, after=bounds.first - 1, upto=bounds.last, chunk=20_000, extra=found.fields
+        )
+        for records in records_read:
             rows += tape.feed(rules.events(records))
             while len(rows) >= chunk:
                 yield batch(rows[:chunk])
