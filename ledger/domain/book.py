@@ -204,14 +204,15 @@ class Book:
         else:
             orders = self.ask_orders
             level = self.asks.get(price)
-        resting = orders.get(order_id)
-        if resting is not None:
+        # Order(...) inlined: no __init__ frame on the hottest path.
+        order = _new_order(Order)
+        resting = orders.setdefault(order_id, order)  # one lookup for the usual case
+        if resting is not order:
             # The venue reused an id that is still resting: the new order replaces it.
             self.anomalies["add_existing_order"] += 1
             self._unlink(resting)
+            orders[order_id] = order
             level = (self.bids if side == BUY else self.asks).get(price)  # it may have gone
-        # Order(...) inlined: no __init__ frame on the hottest path.
-        orders[order_id] = order = _new_order(Order)
         order.order_id = order_id
         order.side = side
         order.price = price
