@@ -183,8 +183,16 @@ def _heat_map(ax: Any, fig: Any, book: dict[str, Any], step: timedelta, np: Any)
     shown = ~np.isnan(prices) & (prices >= low) & (prices <= high)
     if not shown.any():
         return
-    bins = 240
-    rows = np.clip(((prices[shown] - low) / (high - low) * (bins - 1)).round().astype(int), 0, bins - 1)
+    # One row per price tick when there are at most 1,000 of them (each level a band), else
+    # 240 rows over the window.
+    distinct = np.unique(prices[shown])
+    tick = float(np.min(np.diff(distinct))) if len(distinct) > 1 else 1.0
+    base, top = float(distinct[0]), float(distinct[-1])
+    bins = round((top - base) / tick) + 1
+    if bins > 1000:
+        base, top, bins = low, high, 240
+        tick = (top - base) / (bins - 1)
+    rows = np.clip(((prices[shown] - base) / tick).round().astype(int), 0, bins - 1)
     grid = np.zeros((bins, len(book["time"])))
     cols = np.broadcast_to(np.arange(len(book["time"]))[:, None], prices.shape)
     np.add.at(grid, (rows, cols[shown]), sizes[shown])
@@ -194,12 +202,11 @@ def _heat_map(ax: Any, fig: Any, book: dict[str, Any], step: timedelta, np: Any)
 
     first = mdates.date2num(book["time"][0])  # type: ignore[no-untyped-call]
     last = mdates.date2num(book["time"][-1] + np.timedelta64(step // timedelta(microseconds=1), "us"))  # type: ignore[no-untyped-call]
-    pad = (high - low) / bins / 2
     image = ax.imshow(
         grid,
         origin="lower",
         aspect="auto",
-        extent=(first, last, low - pad, high + pad),
+        extent=(first, last, base - tick / 2, base + (bins - 1) * tick + tick / 2),
         cmap="Blues",
         norm=LogNorm(vmin=max(float(np.nanmin(grid)), 1e-12), vmax=max(float(np.nanmax(grid)), 1e-12)),
         interpolation="nearest",
