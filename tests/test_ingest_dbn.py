@@ -115,7 +115,7 @@ def test_two_days_of_esh4_project_to_the_naive_model(engine: Engine) -> None:
         assert side == {"B": "B", "A": "S", "N": None}[r.side.value]
         assert units(price) == r.price
         assert order_id == (None if r.order_id == 0 and r.action.value not in "ACM" else str(r.order_id))
-        assert seq // 1000 >= r.ts_recv // 1000  # the key begins with the receive time
+        assert seq >= r.ts_recv  # the key is the receive time in ns, or just after it
 
 
 def _us(ts: Any) -> int:
@@ -480,3 +480,15 @@ def test_watch_shows_the_book_only_at_event_ends(engine: Engine, tmp_path: Path)
     assert [(lv.price, lv.size) for lv in view.bids] == [(4799, 5)] and [(lv.price, lv.size) for lv in view.asks] == [
         (4801, 1)
     ]
+
+
+def test_files_cut_inside_one_microsecond_keep_every_record(engine: Engine, tmp_path: Path) -> None:
+    """Two files that meet inside one microsecond of ts_recv (a request ending at a
+    nanosecond): each record keeps its own key, nothing is taken for a duplicate."""
+    t = 1_703_462_400_000_000_000
+    first = metadata() + mbo(order_id=1, ts_recv=t + 100) + mbo(order_id=2, ts_recv=t + 200)
+    second = metadata() + mbo(order_id=3, ts_recv=t + 700)
+    a = ingest_dbn(engine, write(tmp_path, "a.dbn", first))
+    b = ingest_dbn(engine, write(tmp_path, "b.dbn", second))
+    assert (a.events_stored, b.events_stored, b.duplicates, b.rejects) == (2, 1, 0, 0)
+    assert [row[0] - t for row in _events(engine, ESH4)] == [100, 200, 700]

@@ -39,7 +39,6 @@ from ledger.storage.copy import NULL
 __all__ = [
     "KINDS",
     "PRICE_SCALE",
-    "SEQ_PER_MICROSECOND",
     "CopyLines",
     "DbnError",
     "MboReader",
@@ -648,7 +647,7 @@ class MboReader:
                         day = seconds[second] = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(second))
                     ts = f"{day}.{fraction:06d}+00"
                 cell = stream[3]
-                seq = us * SEQ_PER_MICROSECOND
+                seq = ts_recv
                 if seq <= cell[0]:
                     seq = cell[0] + 1
                 cell[0] = seq
@@ -726,22 +725,20 @@ def _byte(value: int) -> str:
 
 # -- stored rows ---------------------------------------------------------------------------
 
-#: Records of one stream within one microsecond of ts_recv that keep their own keys.
-SEQ_PER_MICROSECOND = 1000
 _SEQ_MAX = 2**63 - 1
 
 
 class Sequencer:
     """The event key of each record of a stream (``docs/venues/databento.md``): its ts_recv
-    in microseconds times 1000 plus its position among the stream's records of that
-    microsecond; a record whose key would not be above the stream's previous one takes the
-    previous + 1 (the 1001st record of one microsecond, a ts_recv that goes back). So seqs
-    are unique and increasing in file order per stream, and the same file gives the same
-    seqs every time. Fits int64 until the year 2262.
+    in nanoseconds; a record whose key would not be above the stream's previous one takes
+    the previous + 1 (the records of one exchange event or one snapshot, which share their
+    ts_recv, take the nanoseconds after it; a ts_recv that goes back). So seqs are unique
+    and increasing in file order per stream, and the same file gives the same seqs every
+    time. Fits int64 until the year 2262.
 
         >>> s = Sequencer()
-        >>> [s("ES", t) for t in (1703462400000000000, 1703462400000000000, 1703462400000000999, 1703462400000001000)]
-        [1703462400000000000, 1703462400000000001, 1703462400000000002, 1703462400000001000]
+        >>> [s("ES", t) for t in (1703462400000000000, 1703462400000000000, 1703462400000000001, 1703462400000000700)]
+        [1703462400000000000, 1703462400000000001, 1703462400000000002, 1703462400000000700]
     """
 
     __slots__ = ("_last",)
@@ -750,7 +747,7 @@ class Sequencer:
         self._last: dict[Hashable, int] = {}
 
     def __call__(self, stream: Hashable, ts_recv: int) -> int:
-        seq = ts_recv // 1000 * SEQ_PER_MICROSECOND
+        seq = ts_recv
         last = self._last.get(stream)
         if last is not None and seq <= last:
             seq = last + 1
@@ -829,7 +826,7 @@ def keyed_rows(
         if us != last_us:
             last_us, ts = us, epoch + timedelta(microseconds=us)
         key = (item[2], item[15]) if stream is None else stream(item)
-        seq = us * SEQ_PER_MICROSECOND
+        seq = ts_recv
         last = lasts.get(key)
         if last is not None and seq <= last:
             seq = last + 1
