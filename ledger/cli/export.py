@@ -77,43 +77,52 @@ def _range_options(noun: str) -> Callable[[F], F]:
     return decorate
 
 
+def _export_command(what: str, default: str, noun: str) -> Callable[[F], F]:
+    """The options every export takes: STREAM, -o, -f, --from/--to (and a one-line error)."""
+
+    def decorate(f: F) -> F:
+        f = fail_on_ledger_error(_range_options(noun)(f))
+        f = _output_option(what, default)(_format_option(default)(f))
+        return export.command(what, epilog=STREAM_NAME_HELP)(click.argument("stream", type=STREAM)(f))  # type: ignore[return-value]
+
+    return decorate
+
+
 def _export(
-    ledger: Ledger,
     what: str,
     noun: str,
     stream: str,
     output: str | None,
     fmt: str | None,
-    bounds: tuple[int | datetime | None, int | datetime | None],
+    start: str | None,
+    end: str | None,
     options: dict[str, Any] | None = None,
 ) -> None:
-    """Write ``what`` to ``output`` (a file by :func:`write_file`'s rule, or '-' for stdout)
-    in ``fmt`` (else the output's suffix, else the export's default) and say how many rows,
-    on stderr when the rows may be on stdout."""
+    """Write ``what`` from --from through --to to ``output`` (a file by :func:`write_file`'s
+    rule, or '-' for stdout) in ``fmt`` (else the output's suffix, else the export's default)
+    and say how many rows, on stderr when the rows may be on stdout."""
+    low, high = parse_range(start, end)
     if fmt is None:
         default = _DEFAULT_FORMAT[what]
         fmt = _FORMATS.get(Path(output).suffix.lower(), default) if output not in (None, "-") else default
-    low, high = bounds
+    with open_ledger() as ledger:
+        if what == "l1":
+            _check_projection(ledger, stream)
 
-    def write(out: IO[bytes]) -> int:
-        if fmt == "parquet":
-            return ledger.export_parquet(what, stream, out, start=low, end=high, **(options or {}))
-        return ledger.export_csv(what, stream, out, start=low, end=high, **(options or {}))
+        def write(out: IO[bytes]) -> int:
+            if fmt == "parquet":
+                return ledger.export_parquet(what, stream, out, start=low, end=high, **(options or {}))
+            return ledger.export_csv(what, stream, out, start=low, end=high, **(options or {}))
 
-    if output == "-":
-        _write_stdout(write)
-        return
-    count, written, replaced = write_file(Path(output or f"{what}_{_safe_name(stream)}.{fmt}"), write)
+        if output == "-":
+            _write_stdout(write)
+            return
+        count, written, replaced = write_file(Path(output or f"{what}_{_safe_name(stream)}.{fmt}"), write)
     # Written through (/dev/stdout, a FIFO), the rows may be on stdout: the note is not.
     click.echo(f"wrote {count} {noun} of {printable(stream)} to {printable(written)}", err=not replaced)
 
 
-@export.command("l1", epilog=STREAM_NAME_HELP)
-@click.argument("stream", type=STREAM)
-@_output_option("l1", "csv")
-@_format_option("csv")
-@_range_options("row")
-@fail_on_ledger_error
+@_export_command("l1", "csv", "row")
 def export_l1(stream: str, output: str | None, fmt: str | None, start: str | None, end: str | None) -> None:
     """Write a stream's L1 rows as CSV: time,bid_price,ask_price,bid_size,ask_size,seq_num.
 
@@ -137,14 +146,10 @@ def export_l1(stream: str, output: str | None, fmt: str | None, start: str | Non
       ledger export l1 csv:l3_data_v3.1 --from 1627942268920660000 --to '2021-08-03 06:00' -o -
       ledger export l1 csv:l3_data_v3.1 -f parquet --from '2021-08-03 05:00' --to '2021-08-03 06:00'
     """
-    low, high = parse_range(start, end)
-    with open_ledger() as ledger:
-        _check_projection(ledger, stream)
-        _export(ledger, "l1", "L1 rows", stream, output, fmt, (low, high))
+    _export("l1", "L1 rows", stream, output, fmt, start, end)
 
 
-@export.command("l2", epilog=STREAM_NAME_HELP)
-@click.argument("stream", type=STREAM)
+@_export_command("l2", "parquet", "event")
 @click.option("-n", "--depth", type=click.IntRange(min=1), default=10, show_default=True, help="Levels per side.")
 @click.option("--every", default=None, help="Sample every DURATION of event time: 1s, 250ms, 5m, 1h (us ms s m h d).")
 @click.option("--on-change", is_flag=True, help="Sample each time the top N levels change (at the end of an event).")
@@ -155,10 +160,6 @@ def export_l1(stream: str, output: str | None, fmt: str | None, start: str | Non
     show_default=True,
     help="wide: one row per sample; long: one row per sample, side and level.",
 )
-@_output_option("l2", "parquet")
-@_format_option("parquet")
-@_range_options("event")
-@fail_on_ledger_error
 def export_l2(
     stream: str,
     depth: int,
@@ -202,18 +203,11 @@ def export_l2(
             parse_duration(every)
         except ValueError as e:
             raise click.BadParameter(str(e), param_hint="--every") from None
-    low, high = parse_range(start, end)
     options = {"depth": depth, "every": every, "on_change": on_change, "layout": layout}
-    with open_ledger() as ledger:
-        _export(ledger, "l2", "L2 rows", stream, output, fmt, (low, high), options)
+    _export("l2", "L2 rows", stream, output, fmt, start, end, options)
 
 
-@export.command("trades", epilog=STREAM_NAME_HELP)
-@click.argument("stream", type=STREAM)
-@_output_option("trades", "parquet")
-@_format_option("parquet")
-@_range_options("event")
-@fail_on_ledger_error
+@_export_command("trades", "parquet", "event")
 def export_trades(stream: str, output: str | None, fmt: str | None, start: str | None, end: str | None) -> None:
     """Write every execution of a stream: seq, time, price, size, aggressor (B, S, or empty
     where nothing says it), maker_id, taker_id (empty where the venue does not say).
@@ -227,17 +221,10 @@ def export_trades(stream: str, output: str | None, fmt: str | None, start: str |
       ledger export trades csv:l3_data_v3.1 -o trades.parquet
       ledger export trades csv:l3_data_v3.1 -f csv -o - | head
     """
-    low, high = parse_range(start, end)
-    with open_ledger() as ledger:
-        _export(ledger, "trades", "trades", stream, output, fmt, (low, high))
+    _export("trades", "trades", stream, output, fmt, start, end)
 
 
-@export.command("events", epilog=STREAM_NAME_HELP)
-@click.argument("stream", type=STREAM)
-@_output_option("events", "parquet")
-@_format_option("parquet")
-@_range_options("event")
-@fail_on_ledger_error
+@_export_command("events", "parquet", "event")
 def export_events(stream: str, output: str | None, fmt: str | None, start: str | None, end: str | None) -> None:
     """Write a stream's parsed events (the log): seq, time, kind, order_id, side, price,
     size (exact decimals); Parquet in zstd row groups of 100,000 events.
@@ -247,9 +234,7 @@ def export_events(stream: str, output: str | None, fmt: str | None, start: str |
       ledger export events csv:l3_data_v3.1 -o events.parquet
       ledger export events coinbase:BTC-USD --from 2026-11-30T12:00 --to 2026-11-30T13:00
     """
-    low, high = parse_range(start, end)
-    with open_ledger() as ledger:
-        _export(ledger, "events", "events", stream, output, fmt, (low, high))
+    _export("events", "events", stream, output, fmt, start, end)
 
 
 def parse_range(start: str | None, end: str | None) -> tuple[int | datetime | None, int | datetime | None]:
