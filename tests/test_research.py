@@ -197,3 +197,19 @@ def test_the_readme_research_section_runs_as_written(
     assert depth.num_rows == 39_399 and depth.column_names[2] == "bid_price_1"  # type: ignore[attr-defined]
     assert namespace["trades"].num_rows == 4  # type: ignore[attr-defined]
     assert len(namespace["frame"]) == 39_399  # type: ignore[arg-type]
+
+
+def test_events_as_csv(projected: ledger.Ledger, db_env: dict[str, str], tmp_path: Path) -> None:
+    out = tmp_path / "events.csv"
+    result = CliRunner().invoke(cli, ["export", "events", STREAM, "-o", str(out)])  # -f from the suffix
+    assert result.exit_code == 0, result.output
+    with out.open(encoding="utf-8", newline="") as fp:
+        rows = list(csv.DictReader(fp))
+    table = projected.events(STREAM).to_pylist()
+    assert len(rows) == len(table) == 34_247
+    for got, want in zip(rows[::997], table[::997], strict=True):
+        assert int(got["seq"]) == want["seq"] and got["kind"] == want["kind"]
+        assert got["time"] == want["time"].isoformat(timespec="microseconds")
+        assert got["order_id"] == (want["order_id"] or "") and got["side"] == (want["side"] or "")
+        for name in ("price", "size"):
+            assert (Decimal(got[name]) if got[name] else None) == want[name]
