@@ -22,6 +22,7 @@ from click.testing import CliRunner
 from sqlalchemy.engine import URL, Engine
 
 from ledger.cli import cli
+from ledger.errors import InputError
 from ledger.services.ingest.dbn_file import dbn_inputs, ingest_dbn, stream_name
 from ledger.services.project.batch import project
 from tests.children import track
@@ -492,3 +493,66 @@ def test_files_cut_inside_one_microsecond_keep_every_record(engine: Engine, tmp_
     b = ingest_dbn(engine, write(tmp_path, "b.dbn", second))
     assert (a.events_stored, b.events_stored, b.duplicates, b.rejects) == (2, 1, 0, 0)
     assert [row[0] - t for row in _events(engine, ESH4)] == [100, 200, 700]
+
+
+def _stop_after(position: int) -> tuple[Any, Any]:
+    """A stop request made once the input has been read past ``position`` bytes."""
+    from ledger.services.ingest.csv_file import StopReading
+
+    stop = StopReading()
+    return stop, lambda done: stop.request() if done > position else None
+
+
+def test_a_damaged_zstd_frame_stores_nothing_and_the_repaired_file_everything(engine: Engine, tmp_path: Path) -> None:
+    path = tmp_path / "esh4.dbn.zst"
+    damaged = bytearray(ESH4_DAY.read_bytes())
+    damaged[500_000] ^= 0x10  # one bit, in the middle of a frame: caught only by its checksum
+    path.write_bytes(bytes(damaged))
+    with pytest.raises(Exception, match="corrupt zstd data"):
+        ingest_dbn(engine, path)
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM events")).scalar_one() == 0
+    shutil.copy(ESH4_DAY, path)  # repaired at the same path
+    summary = ingest_dbn(engine, path)
+    assert (summary.events_stored, summary.duplicates, summary.rejects) == (68_792, 0, 0)
+    assert [bytes.fromhex(row[7]) for row in _events(engine, ESH4)] == [bytes(r) for r in decoded(ESH4_DAY)[1]]
+
+
+def test_resuming_follows_each_streams_own_checkpoint(engine: Engine) -> None:
+    """A run stopped while writing one stream name, then the file again under another
+    name: the other name has no checkpoint, so it takes every record."""
+    stop, progress = _stop_after(300_000)
+    first = ingest_dbn(engine, ESH4_DAY, stream="mine", stop=stop, progress=progress, batch_size=5_000)
+    assert first.interrupted and 0 < first.events_stored < 68_792
+    again = ingest_dbn(engine, ESH4_DAY)
+    assert again.resumed_from_record is None and again.events_stored == 68_792
+    resumed = ingest_dbn(engine, ESH4_DAY, stream="mine")
+    assert resumed.resumed_from_record is not None
+    assert first.events_stored + resumed.events_stored == 68_792 and resumed.duplicates == 0
+    assert _events(engine, "mine") == _events(engine, ESH4)
+
+
+def test_no_resume_reads_everything_and_leaves_a_complete_checkpoint(engine: Engine) -> None:
+    stop, progress = _stop_after(300_000)
+    ingest_dbn(engine, ESH4_DAY, stop=stop, progress=progress, batch_size=5_000)
+    whole = ingest_dbn(engine, ESH4_DAY, resumable=False)
+    assert whole.resumed_from_record is None and whole.events_stored + whole.duplicates == 68_792
+    with engine.connect() as conn:
+        (complete,) = conn.execute(sa.text("SELECT complete FROM ingest_checkpoints")).one()
+    assert complete is True
+    after = ingest_dbn(engine, ESH4_DAY)
+    assert after.resumed_from_record is None and after.duplicates == 68_792
+
+
+def test_stream_names_one_instrument_across_inputs(engine: Engine, db_env: dict[str, str]) -> None:
+    result = CliRunner().invoke(cli, ["ingest", "dbn", str(ESM4_CLEAR), str(ESH4_DAY), "-s", "mix"], env=db_env)
+    assert result.exit_code == 1
+    assert "more than one instrument (" in result.output
+    assert len(_events(engine, "mix")) == 68_792  # the first file in time order: ESH4 (2023), then ESM4 (2024)
+
+
+def test_one_symbol_from_two_publishers_is_refused_not_merged(engine: Engine, tmp_path: Path) -> None:
+    records = [mbo(order_id=1, publisher_id=1), mbo(order_id=2, publisher_id=2)]
+    with pytest.raises(InputError, match="comes from publishers 1 and 2"):
+        ingest_dbn(engine, write(tmp_path, "two.dbn", metadata() + b"".join(records)))
+    assert len(_events(engine, ESH4)) == 1

@@ -471,12 +471,18 @@ class Checkpoints:
             int(row.rejects),
         )
 
-    def of_source(self, source: str) -> dict[int, Checkpoint]:
-        """stream id -> checkpoint, for every stream that ``source`` was ingested into."""
+    def of_source(self, source: str) -> dict[str, tuple[int, Checkpoint]]:
+        """stream name -> (stream id, checkpoint), for every stream ``source`` was ingested into."""
         found = self._conn.execute(
-            sa.select(ingest_checkpoints.c.stream_id).where(ingest_checkpoints.c.source == source)
-        ).scalars()
-        return {int(stream_id): cp for stream_id in found if (cp := self.get(int(stream_id), source)) is not None}
+            sa.select(ingest_checkpoints.c.stream_id, streams.c.name)
+            .join(streams, streams.c.id == ingest_checkpoints.c.stream_id)
+            .where(ingest_checkpoints.c.source == source)
+        ).all()
+        return {
+            name: (int(stream_id), cp)
+            for stream_id, name in found
+            if (cp := self.get(int(stream_id), source)) is not None
+        }
 
     def put(self, stream_id: int, source: str, checkpoint: Checkpoint) -> None:
         values = {

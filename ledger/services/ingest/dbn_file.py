@@ -70,6 +70,9 @@ MULTI_PUBLISHER_DATASETS = frozenset(
     {"DBEQ.BASIC", "DBEQ.PLUS", "DBEQ.MAX", "EQUS.PLUS", "EQUS.ALL", "EQUS.MINI", "XNAS.BASIC", "OPRA.PILLAR"}
 )
 _FINGERPRINT_SPAN = 1 << 16
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+# The fingerprint of an input that is never resumed (a stream, or --no-resume).
+_NO_FINGERPRINT = "-"
 _SUFFIXES = (".dbn", ".dbn.zst")
 
 
@@ -223,6 +226,7 @@ def ingest_dbn_inputs(
     stop = stop or StopReading()
     summaries: list[DbnIngestSummary] = []
     failures: list[InputError] = []
+    names = _Names(stream)
     with engine.connect() as conn, engine.connect() as lookups:
         run = _Run(conn)
         writer = _Writer(run)
@@ -234,16 +238,22 @@ def ingest_dbn_inputs(
                     break
                 handle, name = given.open()
                 with handle:
-                    fingerprint = _fingerprint(handle) if given.resumable else None
+                    regular = _is_regular(handle)
+                    fingerprint = _fingerprint(handle) if given.resumable and regular else None
                     current = _Input(lookups, DbnIngestSummary(source=name), fingerprint)
                     summaries.append(current.summary)
+                    damaged = _verify(handle, name) if regular else None
+                    if damaged is not None:  # nothing of it is stored
+                        current.summary.error = str(damaged)
+                        failures.append(damaged)
+                        continue
 
                     def moved(position: int, before: int = before) -> None:
                         if progress is not None:
                             progress(before + position)
 
                     counting = _Counting(handle, stop, moved)
-                    failure = _read(current, counting, writer, stream, batch_size, stop)
+                    failure = _read(current, counting, writer, names, batch_size, stop)
                     if failure is not None:
                         failures.append(failure)
                     before += counting.done
@@ -264,7 +274,7 @@ def _read(
     current: _Input,
     counting: _Counting,
     writer: _Writer,
-    rename: str | None,
+    names: _Names,
     batch_size: int,
     stop: StopReading,
 ) -> InputError | None:
@@ -273,8 +283,7 @@ def _read(
     summary = current.summary
     reader = MboReader(counting, name=summary.source)  # type: ignore[arg-type]
     sequencer = Sequencer()
-    names: dict[Any, str] = {}
-    resume_from = current.resume_from
+    resume = current.resume
     batch = _Batch(current)
     failure: InputError | None = None
     try:
@@ -282,9 +291,12 @@ def _read(
             if not summary.dataset:
                 summary.dataset = reader.dataset
             for key, rows in chunk.lines.items():
-                stream = names.get(key) or _name(names, key, reader.dataset, rename, summary.source)
-                if rows[0][1] <= resume_from:  # stored by the killed run this one resumes
-                    rows = [row for row in rows if row[1] > resume_from]
+                stream = names.of(reader.dataset, key, summary.source)
+                done = resume.get(stream, 0)
+                if rows[0][1] <= done:  # stored by the killed run this one resumes
+                    if summary.resumed_from_record is None or summary.resumed_from_record > done + 1:
+                        summary.resumed_from_record = done + 1
+                    rows = [row for row in rows if row[1] > done]
                     if not rows:
                         continue
                 known = batch.rows.get(stream)
@@ -294,10 +306,9 @@ def _read(
                     known.extend(rows)
                 batch.count += len(rows)
             for reject in chunk.rejects:
-                if reject.record_no > resume_from:
-                    publisher = int.from_bytes(reject.raw[2:4], "little") if len(reject.raw) >= 4 else 0
-                    key = (reject.symbol, publisher)
-                    stream = names.get(key) or _name(names, key, reader.dataset, rename, summary.source)
+                publisher = int.from_bytes(reject.raw[2:4], "little") if len(reject.raw) >= 4 else 0
+                stream = names.of(reader.dataset, (reject.symbol, publisher), summary.source)
+                if reject.record_no > resume.get(stream, 0):
                     batch.rejects.setdefault(stream, []).append(
                         Reject(reject.record_no, reject.raw.hex(), reject.reason)
                     )
@@ -320,51 +331,81 @@ def _read(
     return failure
 
 
-def _name(names: dict[Any, str], key: Any, dataset: str, rename: str | None, source: str) -> str:
-    """The stream of a stream key seen for the first time (see the module's rules)."""
-    symbol, publisher = key
-    if rename is not None:
-        if names:
-            (first,) = {k[0] for k in names}
+class _Names:
+    """The stream of each instrument (dataset, symbol, publisher) of a run's inputs.
+
+    Rules: ``stream`` (``--stream``) names the one instrument of all the run's inputs: a
+    second one, in the same input or another, is an error of the input it shows in. Else
+    each instrument is :func:`stream_name`'s; two that would share a name (a symbol from
+    two publishers in a dataset not known to have several) are an error too: one book per
+    venue, never two venues' orders in one book."""
+
+    def __init__(self, rename: str | None) -> None:
+        self._rename = rename
+        self._names: dict[tuple[str, str, int], str] = {}
+        self._owners: dict[str, tuple[str, str, int]] = {}
+
+    def of(self, dataset: str, key: tuple[str, int], source: str) -> str:
+        instrument = (dataset, *key)
+        name = self._names.get(instrument)
+        if name is not None:
+            return name
+        name = self._rename if self._rename is not None else stream_name(dataset, *key)
+        owner = self._owners.get(name)
+        if owner is not None:
+            (_, first, first_publisher), (_, symbol, publisher) = owner, instrument
+            if self._rename is not None:
+                raise InputError(
+                    f"{source}: --stream {self._rename!r} names one stream, but the inputs hold more than one "
+                    f"instrument ({first}, {symbol}); leave --stream out to give each its own stream"
+                )
             raise InputError(
-                f"{source}: --stream {rename!r} names one stream, but the input holds more than one "
-                f"instrument ({first}, {symbol}); leave --stream out to give each its own stream"
+                f"{source}: symbol {symbol} of {dataset} comes from publishers {first_publisher} and {publisher}, "
+                f"which would share stream {name!r}; ledger keeps one book per venue and does not know this "
+                "dataset to have several: ingest one publisher's records"
             )
-        name = rename
-    else:
-        name = stream_name(dataset, symbol, publisher)
-    names[key] = name
-    return name
+        self._names[instrument] = name
+        self._owners[name] = instrument
+        return name
 
 
 class _Input:
-    """One input of a run: its summary, resume point and what the writer did for it per
-    stream (counts, the killed run's counts it carries on from)."""
+    """One input of a run: its summary, where each of its streams resumes, and what the
+    writer did for it per stream (counts, the killed run's counts it carries on from).
+
+    Rule: a stream resumes after the record number of its own checkpoint for this input
+    (all the stream's records up to it are stored), when the checkpoint is of this very
+    file (fingerprint) and not complete; a stream without one (another ``--stream``, a
+    stream the killed run never reached) takes every record. A stream input (stdin) or a
+    run told not to resume reads everything; its checkpoints are written all the same,
+    with no fingerprint, so that they never resume anything."""
 
     def __init__(self, lookups: Connection, summary: DbnIngestSummary, fingerprint: str | None) -> None:
         self.summary = summary
-        self.fingerprint = fingerprint
+        self.fingerprint = fingerprint or _NO_FINGERPRINT
         self.started = time.perf_counter()
-        self.resume_from = 0
-        self.checkpoints: dict[int, Checkpoint] = {}
-        #: stream name -> (stream id, counts of the killed run resumed)
-        self.streams: dict[str, tuple[int, tuple[int, int, int]]] = {}
+        #: stream name -> the last record number the killed run stored for it
+        self.resume: dict[str, int] = {}
+        #: stream name -> counts of the killed run resumed
+        self._bases: dict[str, tuple[int, int, int]] = {}
+        #: stream name -> stream id, the streams this input wrote
+        self.streams: dict[str, int] = {}
         if fingerprint is not None:
             found = Checkpoints(lookups).of_source(summary.source)
             lookups.commit()
-            usable = [cp for cp in found.values() if cp.fingerprint == fingerprint]
-            if usable and len(usable) == len(found) and not any(cp.complete for cp in usable):
-                self.checkpoints = found
-                self.resume_from = min(cp.lines_done for cp in usable)
-                summary.resumed_from_record = self.resume_from + 1
+            for name, (_, cp) in found.items():
+                if cp.fingerprint == fingerprint and not cp.complete:
+                    self.resume[name] = cp.lines_done
+                    self._bases[name] = (cp.events_stored, cp.duplicates, cp.rejects)
 
     def stream(self, name: str, stream_id: int) -> None:
-        """The input writes ``name`` (from now on, its checkpoints include it)."""
+        """The input writes ``name``."""
         if name not in self.streams:
-            cp = self.checkpoints.get(stream_id)
-            base = (0, 0, 0) if cp is None else (cp.events_stored, cp.duplicates, cp.rejects)
-            self.streams[name] = (stream_id, base)
+            self.streams[name] = stream_id
             self.summary.streams.setdefault(name, StreamCounts(name))
+
+    def base(self, name: str) -> tuple[int, int, int]:
+        return self._bases.get(name, (0, 0, 0))
 
 
 @dataclass
@@ -418,9 +459,9 @@ class _Run:
         """Store one batch in one transaction (called from the writer thread only)."""
         conn, current = self.conn, batch.input
         summary = current.summary
-        for name in {**batch.rows, **batch.rejects}:
-            current.stream(name, self._stream(name).stream_id)
         try:
+            for name in {**batch.rows, **batch.rejects}:
+                current.stream(name, self._stream(name).stream_id)
             with conn.begin():
                 log = EventLog(conn)
                 parts: list[tuple[int, list[bytes]]] = []
@@ -443,7 +484,7 @@ class _Run:
                 f"storing records up to {batch.records} of {summary.source} failed: {first_line(e)}. "
                 "Run the same command again: it resumes after the last stored batch"
             ) from e
-        summary.records = batch.records - current.resume_from
+        summary.records = batch.records - (min(current.resume.values()) if current.resume else 0)
         for name, (seqs, duplicates, conflicting) in found.items():
             state = self.streams[name]
             if seqs:
@@ -459,14 +500,16 @@ class _Run:
             summary.seconds = time.perf_counter() - current.started
 
     def _checkpoint(self, batch: _Batch, found: dict[str, Any]) -> None:
-        """Every stream of the input so far: done up to the batch's last record."""
+        """The streams of the batch (of the whole input at its last batch): done up to the
+        batch's last record. A stream the batch does not touch keeps its checkpoint: it has
+        no records since, so resuming after it loses nothing."""
         current = batch.input
-        if current.fingerprint is None:
-            return
         checkpoints = Checkpoints(self.conn)
-        for name, (stream_id, base) in current.streams.items():
+        names = current.streams if batch.last else {**batch.rows, **batch.rejects}
+        for name in names:
+            stream_id = current.streams[name]
             seqs, duplicates, conflicting = found.get(name, ([], 0, []))
-            stored, dups, rejected = base
+            stored, dups, rejected = current.base(name)
             counts = current.summary.streams[name]
             rejects = len(batch.rejects.get(name, [])) + len(conflicting)
             checkpoints.put(
@@ -564,15 +607,37 @@ class _Counting:
         return data
 
 
-def _fingerprint(handle: BinaryIO) -> str | None:
-    """Identifies a regular file's content (its size and first bytes); None for a stream."""
+def _is_regular(handle: BinaryIO) -> bool:
     try:
-        fd = handle.fileno()
-        info = os.fstat(fd)
+        return stat.S_ISREG(os.fstat(handle.fileno()).st_mode)
     except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _verify(handle: BinaryIO, name: str) -> DbnError | None:
+    """For a zstd file, read it whole once before anything is stored: zstd says that data
+    is corrupt only at the end of a frame (its checksum), after the decoder has already
+    given the records decompressed from it, so a damaged frame would otherwise have some of
+    its records stored. The error, or None; the file is read again from its start after.
+    Plain DBN carries no checksum: a damaged record there is an error at that record."""
+    head = os.pread(handle.fileno(), 4, 0)
+    if head != _ZSTD_MAGIC:
         return None
-    if not stat.S_ISREG(info.st_mode):
-        return None
-    digest = hashlib.sha256(str(info.st_size).encode())
+    try:
+        MboReader(handle, name=name).check()
+    except DbnError as e:
+        return e
+    finally:
+        handle.seek(0)
+    return None
+
+
+def _fingerprint(handle: BinaryIO) -> str:
+    """Identifies a regular file's content: its size, modification time and first and last
+    64 KiB (a file repaired or replaced at the same path is not resumed)."""
+    fd = handle.fileno()
+    info = os.fstat(fd)
+    digest = hashlib.sha256(f"{info.st_size} {info.st_mtime_ns}".encode())
     digest.update(os.pread(fd, _FINGERPRINT_SPAN, 0))
+    digest.update(os.pread(fd, _FINGERPRINT_SPAN, max(0, info.st_size - _FINGERPRINT_SPAN)))
     return digest.hexdigest()

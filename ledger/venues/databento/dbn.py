@@ -384,6 +384,18 @@ class MboReader:
         (the ingest's path)."""
         return self._batches(lambda decoded: self._lines(decoded, sequencer))
 
+    def check(self) -> int:
+        """Read the whole input without making anything of its records: the errors of
+        :meth:`batches` (a zstd checksum among them, found only at a frame's end), or the
+        number of records."""
+
+        def count(decoded: list[Any]) -> None:
+            self.records += len(decoded)
+
+        for _ in self._batches(count):
+            pass
+        return self.records
+
     def _batches(self, convert: Callable[[list[Any]], Any]) -> Iterator[Any]:
         if isinstance(self._source, str | Path):
             try:
