@@ -41,24 +41,25 @@ class CoinbaseRules:
     def iter_events(self, rows: Iterable[Sequence[Any]]) -> Iterator[Record]:
         number = self._number
         cached = number.get
+        whole = LAST  # a local: cheaper than a global, read for every row
         for seq, kind, order_id, side, price_text, size_text, ts in rows:
             if kind == "done":
-                yield ("delete", seq, ts, LAST, None, order_id, side, True)
+                yield ("delete", seq, ts, whole, None, order_id, side, True)
             elif kind in _NO_CHANGE:
-                yield ("mark", seq, ts, LAST, None)
+                yield ("mark", seq, ts, whole, None)
             elif kind == "match":  # order_id is the maker's; the taker took the other side
                 price = cached(price_text) or number(seq, price_text)
                 size = cached(size_text) or number(seq, size_text)
-                yield ("fill", seq, ts, LAST, None, order_id, side, price, size, True, _OTHER_SIDE[side], None)
+                yield ("fill", seq, ts, whole, None, order_id, side, price, size, True, _OTHER_SIDE[side], None)
             elif kind == "open":
                 if side is None:
                     raise StreamError(f"seq {seq}: an open without a side")
                 price = cached(price_text) or number(seq, price_text)
                 size = cached(size_text) or number(seq, size_text)
-                yield ("add", seq, ts, LAST, None, order_id, side, price, size)
+                yield ("add", seq, ts, whole, None, order_id, side, price, size)
             elif kind == "change":  # a new size; with modify_order, a new price too
                 new_price = None if price_text is None else cached(price_text) or number(seq, price_text)
                 new_size = None if size_text is None else cached(size_text) or number(seq, size_text)
-                yield ("modify", seq, ts, LAST, None, order_id, side, new_price, new_size, None, True, True)
+                yield ("modify", seq, ts, whole, None, order_id, side, new_price, new_size, None, True, True)
             else:
                 unknown_kind(seq, kind, "the Coinbase feed")

@@ -34,9 +34,10 @@ class CsvRules:
     def iter_events(self, rows: Iterable[Sequence[Any]]) -> Iterator[Record]:
         number = self._number
         cached = number.get
+        whole = LAST  # a local: cheaper than a global, read for every row
         for seq, kind, order_id, side, price_text, size_text, ts in rows:
             if kind == "delete":
-                yield ("delete", seq, ts, LAST, None, order_id, side, False)
+                yield ("delete", seq, ts, whole, None, order_id, side, False)
                 continue
             price = cached(price_text)
             if price is None:
@@ -45,10 +46,10 @@ class CsvRules:
             if size is None:
                 size = number(seq, size_text)
             if kind == "add":
-                yield ("add", seq, ts, LAST, None, order_id, side, price, size)
+                yield ("add", seq, ts, whole, None, order_id, side, price, size)
             elif kind == "trade":  # the trade's price; the resting order loses size, and goes at 0
-                yield ("fill", seq, ts, LAST, None, order_id, side, price, size, False, None, None)
+                yield ("fill", seq, ts, whole, None, order_id, side, price, size, False, None, None)
             elif kind == "update":
-                yield ("modify", seq, ts, LAST, None, order_id, side, price, size, None, False, False)
+                yield ("modify", seq, ts, whole, None, order_id, side, price, size, None, False, False)
             else:
                 unknown_kind(seq, kind, "the L3 CSV format")
