@@ -556,3 +556,41 @@ def test_one_symbol_from_two_publishers_is_refused_not_merged(engine: Engine, tm
     with pytest.raises(InputError, match="comes from publishers 1 and 2"):
         ingest_dbn(engine, write(tmp_path, "two.dbn", metadata() + b"".join(records)))
     assert len(_events(engine, ESH4)) == 1
+
+
+@pytest.mark.parametrize("case", ["flagged clear", "flagged snapshot start", "warning then snapshot"])
+def test_gaps_and_the_l1_marks_agree_on_maybe_bad_periods(engine: Engine, tmp_path: Path, case: str) -> None:
+    """ledger gaps' periods are where the projector's L1 rows carry maybe_bad, and status
+    says whether the book is marked now: the same rule, whatever the order of the marks."""
+    from ledger.services.read.status import gap_rows, stream_status
+
+    t = 1_703_462_400_000_000_000
+    last, bad, snap = 128, 4, 32
+    bid = {"side": dbn.Side.BID, "price": 4_799_000_000_000}
+    ask = {"side": dbn.Side.ASK, "price": 4_800_000_000_000}
+    book = [mbo(order_id=1, ts_recv=t, **bid), mbo(order_id=2, ts_recv=t + 10, **ask)]
+    clear = {"order_id": 0, "action": dbn.Action.CLEAR, "side": dbn.Side.NONE}
+    snapshot = [  # a new book, its first record flagged as the case says
+        mbo(order_id=11, ts_recv=t + 100, flags=snap | (bad if case == "flagged snapshot start" else 0), **bid),
+        mbo(order_id=12, ts_recv=t + 100, flags=snap | last, **ask),
+    ]
+    after = [mbo(order_id=20 + i, ts_recv=t + 200 + i, size=1 + i, **bid) for i in range(3)]
+    if case == "flagged clear":
+        middle = [mbo(ts_recv=t + 50, flags=last | bad, **clear), mbo(order_id=5, ts_recv=t + 60, **bid)]
+        middle += [mbo(order_id=6, ts_recv=t + 70, **ask)]
+    elif case == "flagged snapshot start":
+        middle = snapshot
+    else:
+        middle = [mbo(order_id=3, ts_recv=t + 20, size=3, flags=last | bad, **bid), *snapshot]
+    ingest_dbn(engine, write(tmp_path, "case.dbn", metadata() + b"".join(book + middle + after)))
+    project(engine, streams=[ESH4])
+    with engine.connect() as conn:
+        periods = gap_rows(conn, ESH4, include_closed=True)
+        (status,) = stream_status(conn, ESH4)
+    marked = {seq for seq, flag in _rows(engine, "SELECT seq, maybe_bad FROM l1 WHERE stream_id = :s", ESH4) if flag}
+    l1 = [seq for (seq,) in _rows(engine, "SELECT seq FROM l1 WHERE stream_id = :s", ESH4)]
+    inside = {seq for seq in l1 for p in periods if p["first_seq"] <= seq <= (p["last_seq"] or seq)}
+    assert marked == inside
+    assert status.book_maybe_bad == any(p["status"] == "book_maybe_bad" for p in periods)
+    expected_open = {"flagged clear": False, "flagged snapshot start": True, "warning then snapshot": False}[case]
+    assert status.book_maybe_bad is expected_open

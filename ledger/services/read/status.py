@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy.engine import Connection
 
-from ledger.domain.events import MAYBE_BAD_BOOK, SNAPSHOT
+from ledger.domain.marks import step
 from ledger.services.read.times import iso_time
 from ledger.storage.log import EventLog, GapStore, Rejects, Streams
 from ledger.storage.reports import StatusRows
@@ -125,24 +126,35 @@ def gap_rows(conn: Connection, name: str, *, include_closed: bool = False) -> li
     log = EventLog(conn)
     marks = log.venue_marks(stream_id)
     if marks:
-        periods = maybe_bad_periods(marks, log.seq_range(stream_id)[1])
+
+        def between(first: int, last: int) -> bool:
+            return log.any_between(stream_id, first=first, last=last)
+
+        periods = maybe_bad_periods(marks, log.seq_range(stream_id)[1], between)
         rows += [p for p in periods if include_closed or p["status"] == "book_maybe_bad"]
     return rows
 
 
-def maybe_bad_periods(marks: list[tuple[int, Any, str, int]], last_seq: int | None) -> list[dict[str, Any]]:
-    """Where the venue said the book may be wrong, as gap rows: from a record flagged
-    ``F_MAYBE_BAD_BOOK`` to the record before the next clear or snapshot record
-    (``book_maybe_bad_ended``, ``resolved_by_seq`` the clear or snapshot), or to the end of
-    the log while none came (``book_maybe_bad``). ``missing`` is unknown: the venue does not
-    say what was lost. ``marks``: (seq, ts, kind, flags) in seq order
-    (:meth:`~ledger.storage.log.EventLog.venue_marks`).
+def maybe_bad_periods(
+    marks: list[tuple[int, Any, str, int]], last_seq: int | None, between: Callable[[int, int], bool]
+) -> list[dict[str, Any]]:
+    """Where the venue said the book may be wrong, as gap rows, by the projector's own rule
+    (:func:`ledger.domain.marks.step`) applied to the records that carry a mark: from the
+    record that raised the warning to the record before the one that lifted it (a clear,
+    or the first record of a snapshot run: ``book_maybe_bad_ended``, ``resolved_by_seq``
+    that record), or to the end of the log while it holds (``book_maybe_bad``). ``missing``
+    is unknown: the venue does not say what was lost. ``marks``: (seq, ts, kind, flags) in
+    seq order (:meth:`~ledger.storage.log.EventLog.venue_marks`); ``between(a, b)``: whether
+    the log holds a record with a seq in [a, b] (an unmarked record ends a snapshot run).
 
-    >>> [p["status"] for p in maybe_bad_periods([(5, None, "add", 4), (9, None, "clear", 0), (12, None, "add", 4)], 20)]
-    ['book_maybe_bad_ended', 'book_maybe_bad']
+    >>> marks = [(5, None, "add", 4), (9, None, "clear", 0), (12, None, "clear", 4), (15, None, "add", 4)]
+    >>> [(p["first_seq"], p["status"]) for p in maybe_bad_periods(marks, 20, lambda a, b: True)]
+    [(5, 'book_maybe_bad_ended'), (15, 'book_maybe_bad')]
     """
     out: list[dict[str, Any]] = []
+    in_snapshot = bad = False
     start: tuple[int, Any] | None = None
+    previous: int | None = None
 
     def period(end_seq: int | None, end_ts: Any, last: int | None) -> dict[str, Any]:
         assert start is not None
@@ -158,11 +170,15 @@ def maybe_bad_periods(marks: list[tuple[int, Any, str, int]], last_seq: int | No
         }
 
     for seq, ts, kind, flags in marks:
-        if start is not None and (kind == "clear" or flags & SNAPSHOT):
+        if in_snapshot and previous is not None and seq > previous + 1 and between(previous + 1, seq - 1):
+            in_snapshot = False  # records without a mark came between: the run ended there
+        in_snapshot, now_bad, _ = step(in_snapshot, bad, flags, clear=kind == "clear")
+        if now_bad and not bad:
+            start = (seq, ts)
+        elif bad and not now_bad:
             out.append(period(seq, ts, seq - 1))
             start = None
-        if start is None and flags & MAYBE_BAD_BOOK:
-            start = (seq, ts)
+        bad, previous = now_bad, seq
     if start is not None:
         out.append(period(None, None, last_seq))
     return out
