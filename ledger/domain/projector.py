@@ -40,6 +40,7 @@ from typing import Any
 
 from ledger.domain.book import Book, Level, Top
 from ledger.domain.events import EXACT, LAST, MAYBE_BAD_BOOK, SNAPSHOT, Number, Record
+from ledger.domain.marks import step
 from ledger.domain.snapshot import ProjectorState
 
 __all__ = ["L1Row", "Projector"]
@@ -195,18 +196,13 @@ class Projector:
         return applied
 
     def _flags(self, flags: int) -> None:
-        """The rare flags, looked at before the record is applied: the first record of a
-        run of snapshot records clears the book (the run rebuilds it); a venue's warning
-        that the book may be wrong holds until the next clear or snapshot."""
-        if flags & SNAPSHOT:
-            if not self.in_snapshot:
-                self.book.clear()
-                self.maybe_bad = False
-            self.in_snapshot = not flags & LAST  # the run's last record ends it
-        else:
-            self.in_snapshot = False
-        if flags & MAYBE_BAD_BOOK:
-            self.maybe_bad = True
+        """The rare flags, looked at before the record is applied (the rule of
+        :func:`ledger.domain.marks.step`; a clear lifts the warning as it is applied): the
+        first record of a run of snapshot records clears the book (the run rebuilds it); a
+        venue's warning that the book may be wrong holds until the next clear or snapshot."""
+        self.in_snapshot, self.maybe_bad, starts = step(self.in_snapshot, self.maybe_bad, flags, clear=False)
+        if starts:
+            self.book.clear()
 
     # -- state ---------------------------------------------------------------------------
 
