@@ -594,3 +594,35 @@ def test_gaps_and_the_l1_marks_agree_on_maybe_bad_periods(engine: Engine, tmp_pa
     assert status.book_maybe_bad == any(p["status"] == "book_maybe_bad" for p in periods)
     expected_open = {"flagged clear": False, "flagged snapshot start": True, "warning then snapshot": False}[case]
     assert status.book_maybe_bad is expected_open
+
+
+def test_many_instruments_hold_a_bounded_number_of_locks(
+    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file of more instruments than the run keeps locks for: every record stored once,
+    at most LOCKS_KEPT writer locks held at a time, and the file again is all duplicates."""
+    from ledger.services.ingest import dbn_file
+    from ledger.storage.locks import WRITER_LOCK_CLASS
+
+    monkeypatch.setattr(dbn_file, "LOCKS_KEPT", 8)
+    t = 1_703_462_400_000_000_000
+    records = [mbo(instrument_id=100 + i % 30, order_id=i, ts_recv=t + i * 1000) for i in range(600)]
+    path = write(tmp_path, "many.dbn", metadata() + b"".join(records))
+    held: list[int] = []
+    give_back = dbn_file._Run._give_back_old_locks
+
+    def counting(self: Any) -> None:
+        give_back(self)
+        with engine.connect() as conn:
+            query = (
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = :c"
+                " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+            )
+            held.append(int(conn.execute(sa.text(query), {"c": WRITER_LOCK_CLASS}).scalar_one()))
+
+    monkeypatch.setattr(dbn_file._Run, "_give_back_old_locks", counting)
+    summary = ingest_dbn(engine, path, batch_size=50)
+    assert summary.events_stored == 600 and len(summary.streams) == 30
+    assert held and max(held) <= 8
+    again = ingest_dbn(engine, path, batch_size=50)
+    assert (again.events_stored, again.duplicates) == (0, 600)

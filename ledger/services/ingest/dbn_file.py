@@ -70,6 +70,8 @@ MULTI_PUBLISHER_DATASETS = frozenset(
     {"DBEQ.BASIC", "DBEQ.PLUS", "DBEQ.MAX", "EQUS.PLUS", "EQUS.ALL", "EQUS.MINI", "XNAS.BASIC", "OPRA.PILLAR"}
 )
 _FINGERPRINT_SPAN = 1 << 16
+#: The streams whose writer locks a run keeps (see _Run); also the most a batch may touch.
+LOCKS_KEPT = 256
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 # The fingerprint of an input that is never resumed (a stream, or --no-resume).
 _NO_FINGERPRINT = "-"
@@ -290,6 +292,15 @@ def _read(
         for chunk in reader.copy_lines(sequencer):
             if not summary.dataset:
                 summary.dataset = reader.dataset
+            rejects: dict[str, list[Reject]] = {}
+            for reject in chunk.rejects:
+                publisher = int.from_bytes(reject.raw[2:4], "little") if len(reject.raw) >= 4 else 0
+                stream = names.of(reader.dataset, (reject.symbol, publisher), summary.source)
+                if reject.record_no > resume.get(stream, 0):
+                    rejects.setdefault(stream, []).append(Reject(reject.record_no, reject.raw.hex(), reject.reason))
+            # Rule: a stream's records and rejects of one chunk go in one batch, whose
+            # checkpoint for that stream then says "done up to the chunk's end"; a batch
+            # that reaches LOCKS_KEPT streams is handed over between two streams.
             for key, rows in chunk.lines.items():
                 stream = names.of(reader.dataset, key, summary.source)
                 done = resume.get(stream, 0)
@@ -297,24 +308,23 @@ def _read(
                     if summary.resumed_from_record is None or summary.resumed_from_record > done + 1:
                         summary.resumed_from_record = done + 1
                     rows = [row for row in rows if row[1] > done]
-                    if not rows:
-                        continue
-                known = batch.rows.get(stream)
-                if known is None:
-                    batch.rows[stream] = rows
-                else:
-                    known.extend(rows)
-                batch.count += len(rows)
-            for reject in chunk.rejects:
-                publisher = int.from_bytes(reject.raw[2:4], "little") if len(reject.raw) >= 4 else 0
-                stream = names.of(reader.dataset, (reject.symbol, publisher), summary.source)
-                if reject.record_no > resume.get(stream, 0):
-                    batch.rejects.setdefault(stream, []).append(
-                        Reject(reject.record_no, reject.raw.hex(), reject.reason)
-                    )
-                    batch.count += 1
+                if rows:
+                    known = batch.rows.get(stream)
+                    if known is None:
+                        batch.rows[stream] = rows
+                    else:
+                        known.extend(rows)
+                    batch.count += len(rows)
+                if stream in rejects:
+                    batch.add_rejects(stream, rejects.pop(stream))
+                if len(batch.rows) + len(batch.rejects) >= LOCKS_KEPT:
+                    batch.records = reader.records
+                    writer.submit(batch)
+                    batch = _Batch(current)
+            for stream, found in rejects.items():  # streams with rejects alone in this chunk
+                batch.add_rejects(stream, found)
             batch.records = reader.records
-            if batch.count >= batch_size:
+            if batch.count >= batch_size or len(batch.rows) + len(batch.rejects) >= LOCKS_KEPT:
                 writer.submit(batch)
                 batch = _Batch(current)
             if stop.is_set():
@@ -419,41 +429,66 @@ class _Batch:
     count: int = 0
     records: int = 0  # records of the input read up to the batch's end
     complete: bool = False  # the input was read to its end
+
+    def add_rejects(self, stream: str, rejects: list[Reject]) -> None:
+        self.rejects.setdefault(stream, []).extend(rejects)
+        self.count += len(rejects)
+
     last: bool = False  # the input's last batch
 
 
 @dataclass
 class _Stream:
-    """The writer's view of one stream: its id and highest stored seq."""
+    """The writer's view of one stream: its id, whether the run holds its writer lock, and
+    then its highest stored seq."""
 
     stream_id: int
-    high: int | None
+    high: int | None = None
+    locked: bool = False
 
 
 class _Run:
-    """One run's connection (the writer's) and streams, each locked against other writers
-    until the run ends."""
+    """One run's connection (the writer's) and streams.
+
+    Rule: a stream is written only under its writer lock, and its highest stored seq is read
+    when the lock is taken. The run keeps the locks of the :data:`LOCKS_KEPT` streams it
+    wrote last and gives back the others after each batch, and a batch touches at most
+    LOCKS_KEPT streams, so it holds at most twice that many (a file of thousands of
+    instruments would otherwise hold thousands of advisory locks, which share the server's
+    lock table with every session); a stream written again is locked again, and its highest
+    seq read again."""
 
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
         self.streams: dict[str, _Stream] = {}
-        self.locked: list[int] = []
+        self._recent: dict[str, None] = {}  # locked streams, least recently written first
 
     def _stream(self, name: str) -> _Stream:
         found = self.streams.get(name)
-        if found is not None:
-            return found
         conn = self.conn
-        with conn.begin():
-            stream_id = Streams(conn).ensure(name, "databento")
-        if not Locks(conn).try_take(writer_lock(stream_id)):
+        if found is None:
+            with conn.begin():
+                stream_id = Streams(conn).ensure(name, "databento")
+            found = self.streams[name] = _Stream(stream_id)
+        if not found.locked:
+            if not Locks(conn).try_take(writer_lock(found.stream_id)):
+                conn.commit()
+                raise StreamError(f"stream {name!r} is being written by another ingest; wait for it to finish")
+            found.locked = True
+            _, found.high = EventLog(conn).seq_range(found.stream_id)
             conn.commit()
-            raise StreamError(f"stream {name!r} is being written by another ingest; wait for it to finish")
-        self.locked.append(stream_id)
-        _, high = EventLog(conn).seq_range(stream_id)
-        conn.commit()
-        found = self.streams[name] = _Stream(stream_id, high)
+        self._recent.pop(name, None)
+        self._recent[name] = None
         return found
+
+    def _give_back_old_locks(self) -> None:
+        """Keep the locks of the LOCKS_KEPT streams written last (see the class)."""
+        while len(self._recent) > LOCKS_KEPT:
+            name = next(iter(self._recent))
+            del self._recent[name]
+            state = self.streams[name]
+            Locks(self.conn).give_back(writer_lock(state.stream_id))
+            state.locked, state.high = False, None
 
     def commit(self, batch: _Batch) -> None:
         """Store one batch in one transaction (called from the writer thread only)."""
@@ -498,6 +533,7 @@ class _Run:
                 summary.reject_samples.append({"stream": name, "record": reject.line_no, "reason": reject.reason})
         if batch.last:
             summary.seconds = time.perf_counter() - current.started
+        self._give_back_old_locks()
 
     def _checkpoint(self, batch: _Batch, found: dict[str, Any]) -> None:
         """The streams of the batch (of the whole input at its last batch): done up to the
@@ -528,8 +564,8 @@ class _Run:
 
     def release(self) -> None:
         """Give the streams back; on a broken connection the server already dropped the locks."""
-        locked, self.locked = self.locked, []
-        if locked:
+        recent, self._recent = self._recent, {}
+        if recent:
             Locks(self.conn).give_back()
 
 
