@@ -9,7 +9,7 @@
   (Databento's ``F_MAYBE_BAD_BOOK``, until the next clear or snapshot); NULL otherwise (a
   NULL costs nothing there: the row's null bitmap fits in the header's padding).
 - ``projector_positions.maybe_bad``: the same, for the book where the projector stands.
-- ``events_venue_marks``: a partial index of the few records that start or end such a
+- ``events_venue_marks``: a partial index of the records that can start or end such a
   period (flags ``F_MAYBE_BAD_BOOK`` 4 or ``F_SNAPSHOT`` 32, or a clear), so ``ledger gaps``
   finds them without reading the stream.
 
