@@ -9,12 +9,13 @@ every event.
 An order may rest at size 0: Coinbase takes an order off the book only with its ``done``,
 so a ``match`` that fills it leaves it resting at 0 (a ``change`` may give it size again,
 as an iceberg's refresh does, and a REST book may list it). Such an order is in
-:attr:`Book.bid_orders` or :attr:`Book.ask_orders` and in :meth:`Book.iter_orders` (so ``ledger book --orders`` and the
-book snapshots keep it), but a level whose total is 0 is not a level anyone trades
-against: it is kept out of the sorted maps (in :attr:`Book.idle_bids` /
-:attr:`Book.idle_asks`), so it is never a best level, never in :meth:`Book.levels` and
-never makes an L1 row. Whether a fill or a size change to 0 removes the order is the
-venue's rule, given by the caller (``keep_at_zero``): the L3 CSV format removes it.
+:attr:`Book.bid_orders` or :attr:`Book.ask_orders` and in :meth:`Book.iter_orders` (so
+``ledger book --orders`` and the book snapshots keep it), but a level whose total is 0 is
+not a level anyone trades against: it is kept out of the sorted maps (in
+:attr:`Book.idle_bids` / :attr:`Book.idle_asks`), so it is never a best level, never in
+:meth:`Book.levels` and never makes an L1 row. Whether a fill or a size change to 0
+removes the order is the venue's rule, given by the caller (``keep_at_zero``): the L3 CSV
+format removes it.
 
 Operations the book cannot carry out (an unknown order, a trade larger than the order, an
 add of an id already resting) do not raise: they are counted in :attr:`Book.anomalies` and
