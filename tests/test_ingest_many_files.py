@@ -291,3 +291,43 @@ def test_ctrl_c_in_a_multi_file_run_stores_whole_lines_and_the_same_command_resu
         # run: a late row that came in the next batch leaves a 'filled' gap row of its own.
         # The gaps still open are the same.
         assert [g for g in got["gaps"] if g[2] == "open"] == [g for g in want["gaps"] if g[2] == "open"], i
+
+
+def test_an_ingest_whose_lock_connection_is_lost_stops_before_writing_more(
+    db_env: dict[str, str], engine: Engine, tmp_path: Path
+) -> None:
+    import threading
+
+    import ledger
+    from ledger.errors import LockLost
+
+    path = _messy_file(tmp_path / "locked.csv", copies=6)
+    killed: list[int] = []
+
+    def kill_the_lock_holder() -> None:
+        query = "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND classid = 7894 AND granted"  # 0x1ED6
+        with engine.connect() as conn:
+            for _ in range(2000):
+                if conn.execute(sa.text("SELECT count(*) FROM events")).scalar():
+                    pids = list(conn.execute(sa.text(query)).scalars())
+                    if pids:
+                        conn.execute(sa.text("SELECT pg_terminate_backend(:p)"), {"p": pids[0]})
+                        killed.extend(pids)
+                        return
+                conn.commit()
+                time.sleep(0.01)
+
+    killer = threading.Thread(target=kill_the_lock_holder)
+    killer.start()
+    with pytest.raises(LockLost, match="lost its lock on the stream"), ledger.open() as lg:
+        lg.ingest_csv(path, stream="csv:locked", batch_size=500)
+    killer.join()
+    assert killed
+    with engine.connect() as conn:
+        stored = conn.execute(sa.text("SELECT count(*) FROM events")).scalar()
+        done = conn.execute(sa.text("SELECT lines_done FROM ingest_checkpoints")).scalar()
+    assert stored and done  # what was committed before stays, with its checkpoint...
+    with ledger.open() as lg:  # ...and the same call resumes after it, to the undisturbed result
+        assert lg.ingest_csv(path, stream="csv:locked", batch_size=500).resumed_from_line == done + 1
+        lg.ingest_csv(path, stream="csv:calm", batch_size=500)
+    assert _state(engine, "csv:locked") == _state(engine, "csv:calm")

@@ -38,7 +38,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from ledger._threads import Worker
 from ledger.domain.sequencing import Arrival, GapTracker
-from ledger.errors import ConstraintViolation, DatabaseError, InputError, RowError, StreamError, first_line
+from ledger.errors import ConstraintViolation, DatabaseError, InputError, LockLost, RowError, StreamError, first_line
 from ledger.storage.copy import event_row
 from ledger.storage.locks import Locks, writer_lock
 from ledger.storage.log import (
@@ -276,7 +276,7 @@ def _ingest(
                 try:
                     _ingest_one(streams, writer, item, summary, started, batch_size, flush_interval, step, stop)
                 except (InputError, StreamError) as e:
-                    if not keep_going:
+                    if not keep_going or isinstance(e, LockLost):  # the writer's: the run cannot go on
                         raise
                     summary.error = str(e)
                     summary.seconds = time.perf_counter() - started
@@ -336,7 +336,7 @@ def _ingest_one(
         except RowError as e:
             raise InputError(f"{source}, line 1: {e}") from None
         stream = streams.open(item.stream)
-        run = _Run(streams.conn, writer.conn, stream, source, summary, header, fp, started)
+        run = _Run(streams.conn, writer.conn, stream, source, summary, header, fp, started, streams.owner)
         try:
             _read(run, fp, writer, batch_size, flush_interval, item.resumable, progress, stop)
         except OSError as e:
@@ -516,10 +516,17 @@ class _Streams:
     """The streams of a run, opened on the reading thread's connection: each is locked
     (a session-level advisory lock, so no other ingest writes it meanwhile) and its state
     loaded from the log when an input first needs it, and given back once its batches are
-    committed and the inputs in hand no longer need it."""
+    committed and the inputs in hand no longer need it.
+
+    Rule: the writer commits on a connection of its own, so each of its transactions first
+    checks that this connection's session (``owner``) still holds the stream's lock: a
+    lost lock connection stops the run (:class:`~ledger.errors.LockLost`) before another
+    ingest that took the stream meanwhile could be written over."""
 
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
+        self.owner = Locks(conn).backend_pid()
+        conn.commit()
         self._open: dict[str, _Stream] = {}
 
     def open(self, name: str) -> _Stream:
@@ -578,8 +585,10 @@ class _Run:
         header: bytes,
         fp: BinaryIO,
         started: float,
+        owner: int,
     ) -> None:
         self.conn = conn  # the writer's
+        self.owner = owner  # the backend whose session holds the stream's lock
         self.stream = stream
         self.source = source
         self.summary = summary
@@ -623,6 +632,12 @@ class _Run:
         stream = self.stream
         try:
             with conn.begin():
+                if not Locks(conn).holds(writer_lock(stream.id), pid=self.owner):
+                    raise LockLost(
+                        f"stream {summary.stream!r}: this ingest lost its lock on the stream (its lock connection "
+                        f"went away) before storing lines up to {batch.line_no} of {self.source}; what was stored "
+                        "before stays: run the same command again to resume"
+                    )
                 if batch.rows:
                     EventLog(conn).append(stream.id, batch.rows)
                     notify_appended(conn, [stream.id])
