@@ -626,3 +626,30 @@ def test_many_instruments_hold_a_bounded_number_of_locks(
     assert held and max(held) <= 8
     again = ingest_dbn(engine, path, batch_size=50)
     assert (again.events_stored, again.duplicates) == (0, 600)
+
+
+def test_arrow_events_carry_the_venue_fields_and_l1_the_warning(
+    engine: Engine, database_url: URL, tmp_path: Path
+) -> None:
+    import ledger
+
+    ingest_dbn(engine, ESM4_CLEAR)
+    t = 1_703_462_400_000_000_000
+    flagged = [
+        mbo(order_id=1, ts_recv=t, side=dbn.Side.BID, price=4_799_000_000_000),
+        mbo(order_id=2, ts_recv=t + 10, side=dbn.Side.ASK, price=4_800_000_000_000),
+        mbo(order_id=3, ts_recv=t + 20, flags=128 | 4),
+    ]
+    ingest_dbn(engine, write(tmp_path, "flagged.dbn", metadata() + b"".join(flagged)))
+    project(engine, streams=[ESH4])
+    with ledger.open(database_url.render_as_string(hide_password=False)) as lg:
+        table = lg.events("databento:GLBX.MDP3:ESM4")
+        l1 = lg.l1(ESH4)
+    records = decoded(ESM4_CLEAR)[1]
+    assert table.num_rows == len(records)
+    assert table.column("flags").to_pylist() == [int(r.flags) for r in records]
+    assert table.column("ts_recv").to_pylist() == [r.ts_recv for r in records]
+    assert table.column("ts_event").to_pylist() == [r.ts_event for r in records]
+    assert table.column("sequence").to_pylist() == [r.sequence for r in records]
+    assert table.column("channel").to_pylist() == [r.channel_id for r in records]
+    assert l1.column("maybe_bad").to_pylist() == [False, True]

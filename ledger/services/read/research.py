@@ -20,8 +20,10 @@ from typing import IO, TYPE_CHECKING, Any, NamedTuple
 from sqlalchemy.engine import Connection, Engine
 
 from ledger.services.read.book import seq_at_time
+from ledger.storage.copy import VENUE_FIELDS
 from ledger.storage.log import EventLog, Streams
 from ledger.storage.research import EventRows, L1Range
+from ledger.venues import venue
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -131,27 +133,33 @@ def l1_batches(
     engine: Engine, stream: str, *, start: Bound = None, end: Bound = None, chunk: int = 100_000
 ) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
     """The schema and record batches of ``stream``'s L1 rows from ``start`` through ``end``
-    (seqs or times, inclusive): seq, time, bid_price, bid_size, ask_price, ask_size."""
+    (seqs or times, inclusive): seq, time, bid_price, bid_size, ask_price, ask_size; and
+    maybe_bad (the venue said the book may be wrong there) for a venue that says so
+    (Databento)."""
     import pyarrow as pa
 
     with engine.connect() as conn:
-        stream_id = Streams(conn).get(stream)
+        streams = Streams(conn)
+        stream_id = streams.get(stream)
+        with_fields = bool(venue(streams.source(stream_id)).fields)
         number = decimal_type(L1Range(conn, stream_id, start=start, end=end).scale())
-    schema = pa.schema(
-        [
-            ("seq", pa.int64()),
-            ("time", pa.timestamp("us", tz="UTC")),
-            ("bid_price", number),
-            ("bid_size", number),
-            ("ask_price", number),
-            ("ask_size", number),
-        ],
-        metadata=stream_metadata(engine, stream, "l1"),
-    )
+    fields = [
+        ("seq", pa.int64()),
+        ("time", pa.timestamp("us", tz="UTC")),
+        ("bid_price", number),
+        ("bid_size", number),
+        ("ask_price", number),
+        ("ask_size", number),
+    ]
+    extra = ("(maybe_bad IS TRUE)::int",) if with_fields else ()
+    if with_fields:
+        fields.append(("maybe_bad", pa.bool_()))
+    schema = pa.schema(fields, metadata=stream_metadata(engine, stream, "l1"))
 
     def batches() -> Iterator[pa.RecordBatch]:
         with engine.connect() as conn:
-            yield from _csv_batches(L1Range(conn, stream_id, start=start, end=end).copy_csv(), schema, chunk=chunk)
+            rows = L1Range(conn, stream_id, start=start, end=end)
+            yield from _csv_batches(rows.copy_csv(extra=extra), schema, chunk=chunk)
 
     return schema, batches()
 
@@ -160,11 +168,15 @@ def events_batches(
     engine: Engine, stream: str, *, start: Bound = None, end: Bound = None, raw: bool = False, chunk: int = 100_000
 ) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
     """The schema and record batches of ``stream``'s parsed events (the log) from ``start``
-    through ``end``: seq, time, kind, order_id, side, price, size, and raw when asked."""
+    through ``end``: seq, time, kind, order_id, side, price, size; for a venue with its own
+    fields (Databento) flags, ts_event, ts_recv (exact nanoseconds), sequence and channel;
+    and raw when asked."""
     import pyarrow as pa
 
     with engine.connect() as conn:
-        stream_id = Streams(conn).get(stream)
+        streams = Streams(conn)
+        stream_id = streams.get(stream)
+        with_fields = bool(venue(streams.source(stream_id)).fields)
         number = decimal_type(EventRows(conn, stream_id, start=start, end=end).scale())
     fields = [
         ("seq", pa.int64()),
@@ -175,14 +187,19 @@ def events_batches(
         ("price", number),
         ("size", number),
     ]
-    schema = pa.schema(
-        fields + ([("raw", pa.string())] if raw else []), metadata=stream_metadata(engine, stream, "events")
-    )
+    extra: tuple[str, ...] = ()
+    if with_fields:
+        fields += [(name, pa.int16() if name in ("flags", "channel") else pa.int64()) for name in VENUE_FIELDS]
+        extra += VENUE_FIELDS
+    if raw:
+        fields.append(("raw", pa.string()))
+        extra += ("raw",)
+    schema = pa.schema(fields, metadata=stream_metadata(engine, stream, "events"))
 
     def batches() -> Iterator[pa.RecordBatch]:
         with engine.connect() as conn:
             rows = EventRows(conn, stream_id, start=start, end=end)
-            yield from _csv_batches(rows.copy_csv(extra=("raw",) if raw else ()), schema, chunk=chunk, newlines=raw)
+            yield from _csv_batches(rows.copy_csv(extra=extra), schema, chunk=chunk, newlines=raw)
 
     return schema, batches()
 
