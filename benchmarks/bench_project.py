@@ -28,7 +28,8 @@ machine would show.
 
 In memory (``--in-memory``, no database): stored rows made as the log returns them (the CSV
 generator's lines through the CSV parser, in seq order; or ``--venue coinbase``, a seeded
-order flow of the local exchange through the Coinbase codec) are applied by the projector
+order flow of the local exchange through the Coinbase codec; or ``--venue databento``, the
+bundled Databento MBO sample, at most 68,792 records) are applied by the projector
 of a projection run (``StreamProjector.apply_rows``, chunks of 20,000, L1 rows kept per
 chunk, the cycle collector's threshold set as the command line sets it). Printed:
 events/s, seconds, L1 rows and the process's peak memory. ``--no-apply`` does everything
@@ -112,9 +113,22 @@ def coinbase_rows(n: int, seed: int) -> list[tuple[Any, ...]]:
     return rows[:n]
 
 
+DBN_SAMPLE = Path(__file__).parent.parent / "tests/data/databento/nautilus__esh4-glbx-mdp3-20231225.mbo.dbn.zst"
+
+
+def databento_rows(n: int, seed: int) -> list[tuple[Any, ...]]:
+    """The first ``n`` records of the bundled Databento MBO sample (ESH4, 68,792 records) as
+    stored rows read back from the log: price and size as text (``seed`` is not used)."""
+    from ledger.venues.databento.dbn import MboReader, StoredRow, stored_rows
+
+    rows = [r for r in stored_rows(MboReader(DBN_SAMPLE)) if isinstance(r, StoredRow)][:n]
+    return [(*r[:4], None if r[4] is None else str(r[4]), None if r[5] is None else str(r[5]), *r[6:9]) for r in rows]
+
+
 def in_memory(args: argparse.Namespace) -> None:
     gc.set_threshold(100_000, *gc.get_threshold()[1:])  # as the command line runs
-    make: Callable[[int, int], list[tuple[Any, ...]]] = csv_rows if args.venue == "csv" else coinbase_rows
+    makers = {"csv": csv_rows, "coinbase": coinbase_rows, "databento": databento_rows}
+    make: Callable[[int, int], list[tuple[Any, ...]]] = makers[args.venue]
     if args.rows is not None and args.rows.exists():
         with args.rows.open("rb") as f:
             rows = pickle.load(f)
@@ -289,7 +303,7 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "ledger-bench")
     parser.add_argument("--json", action="store_true", help="print JSON lines only")
     parser.add_argument("--in-memory", action="store_true", help="no database: the projector alone")
-    parser.add_argument("--venue", choices=("csv", "coinbase"), default="csv", help="with --in-memory")
+    parser.add_argument("--venue", choices=("csv", "coinbase", "databento"), default="csv", help="with --in-memory")
     parser.add_argument("--no-apply", action="store_true", help="with --in-memory: all but the applying")
     parser.add_argument("--rows", type=Path, help="with --in-memory: a pickle of the rows, made if missing")
     args = parser.parse_args()
