@@ -153,8 +153,9 @@ class UnknowableBook(StreamError):
 
 
 class LockLost(StreamError):
-    """The process no longer holds a stream's projector lock (its lock connection was lost),
-    or another projector has written the stream's position: nothing more is written for it."""
+    """The process no longer holds a stream's lock (its lock connection was lost): the
+    projector's, or another projector has written the stream's position; or the CSV
+    ingest's writer lock. Nothing more is written for the stream."""
 
 
 class SnapshotError(LedgerError):

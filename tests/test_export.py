@@ -155,7 +155,7 @@ def test_a_stream_never_projected_is_an_error_not_an_empty_file(db_env: dict[str
     target = tmp_path / "l1.csv"
     result = CliRunner().invoke(cli, ["export", "l1", STREAM, "-o", str(target)])
     assert result.exit_code == 1, result.output
-    assert "has no projection yet" in result.output and f"ledger project --stream {STREAM}" in result.output
+    assert "has no projection yet" in result.output and f"ledger project {STREAM}" in result.output
     assert not target.exists(), "no header-only file"
 
 
@@ -172,7 +172,7 @@ def test_a_projection_behind_the_log_is_exported_with_a_warning(db_env: dict[str
     done = _ledger(db_env, "export", "l1", STREAM, "-o", str(tmp_path / "l1.csv"))
     err = done.stderr.decode()
     assert done.returncode == 0, err
-    assert "1000 events behind the log" in err and f"ledger project --stream {STREAM}" in err, err
+    assert "1000 events behind the log" in err and f"ledger project {STREAM}" in err, err
     assert (tmp_path / "l1.csv").exists()
     # up to date: no warning
     run("project")

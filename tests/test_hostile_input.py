@@ -102,7 +102,7 @@ def test_events_older_than_the_projection_ask_for_a_rebuild(db_env: dict[str, st
     later = write(tmp_path / "old.csv", [add(8, 3, "BUY", "10.5", "5"), add(9, 4, "SELL", "10.8", "5")])
     run("ingest", "csv", str(later), "--stream", "csv:s")
     out = CliRunner().invoke(cli, ["project"])
-    assert out.exit_code == 3 and "run `ledger project --rebuild --stream csv:s`" in out.output
+    assert out.exit_code == 3 and "run `ledger project --rebuild csv:s`" in out.output
     run("project", "--rebuild")
     assert run("export", "l1", "csv:s", "-o", "-").splitlines()[-1].endswith(",10.5,10.8,5,5,9")
 

@@ -263,7 +263,7 @@ def _check_projection(ledger: Ledger, stream: str) -> None:
     to make one (not a file with a header only); a projection behind the log is exported as
     it is, with a warning on stderr saying by how much and how to bring it up to date."""
     [status] = ledger.status(stream)
-    command = f"ledger project --stream {shlex.quote(printable(stream))}"
+    command = f"ledger project {shlex.quote(printable(stream))}"
     if status.projected_seq is None:
         raise click.ClickException(
             f"stream {printable(stream)} has no projection yet, so it has no L1 rows: run `{command}` first"

@@ -168,7 +168,7 @@ class StreamRun:
             pos.status = "needs_rebuild"
             pos.message = (
                 f"stream {name!r}: events from seq {low} arrived after the projection began at seq "
-                f"{pos.first_seq}, so its book and L1 rows lack them; run `ledger project --rebuild --stream {name}`"
+                f"{pos.first_seq}, so its book and L1 rows lack them; run `ledger project --rebuild {name}`"
             )
             with engine.begin() as conn:
                 Positions(conn).put(self.stream_id, pos)
@@ -217,7 +217,7 @@ class StreamRun:
             if beyond and pos is not None:
                 log.warning(
                     "stream %r: the projector position %s is beyond the end of the log (%s): events were "
-                    "removed from the log; run `ledger project --rebuild --stream %s`",
+                    "removed from the log; run `ledger project --rebuild %s`",
                     self.name, pos.last_seq, head, self.name,
                 )  # fmt: skip
             return 0
