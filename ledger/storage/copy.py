@@ -11,9 +11,9 @@ Venues decode their input into values; this module encodes them:
   PostgreSQL cannot hold;
 - :func:`events_payload` (:func:`events_chunks`) makes the COPY text of one stream's rows,
   columns :data:`EVENT_COPY_COLUMNS` (:meth:`ledger.storage.log.EventLog.append` sends it);
-- a venue whose values never need escaping (Databento's: numbers, fixed words, hex)
-  writes its rows as one formatted line in this format, with the venue fields
-  (:data:`VENUE_FIELDS`) after ``raw`` (:func:`ledger.venues.databento.dbn.keyed_rows`);
+- :func:`venue_event_line` makes, in one formatted string, the row of a venue whose values
+  never need escaping (Databento's: numbers, fixed words, hex), with the venue fields
+  (:data:`VENUE_FIELDS`) after ``raw``, its time made by :class:`TimestampText`;
 - :func:`l1_payload` does the same for L1 rows, whose values are numbers and times.
 
     >>> events_payload(3, [event_row(7, "add", "42", "B", "10.5", "3", None, "a\\tb")])
@@ -28,6 +28,7 @@ goes through :func:`escape`.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any
@@ -42,12 +43,14 @@ __all__ = [
     "SPECIAL_BYTES",
     "VENUE_FIELDS",
     "L1Row",
+    "TimestampText",
     "escape",
     "event_row",
     "events_chunks",
     "events_payload",
     "join_cells",
     "l1_payload",
+    "venue_event_line",
 ]
 
 #: The columns of the event rows :func:`events_payload` makes, in order.
@@ -111,6 +114,59 @@ def event_row(
         raise RecordError(f"seq must be an integer, not {seq!r}")
     values = (kind, order_id, side, price, size, ts, raw)
     return join_cells([str(seq).encode(), *(_cell(seq, value) for value in values)])
+
+
+class TimestampText:
+    """A time in microseconds since the epoch as timestamptz COPY text,
+    ``YYYY-MM-DD HH:MM:SS.ffffff+00``; the text of the ``kept`` seconds last seen is kept, so
+    memory stays flat however long the input.
+
+        >>> TimestampText()(1703462400123456)
+        '2023-12-25 00:00:00.123456+00'
+    """
+
+    __slots__ = ("_kept", "_seconds")
+
+    def __init__(self, kept: int = 4096) -> None:
+        self._kept = kept
+        self._seconds: dict[int, str] = {}
+
+    def __call__(self, us: int) -> str:
+        second, fraction = divmod(us, 1_000_000)
+        day = self._seconds.get(second)
+        if day is None:
+            if len(self._seconds) >= self._kept:
+                self._seconds.clear()
+            day = self._seconds[second] = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(second))
+        return f"{day}.{fraction:06d}+00"
+
+
+def venue_event_line(
+    seq: int,
+    kind: str,
+    order_id: object,
+    side: str,
+    price: str,
+    size: int,
+    ts: str,
+    raw_hex: str,
+    flags: int,
+    ts_event: object,
+    ts_recv: int,
+    sequence: int,
+    channel: int,
+) -> bytes:
+    """One event's row after its stream id, columns :data:`EVENT_COPY_COLUMNS` from ``seq``
+    then :data:`VENUE_FIELDS`, from values that need no escaping (None-valued ones given as
+    :data:`NULL`). The caller vouches for them: numbers, fixed words, hex.
+
+        >>> venue_event_line(7, "add", 42, "B", "4799.25", 2, NULL, "a0ff", 130, NULL, 1, 2, 3)
+        b'7\\tadd\\t42\\tB\\t4799.25\\t2\\t\\\\N\\ta0ff\\t130\\t\\\\N\\t1\\t2\\t3'
+    """
+    return (
+        f"{seq}\t{kind}\t{order_id}\t{side}\t{price}\t{size}\t{ts}\t{raw_hex}\t{flags}"
+        f"\t{ts_event}\t{ts_recv}\t{sequence}\t{channel}"
+    ).encode()
 
 
 def events_chunks(stream_id: int, rows: Sequence[bytes]) -> list[bytes]:

@@ -23,7 +23,6 @@ integer alone, never through float.
 from __future__ import annotations
 
 import struct
-import time
 from collections.abc import Callable, Hashable, Iterable, Iterator
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -34,7 +33,7 @@ import databento_dbn
 
 from ledger.domain.events import Number
 from ledger.errors import InputError
-from ledger.storage.copy import NULL
+from ledger.storage.copy import NULL, TimestampText, venue_event_line
 
 __all__ = [
     "KINDS",
@@ -89,8 +88,6 @@ _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 # Records as the file has them: no upgrade to the newest DBN version (the stubs type it int).
 _AS_IS: Any = databento_dbn.VersionUpgradePolicy.AS_IS
 _CHUNK = 1 << 18
-# The time texts of this many seconds are kept (the ingest's COPY lines): memory stays flat.
-_SECONDS_KEPT = 4096
 _PRICES_KEPT = 1 << 16
 
 
@@ -365,7 +362,7 @@ class MboReader:
         self.records = 0
         self._symbols: _Symbols | None = None
         self._price_text: dict[int, str] = {}
-        self._second_text: dict[int, str] = {}
+        self._timestamp = TimestampText()
 
     def __iter__(self) -> Iterator[MboRecord | MboReject]:
         for batch in self.batches():
@@ -597,7 +594,8 @@ class MboReader:
         kinds = _KIND_OF_BYTE
         sides = _SIDE_TEXT
         prices = self._price_text
-        seconds = self._second_text
+        timestamp = self._timestamp
+        copy_line = venue_event_line
         lasts = sequencer._last
         # instrument id -> (publisher id, stream key, its rows, its last seq in a cell): one
         # look-up per record (the symbol is looked up once per chunk, as _records does)
@@ -650,25 +648,17 @@ class MboReader:
                     continue
                 us = ts_recv // 1000
                 if us != last_us:
-                    last_us = us
-                    second, fraction = divmod(us, 1_000_000)
-                    day = seconds.get(second)
-                    if day is None:
-                        if len(seconds) >= _SECONDS_KEPT:  # bounded: a long file has many seconds
-                            seconds.clear()
-                        day = seconds[second] = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(second))
-                    ts = f"{day}.{fraction:06d}+00"
+                    last_us, ts = us, timestamp(us)
                 cell = stream[3]
                 seq = ts_recv
                 if seq <= cell[0]:
                     seq = cell[0] + 1
                 cell[0] = seq
                 order = NULL if order_id == 0 and action_byte not in _ORDER_ACTIONS else order_id
-                line = (
-                    f"{seq}\t{kinds[action_byte]}\t{order}\t{side}\t{price}\t{size}\t{ts}\t{raw.hex()}\t{flags}"
-                    f"\t{NULL if ts_event == UNDEF_TIMESTAMP else ts_event}\t{ts_recv}\t{sequence}\t{channel_id}"
-                )
-                stream[2].append((seq, number, line.encode()))
+                event_ts = NULL if ts_event == UNDEF_TIMESTAMP else ts_event
+                line = copy_line(seq, kinds[action_byte], order, side, price, size, ts, raw.hex(), flags,
+                                 event_ts, ts_recv, sequence, channel_id)  # fmt: skip
+                stream[2].append((seq, number, line))
         finally:
             self.records = number
             for key, cell in cells.items():
