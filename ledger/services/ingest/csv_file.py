@@ -112,7 +112,8 @@ class StopReading:
     after it. A read that blocks (stdin waiting for more input, as under ``tail -f``) is
     cut short: :meth:`request`, which the handler calls in the main thread, raises into the
     read the main thread is blocked in, and the input then ends there. With a flush
-    interval the reading thread is not cut short: the request is seen within the interval.
+    interval a reading thread blocks instead, and is not cut short: the main thread, which
+    waits for its lines in short slices, sees the request within 50 ms.
     """
 
     def __init__(self) -> None:
@@ -143,7 +144,12 @@ class StopReading:
             return call()
         try:
             self._in_read = True
-            return call()
+            result = call()
+            # reset inside the try: a request that comes between the call's return and
+            # here raises _ReadCut, which is caught below (what the call read is dropped,
+            # as the input ends there)
+            self._in_read = False
+            return result
         except _ReadCut:
             return stopped
         finally:
@@ -764,6 +770,9 @@ def _skip_line(read: Callable[[int], bytes], start: bytes) -> tuple[_LongLine, b
     return long, rest
 
 
+_STOP_POLL = 0.05  # seconds: how often a main thread waiting for input looks at a stop request
+
+
 def _line_chunks(fp: BinaryIO, flush_interval: float | None, stop: StopReading) -> Iterator[list[bytes]]:
     """Lists of whole lines (see :func:`_lines`). With a flush interval, a reader thread feeds
     them and an empty list comes at least every ``flush_interval`` seconds while the input
@@ -787,28 +796,39 @@ def _line_chunks(fp: BinaryIO, flush_interval: float | None, stop: StopReading) 
 
     thread = threading.Thread(target=reader, name="ledger-stdin", daemon=True)
     thread.start()
-    nothing: list[bytes] | None = []
+    # The main thread waits on the queue in short slices and looks at the request between
+    # them: nothing is raised into the wait (an exception raised by a signal handler inside
+    # a Condition's wait leaves its lock broken: "release unlocked lock").
+    quiet_until = time.monotonic() + flush_interval
+    item: list[bytes] | None = []
     while not stop.is_set():
         try:
-            item = stop.unless_stopped(lambda: chunks.get(timeout=flush_interval), nothing)
+            item = chunks.get(timeout=min(flush_interval, _STOP_POLL))
         except queue.Empty:
-            yield []
+            item = []
+            if time.monotonic() >= quiet_until:
+                quiet_until = time.monotonic() + flush_interval
+                yield []
             continue
+        quiet_until = time.monotonic() + flush_interval
+        if stop.is_set():
+            break  # the stop came during the wait: the lines in hand are taken as below
         if item is None:
-            break
+            if failure:
+                raise InputError(f"reading the input failed: {failure[0]}")
+            return
         if item:
             yield item
-    else:  # stopped: what the thread has read already, without waiting for more
-        while (item := _queued(chunks)) is not None:
-            if type(item[-1]) is bytes and not item[-1].endswith(b"\n"):
-                # the input's end came with the stop (the signal may have ended the writer
-                # of a pipe too): an unfinished last line is not taken
-                item = item[:-1]
-            if item:
-                yield item
-        return
-    if failure:
-        raise InputError(f"reading the input failed: {failure[0]}")
+        item = []
+    # stopped: the lines in hand and what the thread has read already, without waiting for more
+    while item is not None:
+        if item and type(item[-1]) is bytes and not item[-1].endswith(b"\n"):
+            # the input's end came with the stop (the signal may have ended the writer of a
+            # pipe too): an unfinished last line is not taken
+            item = item[:-1]
+        if item:
+            yield item
+        item = _queued(chunks)
 
 
 def _queued(chunks: queue.Queue[list[bytes] | None]) -> list[bytes] | None:
