@@ -10,7 +10,10 @@ A venue is registered here under the name its streams carry (``streams.source``)
 - ``fields``: the venue fields of the event log (:data:`~ledger.storage.copy.VENUE_FIELDS`)
   its rules read after ``ts``, in that order;
 - ``dense_seqs``: whether its seqs are consecutive, so that a missing number is a missing
-  event (a gap); a venue keyed otherwise (Databento: by receive time) says False.
+  event (a gap); a venue keyed otherwise (Databento: by receive time) says False;
+- ``fill_taker(raw)``: the taker's order id of a fill, read from its stored raw message,
+  for venues whose messages name it but whose stored columns do not (Coinbase's
+  ``match``); None where the message does not say.
 
 Its ingest (file parsing, live capture) lives in its folder too. The projector, storage and
 the command line's core never name a venue: adding one is a new folder and one line in
@@ -54,6 +57,7 @@ class Venue:
     source_book: Callable[..., Book] | None = None
     fields: tuple[str, ...] = ()
     dense_seqs: bool = True
+    fill_taker: Callable[[str], str | None] | None = None
 
 
 #: Every venue ledger knows: its name -> the module that defines its ``VENUE``.

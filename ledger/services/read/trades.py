@@ -12,6 +12,10 @@ aggressor side and taker id; a print that no fill follows (in its exchange event
 next print) is a row of its own, its maker unknown. So each execution is one row, and the
 sizes add up to the traded volume whichever way the venue reports it.
 
+**The taker.** The print's where there is one, else the fill's; a venue whose stored
+columns leave it out but whose raw messages name it (Coinbase's ``match``:
+``Venue.fill_taker``) has it read from the raw of those rows, one query a chunk.
+
 **The aggressor.** The side that took liquidity: the print's where there is one, else the
 event's (Coinbase says it), else the side opposite to the maker's when the maker's side is
 known (an execution is a taker's order meeting a resting one on the other side: the L3 CSV's
@@ -29,7 +33,7 @@ known (an execution is a taker's order meeting a resting one on the other side: 
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -38,7 +42,7 @@ from sqlalchemy.engine import Engine
 from ledger.domain.events import BUY, LAST, SELL, Record
 from ledger.services.project.replay import read_ahead
 from ledger.services.read.research import Bound, decimal_type, seq_range, stream_metadata, timestamp_type
-from ledger.storage.log import Streams
+from ledger.storage.log import EventLog, Streams
 from ledger.storage.research import EventRows
 from ledger.venues import venue
 
@@ -155,7 +159,10 @@ def trades_batches(
             engine, stream_id, after=bounds.first - 1, upto=bounds.last, chunk=20_000, extra=found.fields
         )
         for records in records_read:
-            rows += tape.feed(rules.events(records))
+            found_rows = tape.feed(rules.events(records))
+            if found.fill_taker is not None:
+                found_rows = _with_takers(engine, stream_id, found_rows, found.fill_taker)
+            rows += found_rows
             while len(rows) >= chunk:
                 yield batch(rows[:chunk])
                 rows = rows[chunk:]
@@ -164,6 +171,23 @@ def trades_batches(
             yield batch(rows)
 
     return schema, batches()
+
+
+def _with_takers(
+    engine: Engine, stream_id: int, rows: list[TradeRow], taker_of: Callable[[str], str | None]
+) -> list[TradeRow]:
+    """``rows`` with the taker read from the raw message of each execution that has none."""
+    missing = [row.seq for row in rows if row.taker_id is None and row.maker_id is not None]
+    if not missing:
+        return rows
+    with engine.connect() as conn:
+        raws = EventLog(conn).raw_of(stream_id, missing)
+    out = []
+    for row in rows:
+        raw = raws.get(row.seq) if row.taker_id is None and row.maker_id is not None else None
+        taker = None if raw is None else taker_of(raw)
+        out.append(row if taker is None else row._replace(taker_id=taker))
+    return out
 
 
 def _time(ts: datetime | str | None) -> datetime | None:

@@ -3,6 +3,6 @@ level-3 books, the per-product sync rules and the live capture (``docs/venues/co
 
 from ledger.venues import Venue
 from ledger.venues.coinbase.rest import rest_book
-from ledger.venues.coinbase.rules import CoinbaseRules
+from ledger.venues.coinbase.rules import CoinbaseRules, taker_of
 
-VENUE = Venue(name="coinbase", rules=CoinbaseRules, source_book=rest_book)
+VENUE = Venue(name="coinbase", rules=CoinbaseRules, source_book=rest_book, fill_taker=taker_of)

@@ -22,7 +22,7 @@ from ledger.domain.events import LAST, Record
 from ledger.errors import StreamError
 from ledger.venues._numbers import Numbers, unknown_kind
 
-__all__ = ["CoinbaseRules"]
+__all__ = ["CoinbaseRules", "taker_of"]
 
 _OTHER_SIDE = {"B": "S", "S": "B", None: None}
 _NO_CHANGE = frozenset({"received", "activate", "noop"})
@@ -63,3 +63,25 @@ class CoinbaseRules:
                 yield ("modify", seq, ts, whole, None, order_id, side, new_price, new_size, None, True, True)
             else:
                 unknown_kind(seq, kind, "the Coinbase feed")
+
+
+def taker_of(raw: str) -> str | None:
+    """The ``taker_order_id`` of a stored full-channel ``match`` message; None for any
+    other message, for the compact ``level3`` channel (its arrays do not name the taker)
+    and for a raw that is not a JSON object.
+
+        >>> taker_of('{"type": "match", "maker_order_id": "m", "taker_order_id": "t"}')
+        't'
+        >>> taker_of('["m", "BTC-USD", 7, "m", "t", "0.1", "100", "2024-01-01T00:00:00Z"]') is None
+        True
+    """
+    from ledger.venues.coinbase.codec import MessageError, decode_frame
+
+    try:
+        message = decode_frame(raw)
+    except MessageError:
+        return None
+    if not isinstance(message, dict) or message.get("type") != "match":
+        return None
+    taker = message.get("taker_order_id")
+    return taker if isinstance(taker, str) else None
