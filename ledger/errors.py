@@ -28,6 +28,8 @@ The CLI turns a ``LedgerError`` into a one-line message and a non-zero exit code
     ├── StreamError              a stream is unknown, busy, or cannot go on
     │   ├── UnknowableBook       a book asked for at a seq the log cannot know (in a gap)
     │   └── LockLost             a projector lost its hold on a stream: it writes no more
+    │       └── StaleProjection  the stream's projection is marked needs_rebuild (events
+    │                            were stored behind it): `ledger project --rebuild`
     ├── SnapshotError            a book snapshot is unreadable or refused
     └── VenueError               a live venue refused or could not be reached
         ├── SubscriptionRefused  the exchange refused the subscription (credentials, product)
@@ -59,6 +61,7 @@ __all__ = [
     "RowError",
     "SchemaMismatch",
     "SnapshotError",
+    "StaleProjection",
     "StreamError",
     "SubscriptionRefused",
     "UnknowableBook",
@@ -156,6 +159,15 @@ class LockLost(StreamError):
     """The process no longer holds a stream's lock (its lock connection was lost): the
     projector's, or another projector has written the stream's position; or the CSV
     ingest's writer lock. Nothing more is written for the stream."""
+
+
+class StaleProjection(LockLost):
+    """A stream's projection is marked ``needs_rebuild``: events were stored behind it (below
+    the seq it had applied) after it read past them, so its book and L1 rows lack them. The
+    projector writes nothing more for the stream until ``ledger project --rebuild STREAM``
+    replays it; the message says why and names that command."""
+
+    exit_code = 3
 
 
 class SnapshotError(LedgerError):

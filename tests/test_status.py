@@ -51,3 +51,36 @@ def test_duplicates_are_the_last_run_of_each_source_and_say_so(
     out = run("status")
     assert "duplicates 4000 (in the last run of each of its 2 sources)" in out, out
     assert "duplicates 7 (over all runs)" in out, out
+
+
+def test_a_sparse_streams_events_come_from_its_position_not_a_count_of_the_stream(engine: Engine) -> None:
+    """Databento's seqs skip numbers: with its position ok and begun at the stream's first
+    seq, status adds the events after the position to the position's count, rather than
+    counting the whole stream; a doctored count shows through. Otherwise it counts them."""
+    from ledger.services.ingest.dbn_file import ingest_dbn
+    from ledger.services.project.batch import project
+    from ledger.services.read.status import stream_status
+    from tests.test_databento import TINY
+
+    (glbx,) = [path for path in TINY if "GLBX" in path.name]
+    ingest_dbn(engine, glbx)
+    name = "databento:GLBX.MDP3:ESH1"
+
+    def status() -> tuple[int, int | None]:
+        with engine.connect() as conn:
+            (row,) = stream_status(conn, name)
+        return row.events, row.lag_events
+
+    assert status() == (4, None)  # no position: counted
+    (result,) = project(engine, streams=[name])
+    assert result.status == "ok"
+    assert status() == (4, 0)
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE projector_positions SET events_applied = 1000, last_seq = last_seq - 1"))
+    assert status() == (1001, 1)  # 1000 from the position, the one event after it counted
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE projector_positions SET status = 'needs_rebuild'"))
+    assert status() == (4, 1)  # a stale position's count is not trusted
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE projector_positions SET status = 'ok', first_seq = first_seq + 1"))
+    assert status() == (4, 1)  # nor one that began after the stream's first event

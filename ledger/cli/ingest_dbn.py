@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -88,6 +89,15 @@ def ingest_dbn_command(inputs: tuple[str, ...], stream: str | None, batch_size: 
         echo_json([s.as_dict() for s in summaries])
     else:
         click.echo(_report(summaries))
+    # Rule: a stream whose projection the run stored records behind is named, with the
+    # command that mends it, whatever the format (on stderr; JSON also says needs_rebuild).
+    behind = dict.fromkeys(counts.stream for s in summaries for counts in s.streams.values() if counts.needs_rebuild)
+    for name in behind:
+        click.echo(
+            f"Warning: stream {printable(name)}: records were stored behind its projection, whose book and L1 "
+            f"rows lack them; run `ledger project --rebuild {shlex.quote(printable(name))}`",
+            err=True,
+        )
     failed = [s for s in summaries if s.error]
     if failed:
         for s in failed:

@@ -9,6 +9,9 @@ PostgreSQL session-level advisory locks on two int4 keys (class, object), which
     writer      0x1ED6    a stream's writer: a CSV ingest or a capture  the stream id
     projector   0x1ED7    a stream's projector (a batch run, a follower) the stream id
     member      0x1ED8    a live follower, for as long as it follows     its backend pid
+    position    0x1ED9    a transaction that reads the projector's       the stream id
+                          position to check it against the log (a
+                          transaction lock: the committer, an ingest)
     ==========  ========  ===========================================  =================
 
 A lock belongs to the session (the connection) that took it: closing or losing the
@@ -17,7 +20,16 @@ transaction lock of their own (:mod:`ledger.storage.database`).
 
 :func:`fence_projector` is what the projector's committer checks before each write: that
 its process still holds the stream's projector lock, and that the stored position is the
-one it wrote last (the row stays locked until the commit).
+one it wrote last (the row stays locked until the commit), and that no ingest has marked
+it ``needs_rebuild``.
+
+:func:`lock_position` is how both sides of that check lock a stream's position: the
+committer (before it counts the events of a chunk's seq range) and an ingest that stores
+events below the stream's head (before it compares them with the position). Rule: each
+takes the stream's position lock (a transaction lock, so it also serialises the two when
+no position row exists yet) and then the row itself, ``FOR UPDATE``, in that order; so one
+of the two transactions always commits before the other reads, and the later one sees
+what the earlier one did.
 """
 
 from __future__ import annotations
@@ -27,18 +39,21 @@ from typing import NamedTuple
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from ledger.errors import DatabaseError, LockLost
+from ledger.errors import DatabaseError, LockLost, StaleProjection
 from ledger.storage.database import drop_connection
 from ledger.storage.schema import projector_positions
 
 __all__ = [
     "MEMBER_LOCK_CLASS",
+    "POSITION_LOCK_CLASS",
     "PROJECT_LOCK_CLASS",
     "WRITER_LOCK_CLASS",
     "Lock",
     "Locks",
     "fence_projector",
+    "lock_position",
     "member_lock",
+    "position_lock",
     "projector_lock",
     "writer_lock",
 ]
@@ -49,6 +64,8 @@ WRITER_LOCK_CLASS = 0x1ED6
 PROJECT_LOCK_CLASS = 0x1ED7
 #: The lock class of a live follower (object: its backend pid).
 MEMBER_LOCK_CLASS = 0x1ED8
+#: The lock class of a stream's projector position, checked against the log (object: the stream id).
+POSITION_LOCK_CLASS = 0x1ED9
 
 _IN_THIS_DATABASE = (
     "locktype = 'advisory' AND granted AND objsubid = 2"
@@ -83,6 +100,19 @@ def member_lock(backend_pid: int) -> Lock:
     return Lock(MEMBER_LOCK_CLASS, backend_pid)
 
 
+def position_lock(stream_id: int) -> Lock:
+    """The transaction lock taken before a stream's position is checked against the log."""
+    return Lock(POSITION_LOCK_CLASS, stream_id)
+
+
+class LockedPosition(NamedTuple):
+    """A stream's position row as :func:`lock_position` read it."""
+
+    last_seq: int
+    status: str
+    message: str | None
+
+
 class Locks:
     """Advisory locks taken, given back and looked up on one connection (its session)."""
 
@@ -104,6 +134,10 @@ class Locks:
     def try_take_for_transaction(self, lock: Lock) -> bool:
         """Take ``lock`` until the current transaction ends, if free; whether it did."""
         return bool(self._conn.execute(sa.text("SELECT pg_try_advisory_xact_lock(:c, :o)"), lock.params()).scalar())
+
+    def take_for_transaction(self, lock: Lock) -> None:
+        """Take ``lock`` until the current transaction ends, waiting for it as long as it takes."""
+        self._conn.execute(sa.text("SELECT pg_advisory_xact_lock(:c, :o)"), lock.params())
 
     def release(self, lock: Lock) -> None:
         self._conn.execute(sa.text("SELECT pg_advisory_unlock(:c, :o)"), lock.params())
@@ -135,17 +169,35 @@ class Locks:
         return int(self._conn.execute(_HOLDERS, {"c": lock_class}).scalar_one())
 
 
+def lock_position(conn: Connection, stream_id: int) -> LockedPosition | None:
+    """Lock the stream's projector position until the current transaction ends (its
+    position lock, then its row ``FOR UPDATE``: see the module) and read it; None when the
+    stream has no position yet (the position lock alone then holds off the other side)."""
+    Locks(conn).take_for_transaction(position_lock(stream_id))
+    row = conn.execute(
+        sa.select(projector_positions.c.last_seq, projector_positions.c.status, projector_positions.c.message)
+        .where(projector_positions.c.stream_id == stream_id)
+        .with_for_update()
+    ).one_or_none()
+    return None if row is None else LockedPosition(int(row.last_seq), row.status, row.message)
+
+
 def fence_projector(conn: Connection, stream_id: int, *, owner: int | None, expected: int | None) -> None:
     """Raise :class:`~ledger.errors.LockLost` unless a projector may write ``stream_id`` in
     the current transaction: the backend ``owner`` (None: not checked) still holds its
     projector lock, and the stored position is still ``expected`` (None: no position row),
-    the one this projector wrote last. The position row stays locked until the commit,
-    which closes the race the lock check leaves."""
+    the one this projector wrote last. Raise :class:`~ledger.errors.StaleProjection` (a
+    LockLost) when the position is marked ``needs_rebuild`` (an ingest stored events behind
+    it), with the mark's reason. The position stays locked until the commit
+    (:func:`lock_position`), which closes the race the lock check leaves."""
     if owner is not None and not Locks(conn).holds(projector_lock(stream_id), pid=owner):
         raise LockLost(f"stream {stream_id}: this projector lost its lock on the stream; it writes nothing more for it")
-    current = conn.execute(
-        sa.select(projector_positions.c.last_seq).where(projector_positions.c.stream_id == stream_id).with_for_update()
-    ).scalar()
+    position = lock_position(conn, stream_id)
+    if position is not None and position.status == "needs_rebuild":
+        raise StaleProjection(
+            position.message or f"stream {stream_id}: its projection needs `ledger project --rebuild`"
+        )
+    current = None if position is None else position.last_seq
     if current != expected:
         raise LockLost(
             f"stream {stream_id}: its projector position is {current}, not {expected} as this projector wrote it; "

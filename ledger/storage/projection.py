@@ -4,6 +4,14 @@ positions = Positions(conn)
 pos = positions.get(stream_id)          # None before the first run
 L1Rows(conn).copy(rows)                 # COPY, same transaction as ...
 positions.put(stream_id, new_position)  # ... the position that covers them
+
+Events stored behind a projection (Databento's keys are times, so a file of earlier hours
+ingested later lands below the head, where the projector cannot see a gap): the ingest that
+stores them calls :meth:`Positions.outrun` in its transaction, and the projector's committer
+compares :meth:`Positions.stored_events` over each chunk's seq range with what it applied,
+both under :func:`~ledger.storage.locks.lock_position`; either marks the position
+``needs_rebuild``, which stops the projector (:func:`~ledger.storage.locks.fence_projector`)
+until ``ledger project --rebuild STREAM``.
 """
 
 from __future__ import annotations
@@ -22,7 +30,8 @@ from sqlalchemy.engine import Connection
 from ledger.errors import SnapshotError
 from ledger.storage.copy import L1_COPY_COLUMNS, L1Row, l1_payload
 from ledger.storage.database import driver_errors
-from ledger.storage.schema import book_snapshots, l1, projector_positions
+from ledger.storage.locks import lock_position
+from ledger.storage.schema import book_snapshots, events, l1, projector_positions
 
 __all__ = ["L1_HEADER", "L1Row", "L1Rows", "Position", "Positions", "SnapshotInfo", "Snapshots"]
 
@@ -96,6 +105,52 @@ class Positions:
 
     def delete(self, stream_id: int) -> None:
         self._conn.execute(projector_positions.delete().where(projector_positions.c.stream_id == stream_id))
+
+    def outrun(self, stream_id: int, lowest_seq: int, *, stream: str | None = None) -> bool:
+        """Called in the transaction that stores events of ``stream_id`` (named ``stream``)
+        the lowest of which is ``lowest_seq``, before it commits. Rule: when the projection
+        has already applied a seq at or above ``lowest_seq``, its book and L1 rows lack these
+        events: the position is marked ``needs_rebuild`` with the reason, and True returned.
+        The position stays locked until the commit (:func:`~ledger.storage.locks.lock_position`),
+        so a projector's committer either sees the mark or, committing first, has its new
+        position seen here."""
+        position = lock_position(self._conn, stream_id)
+        if position is None or position.last_seq < lowest_seq:
+            return False
+        if position.status != "needs_rebuild":
+            name = stream if stream is not None else f"#{stream_id}"
+            self.mark_needs_rebuild(
+                stream_id,
+                f"stream {name!r}: events from seq {lowest_seq} were stored behind the projection (at seq "
+                f"{position.last_seq}), so its book and L1 rows lack them; run `ledger project --rebuild {name}`",
+            )
+        return True
+
+    def mark_needs_rebuild(self, stream_id: int, reason: str, *, first_seq: int | None = None) -> None:
+        """Mark the stream's position ``needs_rebuild`` with ``reason``, keeping its figures.
+        A stream without a position gets one that has applied nothing from ``first_seq``
+        (required then), so the mark is there all the same."""
+        marked = self._conn.execute(
+            projector_positions.update()
+            .where(projector_positions.c.stream_id == stream_id)
+            .values(status="needs_rebuild", message=reason, updated_at=sa.func.now())
+        ).rowcount
+        if not marked:
+            if first_seq is None:
+                raise ValueError(f"stream {stream_id} has no position: first_seq is needed to mark one")
+            empty = Position(first_seq=first_seq, last_seq=first_seq - 1, status="needs_rebuild", message=reason)
+            self.put(stream_id, empty)
+
+    def stored_events(self, stream_id: int, *, after: int | None = None, upto: int | None = None) -> int:
+        """How many events of the stream the log holds with ``after < seq <= upto`` (None: no
+        bound): what the committer compares with the events a chunk applied, and ``ledger
+        status`` adds to a position's count."""
+        query = sa.select(sa.func.count()).select_from(events).where(events.c.stream_id == stream_id)
+        if after is not None:
+            query = query.where(events.c.seq > after)
+        if upto is not None:
+            query = query.where(events.c.seq <= upto)
+        return int(self._conn.execute(query).scalar_one())
 
 
 class L1Rows:

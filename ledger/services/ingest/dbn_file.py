@@ -12,6 +12,12 @@ Rules (``docs/venues/databento.md`` says why):
   at or below it is looked up: stored with the same bytes, it is a duplicate (counted, not
   stored again); with other bytes, a conflicting duplicate (also kept as a reject); absent,
   it is stored (a file of an earlier day ingested after a later one).
+- **Behind a projection.** The transaction that stores records at or below a stream's
+  highest stored seq also checks the stream's projector position
+  (:meth:`~ledger.storage.projection.Positions.outrun`): when the projection has applied a
+  seq at or above the lowest of them, its book and L1 rows lack them, so the position is
+  marked ``needs_rebuild`` and the stream's counts say ``needs_rebuild`` (the command line
+  names ``ledger project --rebuild STREAM``).
 - **Batches.** The reading thread decodes and keys records; a writer thread commits each
   batch in one transaction: the events of all its streams (one COPY), their rejects, and
   per stream a checkpoint of the last record number done. A run killed at any moment and
@@ -52,6 +58,7 @@ from ledger.services.ingest.inputs import expand
 from ledger.storage.locks import Locks, writer_lock
 from ledger.storage.log import Checkpoint, Checkpoints, EventLog, Reject, Rejects, Streams
 from ledger.storage.notify import notify_appended
+from ledger.storage.projection import Positions
 from ledger.venues.databento.dbn import DbnError, MboReader, Sequencer
 
 __all__ = [
@@ -99,6 +106,9 @@ class StreamCounts:
     duplicates: int = 0
     conflicting_duplicates: int = 0
     rejects: int = 0
+    #: Records were stored behind the stream's projection, which now needs
+    #: ``ledger project --rebuild STREAM`` (its position is marked so).
+    needs_rebuild: bool = False
 
 
 @dataclass
@@ -507,6 +517,7 @@ class _Run:
                     parts.append((state.stream_id, rows))
                     found[name] = (seqs, duplicates, conflicting)
                 log.append_many(parts, venue_fields=True)
+                behind = self._outrun(found)
                 if parts:
                     notify_appended(conn, [stream_id for stream_id, rows in parts if rows])
                 for name in {**batch.rows, **batch.rejects}:
@@ -525,6 +536,8 @@ class _Run:
             if seqs:
                 state.high = seqs[-1] if state.high is None else max(state.high, seqs[-1])
             _count(summary, summary.streams[name], len(seqs), duplicates, len(conflicting), 0)
+        for name in behind:
+            summary.streams[name].needs_rebuild = True
         for name, rejects in batch.rejects.items():
             _count(summary, summary.streams[name], 0, 0, 0, len(rejects))
         for name in {**batch.rows, **batch.rejects}:
@@ -534,6 +547,18 @@ class _Run:
         if batch.last:
             summary.seconds = time.perf_counter() - current.started
         self._give_back_old_locks()
+
+    def _outrun(self, found: dict[str, tuple[list[int], int, list[Reject]]]) -> list[str]:
+        """In the batch's transaction: the streams whose projection this batch's records
+        fall behind, their positions marked ``needs_rebuild`` (see the module). Only records
+        at or below a stream's highest stored seq can: the projector never passes it."""
+        behind = []
+        for name, (seqs, _, _) in found.items():
+            state = self.streams[name]
+            below_head = bool(seqs) and state.high is not None and min(seqs) <= state.high
+            if below_head and Positions(self.conn).outrun(state.stream_id, min(seqs), stream=name):
+                behind.append(name)
+        return behind
 
     def _checkpoint(self, batch: _Batch, found: dict[str, Any]) -> None:
         """The streams of the batch (of the whole input at its last batch): done up to the

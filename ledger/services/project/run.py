@@ -10,11 +10,22 @@ the stream grows, with the book still in memory.
 
 At a gap the run first looks for a source snapshot (the venue's own book) that makes up
 for it; failing that it stops there and names the missing seqs, unless told to skip gaps.
+
+Events stored behind the projection (a venue whose seqs skip numbers, such as Databento's
+time keys, shows no gap for them) stop the stream with status ``needs_rebuild``: an ingest
+marks the position when it stores events at or below the seq the projection has applied
+(:meth:`~ledger.storage.projection.Positions.outrun`); and, for such venues, the committer
+counts the stored events of each chunk's seq range before it writes the chunk's position:
+more than the chunk applied means an ingest landed behind the reader, and the position is
+marked instead of written. Both run under the position's lock, so one always sees the
+other. A marked position stops a run at its start and the committer at its next write
+(:class:`~ledger.errors.StaleProjection`), until ``ledger project --rebuild STREAM``.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
@@ -25,7 +36,7 @@ from sqlalchemy.engine import Connection, Engine
 from ledger._threads import Worker
 from ledger.domain.snapshot import FORMAT_VERSION as SNAPSHOT_FORMAT
 from ledger.domain.snapshot import encode
-from ledger.errors import LockLost
+from ledger.errors import LockLost, StaleProjection
 from ledger.services.project.replay import contiguous, read_ahead, replay, restore_latest, stream_projector
 from ledger.storage.locks import PROJECT_LOCK_CLASS, fence_projector
 from ledger.storage.log import EventLog, GapStore, SourceSnapshots
@@ -144,6 +155,9 @@ class StreamRun:
         self._proj, self._sources = stream_projector(engine, stream_id, name, options.error_threshold)
         self._pos: Position | None = None
         self._written: int | None = None  # the position last committed (None: no row yet)
+        self._written_applied = 0  # the events_applied of that position
+        # Sparse seqs hide events stored behind the reader: the committer counts each chunk's range.
+        self._count_chunks = not self._sources.venue.dense_seqs
         self._ready = False  # the book in memory stands at the position
         self._since_snapshot = 0
         self._skip_until: int | None = None
@@ -161,8 +175,12 @@ class StreamRun:
         if pos is None:
             return
         self._written = pos.last_seq
+        self._written_applied = pos.events_applied
         summary.last_seq = pos.last_seq
         summary.status, summary.message, summary.anomalies = pos.status, pos.message, dict(pos.anomalies)
+        if pos.status == "needs_rebuild":  # marked by an ingest, the committer or an earlier run
+            self.done = True
+            return
         if low is not None and low < pos.first_seq:
             # Events older than the projection's start arrived later: its book never saw them.
             pos.status = "needs_rebuild"
@@ -202,7 +220,7 @@ class StreamRun:
     def catch_up(self, stop: Callable[[], bool] = _never) -> int:
         """Apply what the log holds after the position (until ``stop`` says so, checked
         between chunks); the number of events applied."""
-        if self.done:
+        if self.done or self._stale():
             return 0
         with self.engine.connect() as conn:
             _, head = EventLog(conn).seq_range(self.stream_id)
@@ -231,7 +249,7 @@ class StreamRun:
         for rows in read_ahead(self.engine, self.stream_id, after=after, chunk=chunk, extra=extra):
             n, status = self._chunk(rows)
             applied += n
-            if status != "ok" or stop():
+            if status != "ok" or stop() or self._stale():
                 break
         else:
             if status == "ok" and self._pos is not None:
@@ -355,8 +373,20 @@ class StreamRun:
         """Hand the committer the writes that bring the stored position to the one in hand."""
         assert self._pos is not None
         written = replace(self._pos, anomalies=dict(self._pos.anomalies))
-        self._committer.submit(_Job(self.stream_id, out, written, skipped, snapshot, self._owner, self._written))
-        self._written = written.last_seq
+        applied = written.events_applied - self._written_applied if self._count_chunks else None
+        job = _Job(self.stream_id, out, written, skipped, snapshot, self._owner, self._written, applied, self.name)
+        self._committer.submit(job)
+        self._written, self._written_applied = written.last_seq, written.events_applied
+
+    def _stale(self) -> bool:
+        """Whether the committer found the stream's projection stale (events stored behind
+        it); the run is then done, with status ``needs_rebuild`` and the reason."""
+        reason = self._committer.stale(self.stream_id)
+        if reason is None:
+            return False
+        self.done = True
+        self.summary.status, self.summary.message = "needs_rebuild", reason
+        return True
 
     def _gap_age(self, gap: tuple[int, int]) -> float:
         """Seconds since ingest recorded the open gap rows that ``gap`` overlaps (inf: none)."""
@@ -367,6 +397,7 @@ class StreamRun:
         """The run's summary (after the committer has written its jobs)."""
         if self._pos is None and not self.done:
             self.summary.status = "empty"
+        self._stale()  # the committer may have found it stale after the last chunk
         self.summary.seconds = time.perf_counter() - self._started
         return self.summary
 
@@ -382,29 +413,69 @@ class _Job:
     snapshot: tuple[int, bytes, int] | None  # seq, payload, order count
     owner: int | None = None  # the backend that must hold the stream's projector lock
     expected: int | None = None  # the position this job follows on from (None: the stream's first)
+    #: Events applied in (expected, pos.last_seq], checked against the log's count (None: not checked).
+    applied: int | None = None
+    stream: str = ""  # the stream's name, for messages
 
 
 class Committer(Worker[_Job]):
     """Writes each chunk's job in one transaction, in order, on its own connection, while
     the next chunk is applied: a :class:`~ledger._threads.Worker` (at most two jobs wait;
     ``flush`` waits until every job submitted is written; a failed write is raised in the
-    applying thread, and ``abandon`` drops the jobs still queued)."""
+    applying thread, and ``abandon`` drops the jobs still queued).
+
+    A stream found stale (its position marked ``needs_rebuild``, by an ingest or by
+    :func:`_write`'s count) is not an error of the committer, which serves other streams
+    too: the reason is kept (:meth:`stale`), the stream's later jobs are dropped, and its
+    :class:`StreamRun` stops."""
 
     def __init__(self, engine: Engine) -> None:
         super().__init__(self._write_all, name="ledger-commit", maxsize=2)
         self._engine = engine
+        self._stale: dict[int, str] = {}
+        self._stale_lock = threading.Lock()
+
+    def stale(self, stream_id: int) -> str | None:
+        """Why the stream's projection was found stale, or None."""
+        with self._stale_lock:
+            return self._stale.get(stream_id)
 
     def _write_all(self, jobs: Iterator[_Job]) -> None:
         with self._engine.connect() as conn:
             for job in jobs:
-                with conn.begin():
-                    _write(conn, job)
+                if self.stale(job.stream_id) is not None:
+                    continue  # its run is stopping: nothing more is written for it
+                reason = None
+                try:
+                    with conn.begin():
+                        reason = _write(conn, job)
+                except StaleProjection as e:  # marked before this job: nothing of it is written
+                    reason = str(e)
+                if reason is not None:
+                    with self._stale_lock:
+                        self._stale[job.stream_id] = reason
 
 
-def _write(conn: Connection, job: _Job) -> None:
+def _write(conn: Connection, job: _Job) -> str | None:
+    """Write one job in the current transaction; or, when the log holds more events in the
+    job's seq range than the job applied (events stored behind the reader), mark the
+    position ``needs_rebuild`` instead and return the reason."""
     sid = job.stream_id
-    # Only while this process holds the stream, on from the position it wrote last.
+    # Only while this process holds the stream, on from the position it wrote last, and
+    # the position not marked stale (StaleProjection). The position stays locked till commit.
     fence_projector(conn, sid, owner=job.owner, expected=job.expected)
+    if job.applied is not None:
+        positions = Positions(conn)
+        stored = positions.stored_events(sid, after=job.expected, upto=job.pos.last_seq)
+        if stored > job.applied:
+            since = "the stream's start" if job.expected is None else f"seq {job.expected}"
+            reason = (
+                f"stream {job.stream!r}: {stored - job.applied} events after {since} through seq "
+                f"{job.pos.last_seq} were stored behind the projector while it ran, so its book and L1 rows "
+                f"lack them; run `ledger project --rebuild {job.stream}`"
+            )
+            positions.mark_needs_rebuild(sid, reason, first_seq=job.pos.first_seq)
+            return reason
     L1Rows(conn).copy(sid, job.out)
     for first, last in job.skipped:
         GapStore(conn).mark_skipped(sid, first, last)
@@ -412,6 +483,7 @@ def _write(conn: Connection, job: _Job) -> None:
         seq, payload, count = job.snapshot
         Snapshots(conn).save(sid, seq, payload, format_version=SNAPSHOT_FORMAT, order_count=count)
     Positions(conn).put(sid, job.pos)
+    return None
 
 
 def _describe(anomalies: dict[str, int]) -> str:

@@ -12,6 +12,7 @@ from sqlalchemy.engine import Connection
 from ledger.domain.marks import step
 from ledger.services.read.times import iso_time
 from ledger.storage.log import EventLog, GapStore, Rejects, Streams
+from ledger.storage.projection import Positions
 from ledger.storage.reports import StatusRows
 from ledger.venues import names as venue_names
 from ledger.venues import venue
@@ -27,6 +28,24 @@ __all__ = ["StreamStatus", "gap_rows", "reject_rows", "stream_status"]
 # carries its counts over from one run to the next ("all_runs").
 _DUPLICATES_SCOPE = {"coinbase": "all_runs"}
 _DEFAULT_DUPLICATES_SCOPE = "last_run_per_source"
+
+
+# Rule: a stream whose seqs skip numbers (Databento's time keys) has its events counted, not
+# derived from the seq range. When its position is ok and began at or before the stream's
+# first seq, the projector has applied every stored event up to its position (events stored
+# behind it would have marked it needs_rebuild), so the count is the position's
+# ``events_applied`` plus the events after it: no count over the whole stream. Otherwise
+# (no position, a stream stopped or stale, events older than its start) every event is counted.
+def _sparse_counts(conn: Connection, stream_id: int, first_seq: int | None) -> tuple[int, int | None]:
+    """(events, lag in events) of a stream whose seqs skip numbers (the rule above)."""
+    positions = Positions(conn)
+    pos = positions.get(stream_id)
+    if pos is None:
+        return positions.stored_events(stream_id), None
+    lag = positions.stored_events(stream_id, after=pos.last_seq)
+    if pos.status == "ok" and first_seq is not None and pos.first_seq <= first_seq:
+        return pos.events_applied + lag, lag
+    return positions.stored_events(stream_id), lag
 
 
 @dataclass
@@ -71,16 +90,15 @@ def stream_status(conn: Connection, name: str | None = None) -> list[StreamStatu
     if name is not None:
         Streams(conn).get(name)
     out = []
-    sparse = [name for name in venue_names() if not venue(name).dense_seqs]
-    for r in StatusRows(conn).rows(name=name, sparse=sparse):
-        events = 0 if r.first_seq is None else int(r.last_seq - r.first_seq + 1 - r.unfilled)
-        if r.counted is not None:  # seqs that skip numbers: counted
-            events = int(r.counted)
+    sparse = {name for name in venue_names() if not venue(name).dense_seqs}
+    for r in StatusRows(conn).rows(name=name):
         lag = None
-        if r.lag_counted is not None:
-            lag = int(r.lag_counted)
-        elif r.projected_seq is not None and r.last_seq is not None:
-            lag = max(0, int(r.last_seq - r.projected_seq - r.missing_after_position))
+        if r.source in sparse:  # seqs that skip numbers: counted
+            events, lag = _sparse_counts(conn, int(r.id), r.first_seq)
+        else:
+            events = 0 if r.first_seq is None else int(r.last_seq - r.first_seq + 1 - r.unfilled)
+            if r.projected_seq is not None and r.last_seq is not None:
+                lag = max(0, int(r.last_seq - r.projected_seq - r.missing_after_position))
         out.append(
             StreamStatus(
                 stream=r.name,
