@@ -37,16 +37,24 @@ from tests.test_ingest_dbn import ESH4, _events, _l1, _sid, _us
 CHUNK = 5_000  # events per projector chunk: the committer writes a job per chunk
 
 
-def _halves(tmp_path: Path, *, odd_upto: int | None = None) -> tuple[Path, Path, list[int]]:
+def _halves(tmp_path: Path, *, odd_upto: int | None = None, tail: int = 0) -> tuple[Path, Path, list[int]]:
     """Part A (records of an even millisecond of ts_recv) and part B (an odd one; with
     ``odd_upto``, only those with ts_recv at or below it) of the ESH4 day as plain DBN
-    files, and the ts_recv of A's records in order."""
+    files, and the ts_recv of A's records in order. With ``tail``, the day's last records
+    (at least ``tail``, from one a millisecond or more after the one before it, so that no
+    key moves) are in neither but in ``c.dbn``, above both."""
     meta, raws = cut_records(plain_dbn(ESH4_DAY))
+    if tail:
+        cut = len(raws) - tail
+        while _ts_recv(raws[cut]) - _ts_recv(raws[cut - 1]) < 1_000_000:
+            cut -= 1
+        write(tmp_path, "c.dbn", meta + b"".join(raws[cut:]))
+        raws = raws[:cut]
     even: list[bytes] = []
     odd: list[bytes] = []
     times: list[int] = []
     for raw in raws:
-        ts_recv = int.from_bytes(raw[40:48], "little")  # the MBO record's ts_recv field
+        ts_recv = _ts_recv(raw)
         if (ts_recv // 1_000_000) % 2 == 0:
             even.append(raw)
             times.append(ts_recv)
@@ -54,6 +62,11 @@ def _halves(tmp_path: Path, *, odd_upto: int | None = None) -> tuple[Path, Path,
             odd.append(raw)
     assert even and odd
     return write(tmp_path, "a.dbn", meta + b"".join(even)), write(tmp_path, "b.dbn", meta + b"".join(odd)), times
+
+
+def _ts_recv(raw: bytes) -> int:
+    """The ts_recv field of an MBO record's bytes."""
+    return int.from_bytes(raw[40:48], "little")
 
 
 def _count_star(engine: Engine) -> int:
@@ -145,7 +158,7 @@ def _on_job(monkeypatch: pytest.MonkeyPatch, number: int, hook: Callable[[], Non
 def test_ingest_after_projection_marks_it_and_rebuild_recovers(
     engine: Engine, db_env: dict[str, str], tmp_path: Path
 ) -> None:
-    part_a, part_b, _ = _halves(tmp_path)
+    part_a, part_b, _ = _halves(tmp_path, tail=1_000)
     ingest_dbn(engine, part_a)
     assert _status(engine).lag_events is None
     assert _project(engine).status == "ok"
@@ -160,8 +173,12 @@ def test_ingest_after_projection_marks_it_and_rebuild_recovers(
     assert f"ledger project --rebuild {ESH4}" in (stored.projector_message or "")
     with engine.connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM rejects")).scalar_one() == 0
+    later = ingest_dbn(engine, tmp_path / "c.dbn")  # above the head: nothing more to mark
+    assert later.events_stored >= 1_000 and (later.duplicates, later.rejects) == (0, 0)
+    assert not later.streams[ESH4].needs_rebuild
+    assert _status(engine).projector_status == "needs_rebuild"
 
-    again = _project(engine)  # a marked projection applies nothing and says why
+    again = _project(engine)  # a marked projection applies nothing, not even the later records, and says why
     assert (again.status, again.events_applied) == ("needs_rebuild", 0)
     assert "--rebuild" in (again.message or "")
     cli_project = CliRunner().invoke(cli, ["project", ESH4], env=db_env)
