@@ -53,7 +53,13 @@ _STATUS = sa.text(
                                 coalesce(sum(gg.last_seq - gg.first_seq + 1)
                                          FILTER (WHERE gg.status = 'open'), 0) AS missing,
                                 -- made up for by a source snapshot: resolved, yet not in the log
-                                coalesce(sum(gg.last_seq - gg.first_seq + 1), 0) AS unfilled
+                                -- (less any event stored inside such a window after all: a
+                                -- message the feed delivered late, as it was being resolved)
+                                coalesce(sum(gg.last_seq - gg.first_seq + 1
+                                             - (SELECT count(*) FROM events e
+                                                 WHERE e.stream_id = s.id
+                                                   AND e.seq BETWEEN gg.first_seq AND gg.last_seq)), 0)
+                                    AS unfilled
                            FROM gaps gg WHERE gg.stream_id = s.id AND gg.status IN ('open', 'snapshot')) g ON true
       LEFT JOIN LATERAL (SELECT b.seq, b.created_at FROM book_snapshots b WHERE b.stream_id = s.id
                           ORDER BY b.seq DESC LIMIT 1) bs ON true
