@@ -127,6 +127,21 @@ def engine(_session_engine: Engine) -> Iterator[Engine]:
 
 
 @pytest.fixture
+def scratch_engine(database_url: URL) -> Iterator[Engine]:
+    """A second, empty database for migration tests (the session one stays at head)."""
+    name = f"{database_url.database}_mig"
+    admin = _libpq(database_url.set(database="postgres"))
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    engine = create_engine(database_url.set(database=name))
+    yield engine
+    engine.dispose()
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture
 def db_env(database_url: URL, engine: Engine, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     """Environment for running the ledger CLI against the test database."""
     env = dict(os.environ)

@@ -1,5 +1,5 @@
 """The CSV ingest's fast path (one pattern per line, format.fast_row) against the careful
-path (format.parse_line, then storage's event_row): on any line, the fast path either
+path (format.parse_line, then format.row_of): on any line, the fast path either
 steps aside (None) or makes the row the careful path makes (byte for byte, but for a
 seq_num written with leading zeros, which both store as the same bigint). Lines are the
 sample's, damaged where the fast path's own checks sit: integers at and past 2**63 - 1,
@@ -15,8 +15,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from ledger.errors import RowError
-from ledger.storage.copy import event_row
-from ledger.venues.csv.format import _at_most, fast_row, parse_line
+from ledger.venues.csv.format import _at_most, fast_row, parse_line, row_of
 from tests.conftest import V31
 
 _SAMPLE = V31.read_bytes().splitlines()[1:400]
@@ -53,7 +52,7 @@ def _careful(line: bytes) -> tuple[int, bytes] | None:
         row = parse_line(text)
     except RowError:
         return None
-    return row.seq, event_row(row.seq, row.kind, row.order_id, row.side, row.price, row.size, row.time, text)
+    return row.seq, row_of(row, text, line)
 
 
 @st.composite

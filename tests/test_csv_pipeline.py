@@ -50,7 +50,7 @@ def test_v31_l1_export_is_byte_identical_to_the_reference(db_env: dict[str, str]
 def test_every_raw_line_is_kept(db_env: dict[str, str], engine: Engine) -> None:
     run("ingest", "csv", str(V31))
     lines = V31.read_text(encoding="utf-8-sig").splitlines()[1:]
-    stored = [r[0] for r in table(engine, "SELECT raw FROM events ORDER BY seq")]
+    stored = [r[0] for r in table(engine, "SELECT ledger_raw(events) FROM events ORDER BY seq")]
     assert sorted(stored) == sorted(lines)
 
 
@@ -114,7 +114,7 @@ def events_of(engine: Engine, stream: str) -> list[tuple[object, ...]]:
     with engine.connect() as conn:
         rows = conn.execute(
             sa.text(
-                "SELECT seq, kind, order_id, side, price, size, ts, raw FROM events"
+                "SELECT seq, kind, order_id, side, price, size, ts, ledger_raw(events) FROM events"
                 " WHERE stream_id = (SELECT id FROM streams WHERE name = :name) ORDER BY seq"
             ),
             {"name": stream},

@@ -131,7 +131,9 @@ def _log(engine: Engine, stream: str) -> tuple[list[tuple[object, ...]], list[tu
     with engine.connect() as conn:
         sid = conn.execute(sa.text("SELECT id FROM streams WHERE name = :n"), {"n": stream}).scalar_one()
         events = conn.execute(
-            sa.text("SELECT seq, kind, order_id, side, price, size, ts, raw FROM events WHERE stream_id = :s"),
+            sa.text(
+                "SELECT seq, kind, order_id, side, price, size, ts, ledger_raw(events) FROM events WHERE stream_id = :s"
+            ),
             {"s": sid},
         )
         rejects = conn.execute(

@@ -241,7 +241,9 @@ def ingest_traced(engine: Engine, path: Path, stream: str, **options: object) ->
 def state(engine: Engine, stream: str) -> tuple[list[tuple[object, ...]], list[tuple[object, ...]]]:
     with engine.connect() as conn:
         sid = conn.execute(sa.text("SELECT id FROM streams WHERE name = :n"), {"n": stream}).scalar_one()
-        events = conn.execute(sa.text("SELECT seq, raw FROM events WHERE stream_id = :s ORDER BY seq"), {"s": sid})
+        events = conn.execute(
+            sa.text("SELECT seq, ledger_raw(events) FROM events WHERE stream_id = :s ORDER BY seq"), {"s": sid}
+        )
         rejects = conn.execute(
             sa.text("SELECT line_no, raw, reason FROM rejects WHERE stream_id = :s ORDER BY line_no"), {"s": sid}
         )

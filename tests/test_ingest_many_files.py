@@ -54,7 +54,10 @@ def parts(folder: Path, count: int, prefix: str = "part") -> list[Path]:
 
 def raws(engine: Engine, stream: str) -> list[str]:
     with engine.connect() as conn:
-        query = "SELECT raw FROM events WHERE stream_id = (SELECT id FROM streams WHERE name = :n) ORDER BY seq"
+        query = (
+            "SELECT ledger_raw(events) FROM events"
+            " WHERE stream_id = (SELECT id FROM streams WHERE name = :n) ORDER BY seq"
+        )
         return list(conn.execute(sa.text(query), {"n": stream}).scalars())
 
 

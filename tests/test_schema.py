@@ -2,38 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import psycopg
-import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from psycopg import sql
-from sqlalchemy.engine import URL, Engine
+from sqlalchemy.engine import Engine
 
-from ledger.storage.database import HEAD_REVISION, create_engine, current_revision, downgrade, head_revision, upgrade
+from ledger.storage.database import HEAD_REVISION, current_revision, downgrade, head_revision, upgrade
 from ledger.storage.schema import metadata
 
 TABLES = {
     "streams", "events", "gaps", "rejects", "book_snapshots", "l1", "projector_positions", "ingest_checkpoints",
     "source_snapshots",
 }  # fmt: skip
-
-
-@pytest.fixture
-def scratch_engine(database_url: URL) -> Iterator[Engine]:
-    """A second, empty database for migration tests (the session one stays at head)."""
-    name = f"{database_url.database}_mig"
-    admin = database_url.set(drivername="postgresql", database="postgres").render_as_string(hide_password=False)
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    engine = create_engine(database_url.set(database=name))
-    yield engine
-    engine.dispose()
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
 def _tables(engine: Engine) -> set[str]:

@@ -105,9 +105,10 @@ def event_row(
     price: str | None,
     size: str | None,
     ts: str | None,
-    raw: str,
+    raw: str | None,
 ) -> bytes:
-    """One event's row after its stream id (None: NULL). :class:`~ledger.errors.RecordError`
+    """One event's row after its stream id (None: NULL; a NULL raw is a CSV line that
+    ``ledger_raw`` rebuilds from the columns). :class:`~ledger.errors.RecordError`
     for a value PostgreSQL text cannot hold (a NUL, a lone surrogate) or a seq that is not
     an int."""
     if type(seq) is not int:

@@ -24,6 +24,7 @@ from ledger.storage.schema import events, gaps, ingest_checkpoints, rejects, sou
 
 __all__ = [
     "EVENT_COPY_COLUMNS",
+    "RAW",
     "Checkpoint",
     "Checkpoints",
     "EventLog",
@@ -34,6 +35,12 @@ __all__ = [
     "StoredSourceSnapshot",
     "Streams",
 ]
+
+#: An event's raw line or message as received, in a query on ``events``: ``ledger_raw(events)``
+#: (migration 0004), which gives ``raw`` or, where the CSV ingest stored NULL because the line
+#: was in canonical form, the line rebuilt from the columns
+#: (:func:`ledger.venues.csv.format.csv_line` in Python).
+RAW: sa.ColumnElement[str] = sa.func.ledger_raw(events.table_valued(), type_=sa.Text)
 
 _READ = (
     "SELECT seq, kind, order_id, side, price::text, size::text, {ts}{extra} FROM events"
@@ -179,15 +186,19 @@ class EventLog:
         return None if found is None else int(found)
 
     def raw_between(self, stream_id: int, first: int, last: int) -> dict[int, str]:
-        """seq -> raw of the stream's events with a seq in [first, last]."""
-        query = sa.select(events.c.seq, events.c.raw).where(
+        """seq -> raw of the stream's events with a seq in [first, last] (as received: a
+        CSV line stored without its raw is rebuilt, see :data:`RAW`)."""
+        query = sa.select(events.c.seq, RAW.label("raw")).where(
             events.c.stream_id == stream_id, events.c.seq.between(first, last)
         )
         return {int(r.seq): r.raw for r in self._conn.execute(query)}
 
     def raw_of(self, stream_id: int, seqs: Sequence[int]) -> dict[int, str]:
+        """seq -> raw of the stream's events at ``seqs`` (those stored), as received."""
         rows = self._conn.execute(
-            sa.select(events.c.seq, events.c.raw).where(events.c.stream_id == stream_id, events.c.seq.in_(list(seqs)))
+            sa.select(events.c.seq, RAW.label("raw")).where(
+                events.c.stream_id == stream_id, events.c.seq.in_(list(seqs))
+            )
         )
         return {int(r.seq): r.raw for r in rows}
 

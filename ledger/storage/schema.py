@@ -69,7 +69,8 @@ events = Table(
     Column("price", Numeric),
     Column("size", Numeric),
     Column("ts", _TS),
-    Column("raw", Text, nullable=False),
+    # NULL for a CSV line in canonical form: ledger_raw(events) rebuilds it (migration 0004).
+    Column("raw", Text),
     # What some venues give beyond the common columns (Databento MBO); NULL for the others.
     Column("flags", SmallInteger),
     Column("ts_event", BigInteger),
@@ -78,7 +79,10 @@ events = Table(
     Column("channel", SmallInteger),
     # The records that start or end a "book may be wrong" period (ledger gaps reads them).
     Index("events_venue_marks", "stream_id", "seq", postgresql_where=text("(flags & 36) <> 0 OR kind = 'clear'")),
-    comment="Append-only event log; raw is the input line or message exactly as received.",
+    comment=(
+        "Append-only event log; raw is the input line or message exactly as received"
+        " (ledger_raw(events): NULL rebuilt from the columns)."
+    ),
 )
 
 gaps = Table(

@@ -39,7 +39,6 @@ from sqlalchemy.engine import Connection, Engine
 from ledger._threads import Worker
 from ledger.domain.sequencing import Arrival, GapTracker
 from ledger.errors import ConstraintViolation, DatabaseError, InputError, LockLost, RowError, StreamError, first_line
-from ledger.storage.copy import event_row
 from ledger.storage.locks import Locks, writer_lock
 from ledger.storage.log import (
     Checkpoint,
@@ -51,7 +50,7 @@ from ledger.storage.log import (
     Streams,
 )
 from ledger.storage.notify import notify_appended
-from ledger.venues.csv.format import CsvRow, check_header, fast_row, parse_line
+from ledger.venues.csv.format import CsvRow, check_header, fast_row, parse_line, row_of
 
 __all__ = ["CsvInput", "IngestSummary", "StopReading", "ingest_csv", "ingest_csv_files"]
 
@@ -413,7 +412,7 @@ def _take_lines(tracker: GapTracker, batch: _Batch, lines: list[bytes], line_no:
             if slow is None:
                 continue
             row, text = slow
-            fast = (row.seq, event_row(row.seq, row.kind, row.order_id, row.side, row.price, row.size, row.time, text))
+            fast = (row.seq, row_of(row, text, raw))
         seq, copy_line = fast
         high = tracker.high
         if high is not None and seq == high + 1:  # the usual case, without a call

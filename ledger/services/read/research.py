@@ -193,7 +193,7 @@ def events_batches(
         extra += VENUE_FIELDS
     if raw:
         fields.append(("raw", pa.string()))
-        extra += ("raw",)
+        extra += ("ledger_raw(events)",)  # the line as received (rebuilt where stored as NULL)
     schema = pa.schema(fields, metadata=stream_metadata(engine, stream, "events"))
 
     def batches() -> Iterator[pa.RecordBatch]:

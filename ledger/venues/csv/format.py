@@ -25,7 +25,7 @@ from typing import NamedTuple
 
 from ledger.domain.events import Number
 from ledger.errors import RowError
-from ledger.storage.copy import NULL, join_cells
+from ledger.storage.copy import NULL, event_row, join_cells
 from ledger.venues._numbers import exact
 
 __all__ = [
@@ -34,8 +34,10 @@ __all__ = [
     "CsvRow",
     "RowError",
     "check_header",
+    "csv_line",
     "fast_row",
     "parse_line",
+    "row_of",
     "to_number",
 ]
 
@@ -132,6 +134,27 @@ _B_LINE = re.compile(
     + rb"),(([0-9]{4}-[0-9]{2}-[0-9]{2})[ T](?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](?:\.[0-9]{1,6})?)"
     rb"(?: ?UTC|Z|\+00:00|\+00)?\r?\n?"
 )
+# A line in canonical form, the line :func:`csv_line` (and SQL's ledger_csv_line) rebuilds
+# from the stored values, is stored without raw. Its numbers are as PostgreSQL's numeric
+# prints them (no leading zero, no negative zero, the scale kept); its time has a space
+# before the clock and " UTC" after it, then a newline or nothing (no CR); and its fraction
+# has no trailing zero (fast_row looks at the last digit: the pattern takes any fraction, so
+# that a file of six-digit fractions costs one match a line, not two). The same pattern
+# but for these; an atomic group, so that a line that fails at its time fails at once.
+_B_CANONICAL_END = (b" UTC\n", b" UTC")
+_C_PRICE = rb"((?!-0(?:\.0+)?,)-?(?:0|[1-9][0-9]{0,19})(?:\.[0-9]{1,18})?)"
+_C_QTY = rb"((?:0|[1-9][0-9]{0,19})(?:\.[0-9]{1,18})?)"
+_C_NONZERO_QTY = rb"((?=[0-9.]*[1-9])(?:0|[1-9][0-9]{0,19})(?:\.[0-9]{1,18})?)"
+_B_CANONICAL = re.compile(
+    b"(?>((?!0[0-9])"
+    + _B_INT
+    + b"),(?:"
+    + (_B_ID + b"," + _B_SIDE + b"," + _C_PRICE + b"," + _C_NONZERO_QTY + b"," * 10)
+    + (b"|" + b"," * 4 + _B_ID + b"," + _B_SIDE + b"," + _C_PRICE + b"," + _C_QTY + b"," * 6)
+    + (b"|" + b"," * 8 + _B_ID + b"," + _B_SIDE + b"," * 4)
+    + (b"|" + b"," * 10 + _B_ID + b"," + _B_SIDE + b"," + _C_PRICE + b"," + _C_QTY)
+    + rb"),)(([0-9]{4}-[0-9]{2}-[0-9]{2}) (?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](?:\.[0-9]{1,6})?) UTC\n?"
+)
 _B_NULL = NULL.encode()
 _valid_dates: dict[bytes, bool] = {}
 
@@ -145,10 +168,17 @@ def fast_row(line: bytes) -> tuple[int, bytes] | None:
     :data:`~ledger.storage.copy.join_cells`: the pattern admits none of the characters COPY
     text escapes, so the values are the line's own bytes. Rule: the row holds the values
     :func:`parse_line` and :func:`~ledger.storage.copy.event_row` make of the same line (a
-    seq_num with leading zeros stays as written: the same bigint)."""
-    match = _B_LINE.fullmatch(line)
+    seq_num with leading zeros stays as written: the same bigint), but raw is NULL when the
+    line is in canonical form (the line :func:`csv_line` rebuilds from those values, without
+    a CR): see ``_B_CANONICAL``; tests/test_raw_rebuild.py holds the choice to
+    :func:`csv_line`."""
+    raw = _B_NULL
+    match = _B_CANONICAL.fullmatch(line) if line.endswith(_B_CANONICAL_END) else None
     if match is None:
-        return None
+        match = _B_LINE.fullmatch(line)
+        if match is None:
+            return None
+        raw = line.rstrip(b"\r\n")
     (seq, add, a_side, a_price, a_size, update, u_side, u_price, u_size, delete, d_side, trade, t_side, t_price, t_size,
      ts, day) = match.groups()  # fmt: skip
     valid = _valid_dates.get(day)
@@ -158,10 +188,11 @@ def fast_row(line: bytes) -> tuple[int, bytes] | None:
         valid = _valid_dates[day] = _valid_time(day.decode("ascii"))
     if not valid:
         return None
+    if ts[-1] == 48 and len(ts) > 19:  # a fraction ending in 0 (48): not canonical
+        raw = line.rstrip(b"\r\n")
     # The pattern leaves no tab, backslash, CR or NUL in the line (nor a newline but the one
     # stripped), so nothing in it needs escaping.
     ts += b"+00"
-    raw = line.rstrip(b"\r\n")
     if add is not None:
         return int(seq), join_cells((seq, b"add", add, a_side, a_price, a_size, ts, raw))
     if update is not None:
@@ -169,6 +200,54 @@ def fast_row(line: bytes) -> tuple[int, bytes] | None:
     if delete is not None:
         return int(seq), join_cells((seq, b"delete", delete, d_side, _B_NULL, _B_NULL, ts, raw))
     return int(seq), join_cells((seq, b"trade", trade, t_side, t_price, t_size, ts, raw))
+
+
+def row_of(row: CsvRow, text: str, line: bytes) -> bytes:
+    """The event-log row of a line :func:`parse_line` accepted (the careful path's, for a
+    line :func:`fast_row` refused): ``text`` is the line without its line end, ``line`` as
+    read. raw is NULL when the line is :func:`csv_line` of the row without a CR at its end,
+    as on the fast path; else ``text``."""
+    canonical = text == csv_line(row.kind, row.order_id, row.side, row.price, row.size, row.time, row.seq)
+    raw = None if canonical and not line.rstrip(b"\n").endswith(b"\r") else text
+    return event_row(row.seq, row.kind, row.order_id, row.side, row.price, row.size, row.time, raw)
+
+
+_SIDE_WORDS = {"B": "BUY", "S": "SELL"}
+# The empty cells before and after each kind's group.
+_AROUND = {"add": ("", ",," * 5), "update": (",,,,", ",,," * 2), "delete": (",," * 4, ",,,,"), "trade": (",," * 5, "")}
+
+
+def csv_line(kind: str, order_id: str, side: str, price: str | None, size: str | None, ts: str, seq: int) -> str:
+    """The canonical CSV line (no line end) of an event from its values as stored: those of
+    a :class:`CsvRow` (``ts`` timestamptz text in UTC such as ``2021-08-02 22:11:21.94404+00``).
+    SQL's ``ledger_csv_line(kind, order_id, side, price, size, ts, seq)`` (migration 0004)
+    makes the same text from the columns; where the input line equals it, the ingest stores
+    no raw.
+
+        >>> csv_line("add", "745638923", "B", "218", "300", "2021-08-02 22:11:21.944040+00", 1627942268920653172)
+        '1627942268920653172,745638923,BUY,218,300,,,,,,,,,,,2021-08-02 22:11:21.94404 UTC'
+        >>> csv_line("trade", "42", "S", "-007.50", "0", "2021-08-02T22:11:21+00", 9)
+        '9,,,,,,,,,,,42,SELL,-7.50,0,2021-08-02 22:11:21 UTC'
+    """
+    before, after = _AROUND[kind]
+    group = f"{order_id},{_SIDE_WORDS[side]}"
+    if kind != "delete":
+        group += f",{_numeric(price)},{_numeric(size)}"
+    stamp = ts.removesuffix("+00")
+    clock, _, fraction = stamp[11:].partition(".")
+    fraction = fraction.rstrip("0")
+    return f"{seq},{before}{group},{after}{stamp[:10]} {clock}{'.' if fraction else ''}{fraction} UTC"
+
+
+def _numeric(text: str | None) -> str:
+    """A validated decimal as PostgreSQL's numeric prints it: no leading zeros, no negative
+    zero, its fractional digits kept."""
+    if text is None:
+        raise ValueError("this kind of event needs a price and a size")
+    whole, dot, fraction = text.lstrip("-").partition(".")
+    whole = whole.lstrip("0") or "0"
+    sign = "-" if text.startswith("-") and (whole != "0" or fraction.strip("0")) else ""
+    return f"{sign}{whole}{dot}{fraction}"
 
 
 class CsvRow(NamedTuple):
