@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 import pytest
 from click.testing import CliRunner
@@ -25,3 +27,59 @@ def test_help_shows_an_example(path: tuple[str, ...]) -> None:
     assert result.exit_code == 0, result.output
     assert "Example:" in result.output
     assert "ledger " in result.output.split("Example:", 1)[1]
+
+
+def test_the_table_of_commands_is_the_commands() -> None:
+    """``ledger --help`` lists the commands from a table without importing them: the table
+    names every command, the module that defines it, and the first paragraph of its help."""
+    import importlib
+
+    from ledger.cli._app import COMMANDS
+
+    commands = cli.commands  # every module loaded
+    package = Path(cli.callback.__code__.co_filename).parent if cli.callback else None
+    assert package is not None
+    modules_of_commands = {f"ledger.cli.{p.stem}" for p in package.glob("*.py") if not p.stem.startswith("_")}
+    assert {m for modules, _ in COMMANDS.values() for m in modules} == modules_of_commands
+    assert sorted(commands) == sorted(COMMANDS)
+    for name, (modules, first_paragraph) in COMMANDS.items():
+        command = commands[name]
+        assert command.callback is not None and command.callback.__module__ == modules[0], name
+        assert " ".join((command.help or "").partition("\n\n")[0].split()) == first_paragraph, name
+        for module in modules:  # each module listed adds to this command
+            source = importlib.import_module(module).__file__
+            assert source is not None, module
+            assert module == modules[0] or f"@{name}." in Path(source).read_text(encoding="utf-8"), module
+
+
+def test_help_imports_no_command_and_lists_them_as_click_would() -> None:
+    """The lazy listing equals click's own listing of the loaded commands, and ``--help``
+    (and one command's help) import no other command's module."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys\n"
+        "from click.testing import CliRunner\n"
+        "from ledger.cli import cli\n"
+        "out = CliRunner().invoke(cli, sys.argv[1:]).output\n"
+        "print(sorted(m for m in sys.modules if m.startswith('ledger.cli.') and m != 'ledger.cli._app'"
+        " and m != 'ledger.cli._signals'))\n"
+        "print(sorted(m for m in ('sqlalchemy', 'psycopg', 'ledger.api') if m in sys.modules))\n"
+        "print(out, end='')\n"
+    )
+
+    def run(*args: str) -> tuple[str, str, str]:
+        done = subprocess.run(
+            [sys.executable, "-c", probe, *args], capture_output=True, text=True, check=True, timeout=60
+        )
+        modules, heavy, out = done.stdout.split("\n", 2)
+        return modules, heavy, out
+
+    modules, heavy, lazy = run("--help")
+    assert modules == "[]" and heavy == "[]", (modules, heavy)
+    _ = cli.commands  # all loaded: click's own listing
+    assert lazy == CliRunner().invoke(cli, ["--help"]).output
+    modules, heavy, _out = run("sql", "--help")
+    assert "ledger.cli.sql" in modules and "ledger.cli.project" not in modules, modules
+    assert heavy == "[]", heavy

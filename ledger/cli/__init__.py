@@ -1,6 +1,7 @@
-"""The ``ledger`` command line (see :mod:`ledger.cli._app`)."""
+"""The ``ledger`` command line (see :mod:`ledger.cli._app`). Each command's module is
+imported when the command is looked up (``ledger --help`` imports none of them);
+``cli.commands`` loads them all."""
 
-from ledger.cli import db, export, ingest, ingest_dbn, live, plot, project, reports, sql  # noqa: F401  (they register their commands)
 from ledger.cli._app import cli, main
 
 __all__ = ["cli", "main"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import gc
+import importlib
 import logging
 import re
 import signal
@@ -139,9 +140,116 @@ class _PrintableFormatter(logging.Formatter):
         return printable_text(super().format(record))
 
 
+#: Each top-level command: the modules that define it (and its subcommands) and the first
+#: paragraph of its help. ``ledger --help`` lists the commands from here and a command's
+#: modules are imported only when it is looked up, so that a command imports no other
+#: command's dependencies (tests/test_cli_help.py checks this table against the commands).
+COMMANDS: dict[str, tuple[tuple[str, ...], str]] = {
+    "book": (("ledger.cli.project",), "Show a stream's book now, or at any past seq or time."),
+    "db": (("ledger.cli.db",), "Database housekeeping."),
+    "export": (
+        ("ledger.cli.export",),
+        "Write a stream's history out for research: L1 rows, L2 depth, trades, events.",
+    ),
+    "gaps": (
+        ("ledger.cli.reports",),
+        "List the runs of seqs missing from a stream's log: first and last seq, how many, status (open, "
+        "filled, or snapshot: made up for by the venue's book at resolved_by_seq), when found and resolved, "
+        "and whether the projector skipped it.",
+    ),
+    "ingest": (("ledger.cli.ingest", "ledger.cli.ingest_dbn"), "Append raw L3 events to the event log."),
+    "plot": (
+        ("ledger.cli.plot",),
+        "Draw a stream from --from to --to: best bid and ask (and mid) over time, trades as points (green: the "
+        "buyer took liquidity, red: the seller, grey: not said), and the size resting in the top N levels as a "
+        "heat map behind them.",
+    ),
+    "project": (
+        ("ledger.cli.project",),
+        "Replay the event log into books and record every best bid/offer change (L1).",
+    ),
+    "psql": (
+        ("ledger.cli.sql",),
+        "Open psql on the ledger database, keeping the embedded PostgreSQL up while it runs.",
+    ),
+    "rejects": (
+        ("ledger.cli.reports",),
+        "List the input rows of a stream that could not be stored, with file, line and reason.",
+    ),
+    "run": (("ledger.cli.live",), "Capture Coinbase products and project them live, in one process."),
+    "snapshots": (("ledger.cli.project",), "List and prune the projector's book snapshots."),
+    "sql": (
+        ("ledger.cli.sql",),
+        "Run a SQL query on the ledger database (the embedded one too) and print its rows.",
+    ),
+    "status": (
+        ("ledger.cli.reports",),
+        "Per stream: events, seq range, gaps, duplicates, rejects, projector position and lag, latest book "
+        "snapshot, last ingest activity.",
+    ),
+    "watch": (
+        ("ledger.cli.live",),
+        "Show a stream's top levels live, redrawn as ingest appends events (Ctrl-C to stop).",
+    ),
+}
+
+
+def load_commands() -> None:
+    """Import every command's module (the full click tree: for documentation and tests)."""
+    for modules, _ in COMMANDS.values():
+        for module in modules:
+            importlib.import_module(module)
+
+
 class _Cli(click.Group):
-    """The ``ledger`` group: an error message (a ClickException, which is also what a
-    LedgerError becomes) is made printable before click shows it, whichever command raised it."""
+    """The ``ledger`` group: its commands are loaded when looked up (see :data:`COMMANDS`),
+    and an error message (a ClickException, which is also what a LedgerError becomes) is
+    made printable before click shows it, whichever command raised it.
+
+    ``commands`` (click's dict of them) loads them all first; click's own lookups go through
+    :meth:`get_command` and :meth:`list_commands`, which load only what they return."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._loaded: dict[str, click.Command] = {}
+        super().__init__(*args, **kwargs)
+
+    @property  # type: ignore[override]
+    def commands(self) -> dict[str, click.Command]:
+        load_commands()
+        return self._loaded
+
+    @commands.setter
+    def commands(self, value: dict[str, click.Command]) -> None:
+        self._loaded = dict(value)
+
+    def add_command(self, cmd: click.Command, name: str | None = None) -> None:
+        name = name or cmd.name
+        if name is None:
+            raise TypeError("Command has no name.")
+        self._loaded[name] = cmd
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self._loaded and cmd_name in COMMANDS:
+            for module in COMMANDS[cmd_name][0]:
+                importlib.import_module(module)
+        return self._loaded.get(cmd_name)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(self._loaded) | set(COMMANDS))
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The list of commands, from :data:`COMMANDS` for those not loaded: no import."""
+        listed: list[tuple[str, click.Command]] = []
+        for name in self.list_commands(ctx):
+            command = self._loaded.get(name)
+            if command is None:  # click's own short help of the same text, without loading it
+                command = click.Command(name, help=COMMANDS[name][1])
+            if not command.hidden:
+                listed.append((name, command))
+        if listed:
+            limit = formatter.width - 6 - max(len(name) for name, _ in listed)
+            with formatter.section("Commands"):
+                formatter.write_dl([(name, command.get_short_help_str(limit)) for name, command in listed])
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
