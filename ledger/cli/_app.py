@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import gc
 import importlib
-import logging
 import re
 import signal
 import sys
@@ -44,7 +43,6 @@ __all__ = [
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
-log = logging.getLogger("ledger")
 
 
 # Human output shows text that came from input (rejected lines, stream and file names,
@@ -133,11 +131,6 @@ def streams_argument(func: F) -> F:
     )(wrapper)
     wrapper = click.argument("streams", nargs=-1, type=STREAM, metavar="[STREAM]...")(wrapper)
     return wrapper  # type: ignore[return-value]
-
-
-class _PrintableFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        return printable_text(super().format(record))
 
 
 #: Each top-level command: the modules that define it (and its subcommands) and the first
@@ -338,8 +331,14 @@ def cli(verbose: bool) -> None:
       ledger project
       ledger export l1 csv:l3_data_v3.1 -o l1.csv
     """
+    import logging  # here, not at the top: `ledger --help` starts without it
+
+    class PrintableFormatter(logging.Formatter):
+        def format(self, record: logging.LogRecord) -> str:
+            return printable_text(super().format(record))
+
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_PrintableFormatter("ledger: %(message)s"))
+    handler.setFormatter(PrintableFormatter("ledger: %(message)s"))
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler])
     for noisy in ("alembic", "sqlalchemy", "psycopg"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
