@@ -188,7 +188,7 @@ def fast_row(line: bytes) -> tuple[int, bytes] | None:
         valid = _valid_dates[day] = _valid_time(day.decode("ascii"))
     if not valid:
         return None
-    if ts[-1] == 48 and len(ts) > 19:  # a fraction ending in 0 (48): not canonical
+    if raw is _B_NULL and ts[-1] == 48 and len(ts) > 19:  # a fraction ending in 0 (48): not canonical
         raw = line.rstrip(b"\r\n")
     # The pattern leaves no tab, backslash, CR or NUL in the line (nor a newline but the one
     # stripped), so nothing in it needs escaping.
