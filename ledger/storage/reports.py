@@ -6,7 +6,6 @@ times); :mod:`ledger.services.read.status` derives the report from them.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -39,13 +38,7 @@ _STATUS = sa.text(
            (SELECT count(*) FROM gaps gg
              WHERE gg.stream_id = s.id AND gg.status <> 'open' AND gg.projector_skipped_at IS NOT NULL)
                AS skipped_then_filled,
-           coalesce(p.maybe_bad, false) AS maybe_bad,
-           -- streams whose seqs skip numbers: their events and lag are counted, not derived
-           CASE WHEN s.source = ANY(CAST(:sparse AS text[]))
-                THEN (SELECT count(*) FROM events e WHERE e.stream_id = s.id) END AS counted,
-           CASE WHEN s.source = ANY(CAST(:sparse AS text[])) AND p.last_seq IS NOT NULL
-                THEN (SELECT count(*) FROM events e WHERE e.stream_id = s.id AND e.seq > p.last_seq)
-           END AS lag_counted
+           coalesce(p.maybe_bad, false) AS maybe_bad
       FROM streams s
       LEFT JOIN LATERAL (SELECT min(e.seq) AS first_seq, max(e.seq) AS last_seq
                            FROM events e WHERE e.stream_id = s.id) ev ON true
@@ -76,9 +69,8 @@ class StatusRows:
     def __init__(self, conn: Connection) -> None:
         self._conn = conn
 
-    def rows(self, *, name: str | None = None, sparse: Sequence[str] = ()) -> list[Any]:
+    def rows(self, *, name: str | None = None) -> list[Any]:
         """Rows with the columns of the statement above (attribute access: ``row.first_seq``),
-        of every stream or only the one named ``name``. For streams of the ``sparse`` sources
-        (venues whose seqs skip numbers) ``counted`` and ``lag_counted`` count the events
-        and those after the projector's position (None for the others)."""
-        return list(self._conn.execute(_STATUS, {"name": name, "sparse": list(sparse)}))
+        of every stream or only the one named ``name``. A stream whose seqs skip numbers has
+        its events counted by the caller (``unfilled`` and the seq range do not say)."""
+        return list(self._conn.execute(_STATUS, {"name": name}))
