@@ -295,11 +295,19 @@ class Book:
         if order is None:
             self.anomalies["reduce_unknown_order"] += 1
             return
-        if size > order.size:
-            self.anomalies["reduce_exceeds_order"] += 1
-            size = order.size
         if size >= order.size:
-            self._drop(order)
+            if size > order.size:
+                self.anomalies["reduce_exceeds_order"] += 1
+            level = order.level
+            queue = level.orders
+            if len(queue) > 1 and not level.idle:  # the usual full cancel, inlined: the level stays
+                del queue[order_id]
+                del (self.bid_orders if side == BUY else self.ask_orders)[order_id]
+                level.total -= order.size
+                if not level.total:
+                    self._idle(level, side, order.price)
+            else:
+                self._drop(order)
             return
         level = order.level
         level.total -= size

@@ -104,6 +104,10 @@ class Projector:
         bid_price: Any = None
         ask_price: Any = None
         applied = 0
+        # The tests of the last flags seen (a record's flags is an int: None is never one).
+        seen_flags: Any = None
+        seen_rare: Any = False
+        seen_end: Any = False
         # Events are read by position (the layout of ledger.domain.events: kind, seq, ts,
         # flags, ts_event, then the kind's own fields), the most frequent kinds first.
         try:
@@ -112,7 +116,11 @@ class Projector:
                     return applied
                 kind = event[0]
                 flags = event[3]
-                if in_snapshot or (flags != whole and flags & rare):  # a whole event: one test
+                if flags != seen_flags:  # a venue's records come in runs of a few flag values
+                    seen_flags = flags
+                    seen_rare = flags != whole and flags & rare  # a whole event: one test
+                    seen_end = flags == look or (l1 and flags & LAST)
+                if in_snapshot or seen_rare:
                     self._flags(flags)
                     in_snapshot = self.in_snapshot
                 # An order given by its id alone (side None) is found on either side: some
@@ -160,7 +168,7 @@ class Projector:
                     raise TypeError(f"not an event: {event!r}")
                 applied += 1
                 # Look at the book only at an event's end (a whole event: flags == LAST).
-                if flags != look and (not l1 or not flags & LAST):
+                if not seen_end:
                     continue
                 bid_level = book.best_bid_level
                 ask_level = book.best_ask_level
