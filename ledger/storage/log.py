@@ -8,7 +8,7 @@ everything else is parameterised Core SQL.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
@@ -218,10 +218,13 @@ class EventLog:
         chunk: int = 20_000,
         with_time: bool = True,
         extra: Sequence[str] = (),
+        unread: Collection[str] = (),
     ) -> Iterator[list[Any]]:
         """Lists of up to ``chunk`` rows (seq, kind, order_id, side, price, size, ts), read by
         key range so a long replay holds no long-running cursor. ``extra`` names venue
-        fields (:data:`~ledger.storage.copy.VENUE_FIELDS`) to read after ``ts``, as they are.
+        fields (:data:`~ledger.storage.copy.VENUE_FIELDS`) to read after ``ts``, as they are;
+        those also in ``unread`` come as None, in their place (a reader with no use for them
+        pays nothing to fetch and build them).
 
         price, size and ts come as text (ISO time with offset): turning them into Python
         objects here would cost more than the rest of reading; the projector makes exact
@@ -237,7 +240,8 @@ class EventLog:
         unknown = [name for name in extra if name not in VENUE_FIELDS]
         if unknown:
             raise ValueError(f"not venue fields of the event log: {unknown}")
-        statement = _READ.format(ts="ts::text" if with_time else "NULL::text", extra="".join(f", {e}" for e in extra))
+        columns = "".join(f", NULL::bigint AS {e}" if e in unread else f", {e}" for e in extra)
+        statement = _READ.format(ts="ts::text" if with_time else "NULL::text", extra=columns)
         with driver_errors(), driver.cursor(binary=True) as cur:
             while lower < upper:
                 # One round trip per chunk (a reader that waits on the network waits again

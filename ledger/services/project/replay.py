@@ -5,7 +5,7 @@ writing anything. Shared by the projector and ``ledger book``."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from datetime import datetime
 from typing import Any, NamedTuple
 
@@ -21,6 +21,7 @@ from ledger.storage.projection import Snapshots
 from ledger.venues import Venue, venue
 
 __all__ = [
+    "PROJECTOR_UNREAD",
     "Replayed",
     "SourceBook",
     "SourceBooks",
@@ -32,6 +33,10 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+#: The venue fields a projection reads as None: the projector never looks at an event's
+#: ``ts_event`` (L1 rows carry ``ts``), and reading it costs 1.5% of a Databento projection.
+PROJECTOR_UNREAD = ("ts_event",)
 
 
 class SourceBook(NamedTuple):
@@ -134,7 +139,10 @@ def replay(
     skip_until = None
     dense = sources.venue.dense_seqs
     extra = sources.venue.fields
-    for rows in read_ahead(engine, stream_id, after=after, upto=upto, chunk=20_000, with_time=False, extra=extra):
+    chunks = read_ahead(
+        engine, stream_id, after=after, upto=upto, chunk=20_000, with_time=False, extra=extra, unread=PROJECTOR_UNREAD
+    )
+    for rows in chunks:
         rest = rows if skip_until is None else [r for r in rows if r[0] > skip_until]
         while rest:
             segment, gap = contiguous(rest, expected, dense=dense)
@@ -199,14 +207,18 @@ def read_ahead(
     chunk: int,
     with_time: bool = True,
     extra: Sequence[str] = (),
+    unread: Collection[str] = (),
 ) -> Iterator[list[Any]]:
     """Chunks of the log read ahead by a thread on its own connection (two at most);
-    ``extra``: the venue fields to read too (:meth:`EventLog.read_chunks`)."""
+    ``extra``: the venue fields to read too, those in ``unread`` as None
+    (:meth:`EventLog.read_chunks`; a projection passes :data:`PROJECTOR_UNREAD`)."""
 
     def chunks() -> Iterator[list[Any]]:
         with engine.connect() as conn:
             log = EventLog(conn)
-            yield from log.read_chunks(stream_id, after=after, upto=upto, chunk=chunk, with_time=with_time, extra=extra)
+            yield from log.read_chunks(
+                stream_id, after=after, upto=upto, chunk=chunk, with_time=with_time, extra=extra, unread=unread
+            )
 
     return ahead(chunks, name=f"ledger-read-{stream_id}", maxsize=2)
 

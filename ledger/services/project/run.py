@@ -37,7 +37,14 @@ from ledger._threads import Worker
 from ledger.domain.snapshot import FORMAT_VERSION as SNAPSHOT_FORMAT
 from ledger.domain.snapshot import encode
 from ledger.errors import LockLost, StaleProjection
-from ledger.services.project.replay import contiguous, read_ahead, replay, restore_latest, stream_projector
+from ledger.services.project.replay import (
+    PROJECTOR_UNREAD,
+    contiguous,
+    read_ahead,
+    replay,
+    restore_latest,
+    stream_projector,
+)
 from ledger.storage.locks import PROJECT_LOCK_CLASS, fence_projector
 from ledger.storage.log import EventLog, GapStore, SourceSnapshots
 from ledger.storage.projection import L1Row, L1Rows, Position, Positions, Snapshots
@@ -246,7 +253,9 @@ class StreamRun:
         status = "ok"
         after = None if pos is None else pos.last_seq
         extra = self._sources.venue.fields
-        for rows in read_ahead(self.engine, self.stream_id, after=after, chunk=chunk, extra=extra):
+        for rows in read_ahead(
+            self.engine, self.stream_id, after=after, chunk=chunk, extra=extra, unread=PROJECTOR_UNREAD
+        ):
             n, status = self._chunk(rows)
             applied += n
             if status != "ok" or stop() or self._stale():
