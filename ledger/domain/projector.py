@@ -52,6 +52,7 @@ L1Row = tuple[int, Any, Number, Number, Number, Number] | tuple[int, Any, Number
 
 _NO_LEVEL = Level()
 _RARE = SNAPSHOT | MAYBE_BAD_BOOK
+_MARKS = SNAPSHOT | MAYBE_BAD_BOOK | LAST
 
 
 class Projector:
@@ -108,6 +109,7 @@ class Projector:
         seen_flags: Any = None
         seen_rare: Any = False
         seen_end: Any = False
+        seen_within: Any = False
         # Events are read by position (the layout of ledger.domain.events: kind, seq, ts,
         # flags, ts_event, then the kind's own fields), the most frequent kinds first.
         try:
@@ -120,7 +122,10 @@ class Projector:
                     seen_flags = flags
                     seen_rare = flags != whole and flags & rare  # a whole event: one test
                     seen_end = flags == look or (l1 and flags & LAST)
-                if in_snapshot or seen_rare:
+                    # A snapshot record that neither ends the run nor warns changes no mark
+                    # inside a run (marks.step): the run's records, but its first and last.
+                    seen_within = flags & _MARKS == SNAPSHOT
+                if (in_snapshot and not seen_within) or (seen_rare and not in_snapshot):
                     self._flags(flags)
                     in_snapshot = self.in_snapshot
                 # An order given by its id alone (side None) is found on either side: some
