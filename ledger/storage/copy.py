@@ -198,11 +198,22 @@ def l1_payload(stream_id: int, rows: Iterable[L1Row]) -> bytes:
     """
     prefix = f"{stream_id}\t"
     listed: list[Any] = rows if isinstance(rows, list) else list(rows)
+    # The text of an int size, made once per chunk: a book's sizes repeat. Keyed by ints
+    # only (a Decimal is looked up in it never: Decimal('2.0') == 2, and its text differs).
+    ints: dict[int, str] = {}
+    known = ints.get
+
+    def text(size: int) -> str:
+        made = ints[size] = str(size)
+        return made
+
     try:
         # !s: str() is much cheaper than format() (what a bare {} calls) on a Decimal.
         return "".join(
             [
-                f"{prefix}{seq}\t{NULL if ts is None else ts}\t{bid!s}\t{bid_size!s}\t{ask!s}\t{ask_size!s}\t\\N\n"
+                f"{prefix}{seq}\t{NULL if ts is None else ts}\t{bid!s}"
+                f"\t{(known(bid_size) or text(bid_size)) if bid_size.__class__ is int else str(bid_size)}\t{ask!s}"
+                f"\t{(known(ask_size) or text(ask_size)) if ask_size.__class__ is int else str(ask_size)}\t\\N\n"
                 for seq, ts, bid, bid_size, ask, ask_size in listed
             ]
         ).encode("ascii")
