@@ -45,7 +45,7 @@ class DatabentoRules:
         number = self._number
         cached = number.get
         for row in rows:
-            seq, kind, order_id, side, price, size, ts, flags, ts_event = row[:9]
+            seq, kind, order_id, side, price, size, ts, flags, ts_event = row if len(row) == 9 else row[:9]
             if size.__class__ is str:
                 size = cached(size) or number(seq, size)
             if kind == "add":
