@@ -9,7 +9,9 @@ instrument that opens with its own snapshot), against two baselines run in the s
   database, no queue order, no exact numbers).
 
 Each ledger command runs as a child process; the script prints records/s, wall time and peak
-memory (max RSS) and the ratios.
+memory (max RSS) and the ratios; for the projection also its CPU time and the ratio by CPU
+time (the projection's every thread against the plain book's process), which other work on
+the machine sways less than the wall clock.
 
     python benchmarks/bench_dbn.py                  # 15 copies: 1,031,880 records
     python benchmarks/bench_dbn.py --copies 30 --repeat 3
@@ -97,8 +99,9 @@ def copy_text(path: Path, stream_id: int, out: Path) -> None:
                 fp.write(b"".join(events_chunks(stream_id, [line for _, _, line in lines])))
 
 
-def _run(args: list[str], env: dict[str, str]) -> tuple[float, int, str]:
-    """Run ``args`` as a child; (wall seconds, peak RSS in MiB, stdout)."""
+def _run(args: list[str], env: dict[str, str]) -> tuple[float, int, str, float]:
+    """Run ``args`` as a child; (wall seconds, peak RSS in MiB, stdout, CPU seconds: user
+    and system, all its threads)."""
     started = time.perf_counter()
     with tempfile.TemporaryFile() as err:
         proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=err)
@@ -110,12 +113,14 @@ def _run(args: list[str], env: dict[str, str]) -> tuple[float, int, str]:
         if proc.returncode != 0:
             err.seek(0)
             raise SystemExit(f"{' '.join(args)} failed ({proc.returncode}):\n{err.read().decode()}")
-    return wall, int(usage.ru_maxrss // 1024), out.decode()
+    return wall, int(usage.ru_maxrss // 1024), out.decode(), usage.ru_utime + usage.ru_stime
 
 
-def plain_book_rate(path: Path) -> float:
-    """Records/s of the plain in-memory book fed from the decoder (see the module)."""
+def plain_book_rate(path: Path) -> tuple[float, float]:
+    """Records/s of the plain in-memory book fed from the decoder (see the module), by the
+    wall clock and by this process's CPU time."""
     started = time.perf_counter()
+    cpu = time.process_time()
     orders: dict[int, tuple[str, int, int]] = {}
     levels = {"B": SortedDict(), "A": SortedDict()}
     last = None
@@ -153,7 +158,7 @@ def plain_book_rate(path: Path) -> float:
                     bid, ask = levels["B"].peekitem(-1), levels["A"].peekitem(0)
                     if (bid, ask) != last:
                         last = (bid, ask)
-    return count / (time.perf_counter() - started)
+    return count / (time.perf_counter() - started), count / (time.process_time() - cpu)
 
 
 def bench(copies: int, files: int, server: str, workdir: Path) -> dict[str, object]:
@@ -170,9 +175,9 @@ def bench(copies: int, files: int, server: str, workdir: Path) -> dict[str, obje
     ledger = [sys.executable, "-m", "ledger.cli"]
     try:
         _run([*ledger, "db", "upgrade"], env)
-        wall_i, rss_i, out_i = _run([*ledger, "ingest", "dbn", str(path), "-f", "json"], env)
+        wall_i, rss_i, out_i, _ = _run([*ledger, "ingest", "dbn", str(path), "-f", "json"], env)
         [ingest] = json.loads(out_i)
-        wall_p, rss_p, out_p = _run([*ledger, "project", STREAM, "-f", "json"], env)
+        wall_p, rss_p, out_p, cpu_p = _run([*ledger, "project", STREAM, "-f", "json"], env)
         [proj] = json.loads(out_p)
         wall_f = 0.0
         if files:
@@ -182,7 +187,7 @@ def bench(copies: int, files: int, server: str, workdir: Path) -> dict[str, obje
             with psycopg.connect(libpq, autocommit=True) as conn:  # the same records again, as new
                 conn.execute("DELETE FROM streams")
                 conn.execute("DELETE FROM events")
-            wall_f, _, out_f = _run([*ledger, "ingest", "dbn", str(parts), "-f", "json"], env)
+            wall_f, _, out_f, _ = _run([*ledger, "ingest", "dbn", str(parts), "-f", "json"], env)
             assert sum(s["events_stored"] for s in json.loads(out_f)) == records
         # The baseline: the same rows, made by ledger's own encoder beforehand, by psql \copy.
         rows = workdir / f"esh4_x{copies}.copy"
@@ -191,12 +196,12 @@ def bench(copies: int, files: int, server: str, workdir: Path) -> dict[str, obje
         with psycopg.connect(libpq, autocommit=True) as conn:
             conn.execute("CREATE TABLE bench_events (LIKE events INCLUDING ALL)")
         columns = ", ".join(EVENT_COPY_COLUMNS + VENUE_FIELDS)
-        wall_c, _, _ = _run(["psql", "-q", libpq, "-c", f"\\copy bench_events ({columns}) FROM '{rows}'"], env)
+        wall_c, _, _, _ = _run(["psql", "-q", libpq, "-c", f"\\copy bench_events ({columns}) FROM '{rows}'"], env)
     finally:
         with psycopg.connect(admin, autocommit=True) as conn:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
     assert ingest["events_stored"] == records and proj["events_applied"] == records, (ingest, proj)
-    plain = plain_book_rate(path)
+    plain, plain_cpu = plain_book_rate(path)
     return {
         "records": records,
         "ingest_records_per_s": round(records / wall_i),
@@ -211,6 +216,10 @@ def bench(copies: int, files: int, server: str, workdir: Path) -> dict[str, obje
         "project_peak_mib": rss_p,
         "plain_book_records_per_s": round(plain),
         "project_vs_plain_book": round(records / wall_p / plain, 2),
+        # By CPU time (less swayed by other work on the machine than the wall clock): the
+        # projection's counts every thread of it (its reader and committer too).
+        "project_cpu_s": round(cpu_p, 2),
+        "project_vs_plain_book_cpu": round(records / cpu_p / plain_cpu, 2),
     }
 
 
