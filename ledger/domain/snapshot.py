@@ -81,7 +81,12 @@ def _order_lines(book: Book, out: list[str]) -> None:
     for side in (BUY, SELL):
         for price, level in book.all_levels(side):
             head = f"{side}\t{price}\t"
-            for order_id, order in level.orders.items():
+            orders = level.orders
+            ids = "".join(orders)
+            if "\\" not in ids and "\t" not in ids and "\n" not in ids:  # the usual level: no id to escape
+                out.extend([f"{head}{order.size}\t{order_id}" for order_id, order in orders.items()])
+                continue
+            for order_id, order in orders.items():
                 if _NEEDS_ESCAPE(order_id) is not None:
                     order_id = _escape(order_id)
                 append(f"{head}{order.size}\t{order_id}")
