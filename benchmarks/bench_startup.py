@@ -20,7 +20,6 @@ import sys
 import time
 from pathlib import Path
 
-
 _ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
 
 
