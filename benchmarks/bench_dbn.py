@@ -186,7 +186,7 @@ def bench(copies: int, files: int, server: str, workdir: Path) -> dict[str, obje
                 split_input(path, files, parts)
             with psycopg.connect(libpq, autocommit=True) as conn:  # the same records again, as new
                 conn.execute("DELETE FROM streams")
-                conn.execute("DELETE FROM events")
+                conn.execute("DELETE FROM event_rows")
             wall_f, _, out_f, _ = _run([*ledger, "ingest", "dbn", str(parts), "-f", "json"], env)
             assert sum(s["events_stored"] for s in json.loads(out_f)) == records
         # The baseline: the same rows, made by ledger's own encoder beforehand, by psql \copy.

@@ -186,7 +186,9 @@ def main() -> None:
                         ),
                         (stream,),
                     )
-                conn.execute("DELETE FROM events WHERE stream_id = (SELECT id FROM streams WHERE name = %s)", (stream,))
+                conn.execute(
+                    "DELETE FROM event_rows WHERE stream_id = (SELECT id FROM streams WHERE name = %s)", (stream,)
+                )
                 conn.commit()
             print(f"round {rounds}: {kills} kills survived so far, {len(differences)} differences", flush=True)
     finally:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import functools
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
     from ledger.services.read.book import BookView
     from ledger.services.read.status import StreamStatus
     from ledger.services.read.watch import TopView
+    from ledger.storage.blocks import Folded
     from ledger.storage.database import Database
     from ledger.storage.projection import SnapshotInfo
     from ledger.storage.query import QueryResult
@@ -543,6 +545,38 @@ class Ledger:
             for name in streams or sorted(known):
                 deleted[name] = Snapshots(conn).prune(known[name], keep=keep, keep_every=keep_every)
         return deleted
+
+    def compact(
+        self,
+        streams: Sequence[str] | None = None,
+        *,
+        upto: int | None = None,
+        start: Callable[[str, int], None] | None = None,
+        progress: Callable[[str, int], None] | None = None,
+    ) -> dict[str, Folded]:
+        """Fold the older events of ``streams`` (default: all) into compressed blocks
+        (``ledger db compact``): those stored as rows above the stream's highest block and at
+        or below ``upto`` (default: the projector's position, or the stream's highest seq
+        when it has no projection). Every reader sees the same events, byte for byte,
+        before and after. What it did, per stream; ``start`` gets (stream, events to fold)
+        before a stream's first batch, ``progress`` (stream, events) per committed batch."""
+        from ledger.storage.blocks import compact_stream
+        from ledger.storage.log import Streams
+
+        with self.engine.connect() as conn:
+            known = {name: sid for sid, name, _ in Streams(conn).all()}
+            for name in streams or ():
+                Streams(conn).get(name)  # an unknown name is an error that lists the known ones
+        done: dict[str, Folded] = {}
+        for name in streams or sorted(known):
+            done[name] = compact_stream(
+                self.engine,
+                known[name],
+                upto=upto,
+                start=None if start is None else functools.partial(start, name),
+                progress=None if progress is None else functools.partial(progress, name),
+            )
+        return done
 
     def snapshots(self, stream: str) -> builtins.list[SnapshotInfo]:
         """The projector's saved books of ``stream``, newest first."""

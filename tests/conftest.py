@@ -40,7 +40,8 @@ V31_EXPECTED_SHA256 = "fdd57de15d5ded6fb8175cfa5359619b4e47fc31c169a1a1153874685
 pytest_plugins = ["tests.children"]
 
 _TABLES = (
-    "l1, projector_positions, book_snapshots, source_snapshots, ingest_checkpoints, rejects, gaps, events, streams"
+    "l1, projector_positions, book_snapshots, source_snapshots, ingest_checkpoints, rejects, gaps, event_blocks,"
+    " event_rows, streams"
 )
 
 

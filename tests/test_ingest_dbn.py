@@ -150,7 +150,7 @@ def test_day_two_before_day_one_gives_the_same_log_and_asks_for_a_rebuild(engine
     backwards = _events(engine, ESH4)
     with engine.begin() as conn:
         conn.execute(sa.text("DELETE FROM streams"))
-        conn.execute(sa.text("DELETE FROM events"))
+        conn.execute(sa.text("DELETE FROM event_rows"))
     for path in (ESH4_DAY_BEFORE, ESH4_DAY):
         ingest_dbn(engine, path)
     assert _events(engine, ESH4) == backwards
@@ -281,7 +281,7 @@ def test_killed_ingest_resumes_and_stores_each_record_once(database_url: URL, en
     killed = _events(engine, ESH4)
     with engine.begin() as conn:
         conn.execute(sa.text("DELETE FROM streams"))
-        conn.execute(sa.text("DELETE FROM events"))
+        conn.execute(sa.text("DELETE FROM event_rows"))
     ingest_dbn(engine, ESH4_DAY)
     assert killed == _events(engine, ESH4)
     with engine.connect() as conn:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
@@ -11,8 +12,8 @@ from ledger.storage.database import HEAD_REVISION, current_revision, downgrade, 
 from ledger.storage.schema import metadata
 
 TABLES = {
-    "streams", "events", "gaps", "rejects", "book_snapshots", "l1", "projector_positions", "ingest_checkpoints",
-    "source_snapshots",
+    "streams", "event_rows", "event_blocks", "gaps", "rejects", "book_snapshots", "l1", "projector_positions",
+    "ingest_checkpoints", "source_snapshots",
 }  # fmt: skip
 
 
@@ -38,6 +39,9 @@ def test_head_revision_constant_is_the_newest_migration() -> None:
     assert head_revision() == HEAD_REVISION
 
 
+# SQLAlchemy has no type of its own for event_blocks.events (ledger_event[], a composite of
+# the migrations): it says so when reflecting it, and compares the rest.
+@pytest.mark.filterwarnings("ignore:Did not recognize type 'ledger_event'")
 def test_core_tables_match_the_migrated_schema(engine: Engine) -> None:
     with engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), metadata)
@@ -45,5 +49,5 @@ def test_core_tables_match_the_migrated_schema(engine: Engine) -> None:
 
 
 def test_event_log_key_is_stream_then_seq(engine: Engine) -> None:
-    pk = sa.inspect(engine).get_pk_constraint("events")
+    pk = sa.inspect(engine).get_pk_constraint("event_rows")
     assert pk["constrained_columns"] == ["stream_id", "seq"]

@@ -106,7 +106,7 @@ def test_a_snapshot_beyond_the_log_is_refused(db_env: dict[str, str], engine: En
     run("project", "--snapshot-every", "5000")
     seqs = snapshot_seqs(engine)
     with engine.begin() as conn:  # the log lost its tail (restored from an older backup, say)
-        conn.execute(sa.text("DELETE FROM events WHERE seq > :seq"), {"seq": seqs[-1] - 1})
+        conn.execute(sa.text("DELETE FROM event_rows WHERE seq > :seq"), {"seq": seqs[-1] - 1})
         stream_id = Streams(conn).get(STREAM)
     with caplog.at_level(logging.WARNING, logger="ledger"):
         restored = restore_latest(engine, stream_id, STREAM, at_or_before=seqs[-1])

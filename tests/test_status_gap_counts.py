@@ -21,7 +21,7 @@ def test_an_event_inside_a_window_resolved_by_a_snapshot_is_counted(engine: Engi
         ).scalar_one()
         stored = [s for s in range(1, 21) if not 5 <= s <= 9] + [7]  # 5..9 lost, but 7 came late
         conn.execute(
-            sa.text("INSERT INTO events (stream_id, seq, kind, raw) VALUES (:sid, :seq, 'received', :raw)"),
+            sa.text("INSERT INTO event_rows (stream_id, seq, kind, raw) VALUES (:sid, :seq, 'received', :raw)"),
             [dict(_event(s), sid=sid) for s in stored],
         )
         conn.execute(
@@ -31,7 +31,7 @@ def test_an_event_inside_a_window_resolved_by_a_snapshot_is_counted(engine: Engi
             ),
             {"sid": sid},
         )
-        conn.execute(sa.text("DELETE FROM events WHERE stream_id = :sid AND seq = 15"), {"sid": sid})
+        conn.execute(sa.text("DELETE FROM event_rows WHERE stream_id = :sid AND seq = 15"), {"sid": sid})
         counted = conn.execute(sa.text("SELECT count(*) FROM events WHERE stream_id = :sid"), {"sid": sid}).scalar()
     with engine.connect() as conn:
         [status] = stream_status(conn, "coinbase:Z-USD")

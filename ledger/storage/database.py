@@ -50,7 +50,7 @@ __all__ = [
 
 #: The newest migration in migrations/versions (tests/test_schema.py checks it), so that a
 #: command on an up-to-date database need not load Alembic at all.
-HEAD_REVISION = "0004"
+HEAD_REVISION = "0005"
 
 log = logging.getLogger(__name__)
 

@@ -8,6 +8,7 @@ everything else is parameterised Core SQL.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -42,12 +43,29 @@ __all__ = [
 #: (:func:`ledger.venues.csv.format.csv_line` in Python).
 RAW: sa.ColumnElement[str] = sa.func.ledger_raw(events.table_valued(), type_=sa.Text)
 
-_READ = (
-    "SELECT seq, kind, order_id, side, price::text, size::text, {ts}{extra} FROM events"
-    " WHERE stream_id = %s AND seq > %s AND seq <= %s ORDER BY seq LIMIT %s"
+# Reading a stream's events by key range (read_chunks), over rows and blocks (migration 0005;
+# ledger.storage.blocks). _READ_ROWS: the rows up to the next block, in key order, the next
+# block's start found by the same statement (one snapshot: a fold running beside it cannot
+# move rows out from under it). _READ_BLOCK: the next block's events and the rows stored
+# within its range (late events), in one statement, put in seq order by the reader.
+_READ_ROWS = (
+    "SELECT seq, kind, order_id, side, price::text, size::text, {ts}{extra} FROM event_rows"
+    " WHERE stream_id = %(s)s AND seq > %(lo)s AND seq <= LEAST(%(hi)s,"
+    " (SELECT coalesce(min(first_seq) - 1, %(hi)s) FROM event_blocks WHERE stream_id = %(s)s AND last_seq > %(lo)s))"
+    " ORDER BY seq LIMIT %(n)s"
 )
-_COPY_EVENTS = f"COPY events ({', '.join(EVENT_COPY_COLUMNS)}) FROM STDIN"
-_COPY_VENUE_EVENTS = f"COPY events ({', '.join(EVENT_COPY_COLUMNS + VENUE_FIELDS)}) FROM STDIN"
+_READ_BLOCK = (
+    "WITH b AS MATERIALIZED (SELECT last_seq, events FROM event_blocks"
+    " WHERE stream_id = %(s)s AND last_seq > %(lo)s AND first_seq <= %(hi)s ORDER BY first_seq LIMIT 1)"
+    " SELECT e.seq, e.kind, e.order_id, e.side, e.price::text, e.size::text, {block_ts}{block_extra}"
+    " FROM b CROSS JOIN LATERAL unnest(b.events) AS e WHERE e.seq > %(lo)s AND e.seq <= %(hi)s"
+    " UNION ALL"
+    " SELECT seq, kind, order_id, side, price::text, size::text, {ts}{extra} FROM event_rows"
+    " WHERE stream_id = %(s)s AND seq > %(lo)s AND seq <= LEAST(%(hi)s, (SELECT last_seq FROM b))"
+)
+_BY_SEQ = operator.itemgetter(0)
+_COPY_EVENTS = f"COPY event_rows ({', '.join(EVENT_COPY_COLUMNS)}) FROM STDIN"
+_COPY_VENUE_EVENTS = f"COPY event_rows ({', '.join(EVENT_COPY_COLUMNS + VENUE_FIELDS)}) FROM STDIN"
 
 
 class Streams:
@@ -220,11 +238,13 @@ class EventLog:
         extra: Sequence[str] = (),
         unread: Collection[str] = (),
     ) -> Iterator[list[Any]]:
-        """Lists of up to ``chunk`` rows (seq, kind, order_id, side, price, size, ts), read by
-        key range so a long replay holds no long-running cursor. ``extra`` names venue
-        fields (:data:`~ledger.storage.copy.VENUE_FIELDS`) to read after ``ts``, as they are;
-        those also in ``unread`` come as None, in their place (a reader with no use for them
-        pays nothing to fetch and build them).
+        """Lists of rows (seq, kind, order_id, side, price, size, ts) in seq order, read by
+        key range so a long replay holds no long-running cursor: up to ``chunk`` rows a list
+        (where the stream is compacted, a block's events and the late rows stored within its
+        range are read together: :mod:`ledger.storage.blocks`). ``extra`` names venue fields
+        (:data:`~ledger.storage.copy.VENUE_FIELDS`) to read after ``ts``, as they are; those
+        also in ``unread`` come as None, in their place (a reader with no use for them pays
+        nothing to fetch and build them).
 
         price, size and ts come as text (ISO time with offset): turning them into Python
         objects here would cost more than the rest of reading; the projector makes exact
@@ -241,9 +261,15 @@ class EventLog:
         if unknown:
             raise ValueError(f"not venue fields of the event log: {unknown}")
         columns = "".join(f", NULL::bigint AS {e}" if e in unread else f", {e}" for e in extra)
-        statement = _READ.format(ts="ts::text" if with_time else "NULL::text", extra=columns)
+        block_columns = "".join(f", NULL::bigint AS {e}" if e in unread else f", e.{e}" for e in extra)
+        ts = "ts::text" if with_time else "NULL::text"
+        read_rows = _READ_ROWS.format(ts=ts, extra=columns)
+        read_block = _READ_BLOCK.format(
+            ts=ts, extra=columns, block_ts="e.ts::text" if with_time else "NULL::text", block_extra=block_columns
+        )
         with driver_errors(), driver.cursor(binary=True) as cur:
             while lower < upper:
+                params = {"s": stream_id, "lo": lower, "hi": upper, "n": chunk}
                 # One round trip per chunk (a reader that waits on the network waits again
                 # for the GIL when it comes back).
                 with driver.pipeline():
@@ -252,15 +278,30 @@ class EventLog:
                     cur.execute("SET LOCAL enable_sort = off")
                     cur.execute("SET LOCAL enable_bitmapscan = off")
                     cur.execute("SET LOCAL DateStyle = 'ISO'")
-                    cur.execute(statement, (stream_id, lower, upper, chunk))
+                    cur.execute(read_rows, params)
                     driver.commit()  # hold no snapshot or lock between chunks
+                rows = cur.fetchall()
+                if rows:
+                    yield rows
+                    lower = rows[-1][0]
+                    if len(rows) == chunk:
+                        continue
+                # The rows before the next block are all read: the block, if there is one.
+                params["lo"] = lower
+                with driver.pipeline():
+                    cur.execute("SET LOCAL DateStyle = 'ISO'")
+                    cur.execute(read_block, params)
+                    driver.commit()
                 rows = cur.fetchall()
                 if not rows:
                     return
-                yield rows
-                if len(rows) < chunk:
-                    return
+                rows.sort(key=_BY_SEQ)
                 lower = rows[-1][0]
+                if len(rows) <= chunk:
+                    yield rows
+                else:
+                    for start in range(0, len(rows), chunk):
+                        yield rows[start : start + chunk]
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,8 @@ partitioned (by stream, then by seq or time range) without code changes.
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import (
     BigInteger,
     Boolean,
@@ -29,9 +31,12 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB, TIMESTAMP
+from sqlalchemy.types import UserDefinedType
 
 __all__ = [
     "book_snapshots",
+    "event_blocks",
+    "event_rows",
     "events",
     "gaps",
     "ingest_checkpoints",
@@ -41,6 +46,7 @@ __all__ = [
     "rejects",
     "source_snapshots",
     "streams",
+    "views",
 ]
 
 metadata = MetaData()
@@ -56,10 +62,11 @@ streams = Table(
     comment="One sequence space: a venue and a product, or one CSV feed.",
 )
 
-# No foreign key on events: a per-row referential check would halve COPY throughput.
+# The recent events, one row each: every ingest appends here (COPY), late events land here.
+# No foreign key on event_rows: a per-row referential check would halve COPY throughput.
 # Ingest creates the stream row before its first event.
-events = Table(
-    "events",
+event_rows = Table(
+    "event_rows",
     metadata,
     Column("stream_id", Integer, primary_key=True),
     Column("seq", BigInteger, primary_key=True),
@@ -78,12 +85,51 @@ events = Table(
     Column("sequence", BigInteger),
     Column("channel", SmallInteger),
     # The records that start or end a "book may be wrong" period (ledger gaps reads them).
-    Index("events_venue_marks", "stream_id", "seq", postgresql_where=text("(flags & 36) <> 0 OR kind = 'clear'")),
+    Index("event_rows_venue_marks", "stream_id", "seq", postgresql_where=text("(flags & 36) <> 0 OR kind = 'clear'")),
     comment=(
-        "Append-only event log; raw is the input line or message exactly as received"
-        " (ledger_raw(events): NULL rebuilt from the columns)."
+        "Append-only event log, recent events one row each (ledger db compact folds older ones into"
+        " event_blocks); raw is the input line or message exactly as received (ledger_raw: NULL rebuilt from"
+        " the columns)."
     ),
 )
+
+
+class _EventArray(UserDefinedType[Any]):
+    """``ledger_event[]``: a block's events (migration 0005), read through the ``events`` view."""
+
+    cache_ok = True
+
+    def get_col_spec(self, **kw: Any) -> str:
+        return "ledger_event[]"
+
+
+# A stream's older events, folded out of event_rows by ``ledger db compact``: up to a few
+# thousand events a row, in seq order, one array PostgreSQL compresses whole.
+event_blocks = Table(
+    "event_blocks",
+    metadata,
+    Column("stream_id", Integer, primary_key=True),
+    Column("first_seq", BigInteger, primary_key=True),
+    Column("last_seq", BigInteger, nullable=False),
+    Column("n_events", Integer, nullable=False),
+    Column("events", _EventArray(), nullable=False),
+    CheckConstraint("first_seq <= last_seq AND n_events >= 1", name="event_blocks_range"),
+    comment=(
+        "Runs of a stream's older events, in seq order, one compressed array per row (ledger db compact);"
+        " read them through the events view."
+    ),
+)
+
+#: The view ``events`` (migration 0005): event_rows UNION ALL the events of event_blocks,
+#: the whole log with the columns of event_rows. Queries read it; nothing writes to it. It is
+#: kept out of :data:`metadata` (a view, not a table of the migrations' comparison).
+views = MetaData()
+events = Table(
+    "events",
+    views,
+    *(Column(c.name, c.type, primary_key=c.primary_key) for c in event_rows.columns),
+)
+
 
 gaps = Table(
     "gaps",

@@ -1,0 +1,257 @@
+"""Cold history in blocks (``ledger db compact``, ledger.storage.blocks): the same events,
+byte for byte, through every reader; projections equal the reference L1 file; at most 110
+bytes an event for the CSV sample and for Coinbase messages; late events, resumed and
+concurrent folds, and the migration back."""
+
+from __future__ import annotations
+
+import io
+import itertools
+import json
+import random
+import threading
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from click.testing import CliRunner
+from sqlalchemy.engine import URL, Engine
+
+import ledger
+from ledger.cli import cli
+from ledger.storage.blocks import compact_stream
+from ledger.storage.database import downgrade, upgrade
+from ledger.storage.log import EventLog, Streams
+from ledger.testing import MatchingEngine, RandomOrderFlow
+from ledger.venues.coinbase.codec import copy_row, decode, to_row
+from tests.conftest import V31
+
+EXPECTED_L1 = V31.parent / "expected_l1_data_v3.1.csv"
+REAL_COINBASE = Path(__file__).parent / "data" / "coinbase" / "full_channel_2017-06-25_excerpt.jsonl"
+STREAM = "csv:sample"
+
+
+def _url(database_url: URL) -> str:
+    return database_url.render_as_string(hide_password=False)
+
+
+def _ingest_sample(database_url: URL, data: bytes | None = None) -> None:
+    with ledger.open(_url(database_url)) as lg:
+        lg.ingest_csv(io.BytesIO(V31.read_bytes() if data is None else data), stream=STREAM, source_name="v3.1")
+
+
+def _everything(engine: Engine) -> list[tuple[Any, ...]]:
+    """Every event as the events view shows it, with its raw input: the reference to keep."""
+    with engine.connect() as conn:
+        return [
+            tuple(r) for r in conn.execute(sa.text("SELECT e.*, ledger_raw(e) FROM events e ORDER BY stream_id, seq"))
+        ]
+
+
+def _read(engine: Engine, stream: str, **kw: Any) -> list[tuple[Any, ...]]:
+    with engine.connect() as conn:
+        sid = Streams(conn).get(stream)
+        return [tuple(r) for rows in EventLog(conn).read_chunks(sid, **kw) for r in rows]
+
+
+def _l1_csv(database_url: URL, stream: str) -> bytes:
+    out = io.BytesIO()
+    with ledger.open(_url(database_url)) as lg:
+        lg.export_l1_csv(stream, out)
+    return out.getvalue()
+
+
+def _bytes_per_event(engine: Engine) -> float:
+    """The event log's bytes (rows and blocks, with their indexes and TOAST) over its events,
+    after giving the space of folded rows back."""
+    with engine.connect() as conn:
+        conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+        conn.execute(sa.text("VACUUM FULL event_rows"))
+        conn.execute(sa.text("VACUUM event_blocks"))
+        size = conn.execute(
+            sa.text("SELECT pg_total_relation_size('event_rows') + pg_total_relation_size('event_blocks')")
+        ).scalar_one()
+        count = conn.execute(sa.text("SELECT count(*) FROM events")).scalar_one()
+    return size / count
+
+
+def test_the_sample_folded_reads_and_projects_as_before(database_url: URL, engine: Engine) -> None:
+    _ingest_sample(database_url)
+    with ledger.open(_url(database_url)) as lg:
+        lg.project([STREAM])
+        at = 1627942268920670000
+        book_before = list(lg.book(STREAM, at_seq=at).book.iter_orders())
+        assert book_before
+    before = _everything(engine)
+    chunks_before = _read(engine, STREAM, chunk=999)
+    with engine.connect() as conn:
+        sid = Streams(conn).get(STREAM)
+    folded = compact_stream(engine, sid, block_events=1000)
+    assert (folded.events, folded.blocks, folded.left) == (34_247, 35, 0)
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM event_rows")).scalar_one() == 0
+        sizes = conn.execute(sa.text("SELECT n_events FROM event_blocks ORDER BY first_seq")).scalars().all()
+    assert sizes == [1000] * 34 + [247]
+    assert _everything(engine) == before  # the view, raw included, byte for byte
+    for chunk in (1, 999, 1000, 1001, 20_000):  # chunks across, inside and over the blocks
+        assert _read(engine, STREAM, chunk=chunk) == chunks_before
+    with ledger.open(_url(database_url)) as lg:
+        assert list(lg.book(STREAM, at_seq=at).book.iter_orders()) == book_before
+        lg.project([STREAM], rebuild=True)
+        table = lg.events(STREAM, raw=True)
+    assert _l1_csv(database_url, STREAM) == EXPECTED_L1.read_bytes()  # the task's reference file
+    assert table.column("raw").to_pylist() == [r[-1] for r in before]
+    # Ingesting the file again stores nothing: every line is found, as a duplicate, in the blocks.
+    with ledger.open(_url(database_url)) as lg:
+        again = lg.ingest_csv(io.BytesIO(V31.read_bytes()), stream=STREAM, source_name="v3.1")
+    assert again.events_stored == 0 and again.duplicates == 34_247
+    assert _everything(engine) == before
+
+
+def test_reads_of_ranges_equal_the_view(engine: Engine, database_url: URL) -> None:
+    """Random (after, upto] ranges and chunk sizes over a stream of blocks, late rows and a
+    tail of rows: read_chunks against a plain query on the view."""
+    _ingest_sample(database_url)
+    with engine.connect() as conn:
+        sid = Streams(conn).get(STREAM)
+        seqs = conn.execute(sa.text("SELECT seq FROM events ORDER BY seq")).scalars().all()
+    # Hold back every 50th event of the first 20,000, fold up to there, then store them late.
+    held = set(seqs[:20_000:50])
+    with engine.begin() as conn:
+        kept = conn.execute(sa.text("SELECT * FROM event_rows WHERE seq = ANY(:s)"), {"s": list(held)}).all()
+        conn.execute(sa.text("DELETE FROM event_rows WHERE seq = ANY(:s)"), {"s": list(held)})
+    folded = compact_stream(engine, sid, upto=seqs[20_000], block_events=777)
+    assert folded.left == 0 and folded.events == 20_001 - len(held)
+    with engine.begin() as conn:
+        for row in kept:
+            conn.execute(
+                sa.text(f"INSERT INTO event_rows VALUES ({', '.join(f':c{i}' for i in range(len(row)))})"),
+                {f"c{i}": v for i, v in enumerate(row)},
+            )
+    again = compact_stream(engine, sid, upto=seqs[20_000])  # the late rows lie below the blocks: they stay
+    assert again.events == 0 and again.left == len(held)
+    rng = random.Random(5)
+    columns = "seq, kind, order_id, side, price::text, size::text, ts::text"
+    with engine.connect() as conn:
+        conn.execute(sa.text("SET DateStyle = 'ISO'"))
+        for _ in range(25):
+            lo, hi = sorted(rng.sample(range(-1, len(seqs)), 2))
+            after = None if lo < 0 else seqs[lo]
+            upto = seqs[hi] if rng.random() < 0.8 else None
+            query = f"SELECT {columns} FROM events WHERE seq > :a AND seq <= :u ORDER BY seq"
+            want = [
+                tuple(r)
+                for r in conn.execute(
+                    sa.text(query),
+                    {"a": -(2**63) if after is None else after, "u": 2**63 - 1 if upto is None else upto},
+                )
+            ]
+            got = _read(engine, STREAM, after=after, upto=upto, chunk=rng.choice([1, 7, 500, 776, 777, 778, 20_000]))
+            assert got == want, (after, upto)
+
+
+def test_a_fold_in_steps_and_a_fold_beside_readers_lose_and_repeat_nothing(database_url: URL, engine: Engine) -> None:
+    _ingest_sample(database_url)
+    before = _everything(engine)
+    reference = _read(engine, STREAM, chunk=1500)
+    with engine.connect() as conn:
+        sid = Streams(conn).get(STREAM)
+        seqs = conn.execute(sa.text("SELECT seq FROM events ORDER BY seq")).scalars().all()
+    mistakes: list[str] = []
+    stop = threading.Event()
+
+    def reader() -> None:
+        while not stop.is_set():
+            got = _read(engine, STREAM, chunk=1500)
+            if got != reference:
+                mistakes.append(f"{len(got)} events read, {len(reference)} stored")
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        for cut in (5_000, 5_001, 17_000, 30_000, len(seqs) - 1):  # as if stopped and run again
+            compact_stream(engine, sid, upto=seqs[cut], block_events=2048)
+    finally:
+        stop.set()
+        thread.join()
+    assert mistakes == []
+    assert _everything(engine) == before
+    with engine.connect() as conn:
+        blocks = conn.execute(sa.text("SELECT first_seq, last_seq FROM event_blocks ORDER BY first_seq")).all()
+    assert all(a[1] < b[0] for a, b in itertools.pairwise(blocks))  # disjoint, in order
+
+
+def test_the_sample_folded_is_at_most_110_bytes_an_event(database_url: URL, engine: Engine) -> None:
+    _ingest_sample(database_url)
+    with ledger.open(_url(database_url)) as lg:
+        lg.compact()
+    per_event = _bytes_per_event(engine)
+    assert per_event <= 110, per_event
+
+
+def _coinbase_lines(n: int) -> list[str]:
+    """Messages of a simulated Coinbase full channel, one product, as the exchange sends them."""
+    engine = MatchingEngine("BTC-USD", seed=7, history=1000)
+    flow = RandomOrderFlow(engine, random.Random(7))
+    lines: list[str] = []
+    while len(lines) < n:
+        lines.extend(json.dumps(m, separators=(",", ":")) for m in flow.step())
+    return lines[:n]
+
+
+def _store_coinbase(engine: Engine, lines: list[str]) -> None:
+    """Store messages as the capture does (codec.to_row, codec.copy_row), a stream per product."""
+    with engine.begin() as conn:
+        streams = Streams(conn)
+        payload = bytearray()
+        for line in lines:
+            row = to_row(decode(line), line)
+            if row is not None:
+                payload += copy_row(row, streams.ensure(f"coinbase:{row.product_id}", "coinbase"))
+        EventLog(conn).copy_text(bytes(payload))
+
+
+def test_coinbase_messages_folded_are_at_most_110_bytes_and_come_back_as_sent(
+    database_url: URL, engine: Engine
+) -> None:
+    real = REAL_COINBASE.read_text().splitlines()
+    _store_coinbase(engine, real + _coinbase_lines(20_000))
+    before = _everything(engine)
+    with ledger.open(_url(database_url)) as lg:
+        done = lg.compact()
+    assert sum(f.events for f in done.values()) == len(before)
+    assert _everything(engine) == before
+    stored = {r[-1] for r in before}
+    assert all(line in stored for line in real if '"heartbeat"' not in line)  # the real ones, as sent
+    per_event = _bytes_per_event(engine)
+    assert per_event <= 110, per_event
+
+
+def test_the_migration_down_unfolds_the_blocks(database_url: URL, scratch_engine: Engine) -> None:
+    upgrade(scratch_engine)
+    with ledger.open(_url(scratch_engine.url)) as lg:
+        lg.ingest_csv(io.BytesIO(V31.read_bytes()), stream=STREAM, source_name="v3.1")
+        lg.compact()
+    with scratch_engine.connect() as conn:
+        want = conn.execute(sa.text("SELECT seq, ledger_raw(e) FROM events e ORDER BY seq")).all()
+        assert conn.execute(sa.text("SELECT count(*) FROM event_rows")).scalar_one() == 0
+    downgrade(scratch_engine, "0004")
+    with scratch_engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT seq, ledger_raw(e) FROM events e ORDER BY seq")).all() == want
+        assert conn.execute(sa.text("SELECT to_regclass('event_blocks')")).scalar() is None
+    upgrade(scratch_engine)
+    with scratch_engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT seq, ledger_raw(e) FROM events e ORDER BY seq")).all() == want
+
+
+def test_ledger_db_compact_says_what_it_folded(database_url: URL, db_env: dict[str, str]) -> None:
+    _ingest_sample(database_url)
+    runner = CliRunner()
+    result = runner.invoke(cli, ["db", "compact", STREAM, "--upto", "1627942268920660000"], env=db_env)
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith(f"{STREAM}: ") and "events folded into 2 blocks" in result.output
+    again = runner.invoke(cli, ["db", "compact"], env=db_env)
+    assert again.exit_code == 0 and "blocks (up to seq 1627942268920687417)" in again.output
+    unknown = runner.invoke(cli, ["db", "compact", "csv:nope"], env=db_env)
+    assert unknown.exit_code != 0 and "csv:nope" in unknown.output
+    assert "Example:" in runner.invoke(cli, ["db", "compact", "--help"]).output
