@@ -148,6 +148,11 @@ def test_reads_of_ranges_equal_the_view(engine: Engine, database_url: URL) -> No
             ]
             got = _read(engine, STREAM, after=after, upto=upto, chunk=rng.choice([1, 7, 500, 776, 777, 778, 20_000]))
             assert got == want, (after, upto)
+            bounds = {"s": sid, "a": -(2**63) if after is None else after, "u": 2**63 - 1 if upto is None else upto}
+            by_function = conn.execute(
+                sa.text(f"SELECT {columns} FROM ledger_events(:s, :a, :u) ORDER BY seq"), bounds
+            ).all()
+            assert [tuple(r) for r in by_function] == want
 
 
 def test_a_fold_in_steps_and_a_fold_beside_readers_lose_and_repeat_nothing(database_url: URL, engine: Engine) -> None:
