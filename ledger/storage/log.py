@@ -19,6 +19,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Connection
 
 from ledger.errors import StreamError
+from ledger.storage.blocks import BLOCK_EVENTS
 from ledger.storage.copy import EVENT_COPY_COLUMNS, VENUE_FIELDS, events_chunks
 from ledger.storage.database import driver_errors
 from ledger.storage.schema import events, gaps, ingest_checkpoints, rejects, source_snapshots, streams
@@ -46,8 +47,11 @@ RAW: sa.ColumnElement[str] = sa.func.ledger_raw(events.table_valued(), type_=sa.
 # Reading a stream's events by key range (read_chunks), over rows and blocks (migration 0005;
 # ledger.storage.blocks). _READ_ROWS: the rows up to the next block, in key order, the next
 # block's start found by the same statement (one snapshot: a fold running beside it cannot
-# move rows out from under it). _READ_BLOCK: the next block's events and the rows stored
-# within its range (late events), in one statement, put in seq order by the reader.
+# move rows out from under it). _READ_BLOCK: the next few blocks' events and the rows stored
+# within their range (late events), in one statement, put in seq order by the reader. Its
+# rows are bounded by the blocks read (none without a block): the rows before the first
+# block are _READ_ROWS's, and a fold only ever makes blocks above the highest one, so rows
+# within a block's range stay rows.
 _READ_ROWS = (
     "SELECT seq, kind, order_id, side, price::text, size::text, {ts}{extra} FROM event_rows"
     " WHERE stream_id = %(s)s AND seq > %(lo)s AND seq <= LEAST(%(hi)s,"
@@ -55,13 +59,14 @@ _READ_ROWS = (
     " ORDER BY seq LIMIT %(n)s"
 )
 _READ_BLOCK = (
-    "WITH b AS MATERIALIZED (SELECT last_seq, events FROM event_blocks"
-    " WHERE stream_id = %(s)s AND last_seq > %(lo)s AND first_seq <= %(hi)s ORDER BY first_seq LIMIT 1)"
+    "WITH b AS MATERIALIZED (SELECT first_seq, last_seq, events FROM event_blocks"
+    " WHERE stream_id = %(s)s AND last_seq > %(lo)s AND first_seq <= %(hi)s ORDER BY first_seq LIMIT %(k)s)"
     " SELECT e.seq, e.kind, e.order_id, e.side, e.price::text, e.size::text, {block_ts}{block_extra}"
     " FROM b CROSS JOIN LATERAL unnest(b.events) AS e WHERE e.seq > %(lo)s AND e.seq <= %(hi)s"
     " UNION ALL"
     " SELECT seq, kind, order_id, side, price::text, size::text, {ts}{extra} FROM event_rows"
-    " WHERE stream_id = %(s)s AND seq > %(lo)s AND seq <= LEAST(%(hi)s, (SELECT last_seq FROM b))"
+    " WHERE stream_id = %(s)s AND seq > %(lo)s AND seq >= (SELECT min(first_seq) FROM b)"
+    " AND seq <= (SELECT LEAST(%(hi)s, max(last_seq)) FROM b)"
 )
 _BY_SEQ = operator.itemgetter(0)
 _COPY_EVENTS = f"COPY event_rows ({', '.join(EVENT_COPY_COLUMNS)}) FROM STDIN"
@@ -267,9 +272,10 @@ class EventLog:
         read_block = _READ_BLOCK.format(
             ts=ts, extra=columns, block_ts="e.ts::text" if with_time else "NULL::text", block_extra=block_columns
         )
+        blocks = max(1, chunk // BLOCK_EVENTS)  # blocks a statement reads: about a chunk of events
         with driver_errors(), driver.cursor(binary=True) as cur:
             while lower < upper:
-                params = {"s": stream_id, "lo": lower, "hi": upper, "n": chunk}
+                params = {"s": stream_id, "lo": lower, "hi": upper, "n": chunk, "k": blocks}
                 # One round trip per chunk (a reader that waits on the network waits again
                 # for the GIL when it comes back).
                 with driver.pipeline():
