@@ -19,9 +19,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-from ledger.domain.events import Record
+from ledger.domain.events import Number, Record
 from ledger.errors import StreamError
-from ledger.venues._numbers import Numbers, unknown_kind
+from ledger.venues._numbers import exact, unknown_kind
 
 __all__ = ["DatabentoRules"]
 
@@ -36,37 +36,52 @@ class DatabentoRules:
     the event log); ``ts`` and ``ts_event`` are passed on as they come."""
 
     def __init__(self) -> None:
-        self._number = Numbers()
+        self._known: dict[str, Number] = {}
 
     def events(self, rows: Iterable[Sequence[Any]]) -> list[Record]:
         return list(self.iter_events(rows))
 
     def iter_events(self, rows: Iterable[Sequence[Any]]) -> Iterator[Record]:
-        number = self._number
-        cached = number.get
+        # A price or size is looked up in a plain dict (the lookup CPython specialises; a
+        # miss is rare: a book sees the same few hundred texts over and over) and made on a
+        # miss by _exact, which gives a number (a row made in memory) or None back as it is.
+        known = self._known
         for row in rows:
-            seq, kind, order_id, side, price, size, ts, flags, ts_event = row if len(row) == 9 else row[:9]
-            if size.__class__ is str:
-                size = cached(size) or number(seq, size)
+            try:  # a row as the log returns it: exactly the nine fields read
+                seq, kind, order_id, side, price, size, ts, flags, ts_event = row
+            except ValueError:
+                seq, kind, order_id, side, price, size, ts, flags, ts_event = row[:9]
+            try:
+                size = known[size]
+            except KeyError:
+                size = _exact(known, size)
             if kind == "add":
-                if price.__class__ is str:
-                    price = cached(price) or number(seq, price)
+                try:
+                    price = known[price]
+                except KeyError:
+                    price = _exact(known, price)
                 if side is None or price is None:
                     raise StreamError(f"seq {seq}: a Databento add without a side or a price")
                 yield ("add", seq, ts, flags, ts_event, order_id, side, price, size)
             elif kind == "cancel":  # the size cancelled: a partial cancel keeps the order's place
                 yield ("reduce", seq, ts, flags, ts_event, order_id, side, size)
             elif kind == "modify":  # new absolute price and size; the common priority rule
-                if price.__class__ is str:
-                    price = cached(price) or number(seq, price)
+                try:
+                    price = known[price]
+                except KeyError:
+                    price = _exact(known, price)
                 yield ("modify", seq, ts, flags, ts_event, order_id, side, price, size, None, False, False)
             elif kind == "fill":  # the resting order's side; the book changes by the event's C or M
-                if price.__class__ is str:
-                    price = cached(price) or number(seq, price)
+                try:
+                    price = known[price]
+                except KeyError:
+                    price = _exact(known, price)
                 yield ("trade", seq, ts, flags, ts_event, price, size, _OTHER_SIDE[side], order_id, None)
             elif kind == "trade":  # the aggressor's side and, where known, its order
-                if price.__class__ is str:
-                    price = cached(price) or number(seq, price)
+                try:
+                    price = known[price]
+                except KeyError:
+                    price = _exact(known, price)
                 yield ("trade", seq, ts, flags, ts_event, price, size, side, None, order_id)
             elif kind == "none":
                 yield ("mark", seq, ts, flags, ts_event)
@@ -74,3 +89,15 @@ class DatabentoRules:
                 yield ("clear", seq, ts, flags, ts_event)
             else:
                 unknown_kind(seq, kind, "Databento MBO")
+
+
+def _exact(known: dict[str, Number], value: Any) -> Any:
+    """The exact number of a stored text (:func:`~ledger.venues._numbers.exact`), kept in
+    ``known`` (cleared past 100,000 texts); a number (a row made in memory) or None as it
+    is, never kept: ``Decimal("2.0") == 2``, and its text differs."""
+    if value.__class__ is not str:
+        return value
+    if len(known) > 100_000:
+        known.clear()
+    number = known[value] = exact(value)
+    return number
