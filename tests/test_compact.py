@@ -13,6 +13,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
 from sqlalchemy.engine import URL, Engine
@@ -260,3 +261,78 @@ def test_ledger_db_compact_says_what_it_folded(database_url: URL, db_env: dict[s
     unknown = runner.invoke(cli, ["db", "compact", "csv:nope"], env=db_env)
     assert unknown.exit_code != 0 and "csv:nope" in unknown.output
     assert "Example:" in runner.invoke(cli, ["db", "compact", "--help"]).output
+
+
+def _answers(database_url: URL, engine: Engine, stream: str, points: list[int]) -> dict[str, Any]:
+    """What the readers of the log say of ``stream``: the L1 rows of a rebuild, status, seq
+    range, the nearest events, ranges, counts, raw lines, venue marks, event ends, gaps."""
+    with ledger.open(_url(database_url)) as lg:
+        lg.project([stream], rebuild=True)
+        status = lg.status(stream)[0]
+        gaps = lg.gaps(stream, include_closed=True)
+    with engine.connect() as conn:
+        sid = Streams(conn).get(stream)
+        log = EventLog(conn)
+        from ledger.storage.projection import Positions
+
+        positions = Positions(conn)
+        low, high = log.seq_range(sid)
+        assert low is not None and high is not None
+        answers: dict[str, Any] = {
+            "status": (status.events, status.first_seq, status.last_seq, status.lag_seconds, status.open_gaps),
+            "gaps": [(g["first_seq"], g["last_seq"], g["status"]) for g in gaps],
+            "range": (low, high),
+            "marks": log.venue_marks(sid),
+            "raw": log.raw_between(sid, points[0], points[-1]),
+            "raw_of": log.raw_of(sid, points),
+        }
+        for x in points:
+            answers[f"after {x}"] = log.nearest(sid, at_or_after=x) if x <= high else None
+            answers[f"before {x}"] = log.nearest(sid, at_or_before=x) if x >= low else None
+            answers[f"any {x}"] = log.any_between(sid, first=x, last=x + 3)
+            answers[f"count {x}"] = (
+                positions.stored_events(sid, after=x),
+                positions.stored_events(sid, upto=x),
+                positions.stored_events(sid, after=low + 5, upto=x),
+            )
+            answers[f"end {x}"] = log.event_end(sid, at_or_before=x)
+    answers["l1"] = _l1_csv(database_url, stream)
+    return answers
+
+
+@pytest.mark.parametrize("source", ["csv", "databento"])
+def test_every_reader_answers_the_same_after_a_fold(source: str, database_url: URL, engine: Engine) -> None:
+    if source == "csv":
+        stream = STREAM
+        _ingest_sample(database_url)
+    else:
+        from tests.test_databento import ESH4_DAY
+
+        stream = "databento:GLBX.MDP3:ESH4"
+        with ledger.open(_url(database_url)) as lg:
+            lg.ingest_dbn(ESH4_DAY)
+    with engine.connect() as conn:
+        sid = Streams(conn).get(stream)
+        seqs = conn.execute(sa.text("SELECT seq FROM events WHERE stream_id = :s ORDER BY seq"), {"s": sid})
+        seqs = seqs.scalars().all()
+    rng = random.Random(11)
+    points = sorted({*rng.sample(seqs, 12), seqs[0], seqs[-1], seqs[0] - 1, seqs[-1] + 1, seqs[len(seqs) // 2] + 1})
+    before = _answers(database_url, engine, stream, points)
+    # Fold in small blocks, up to a point inside the stream, then once more with a late row
+    # below the blocks (taken out first, stored again after): the readers meet rows, blocks
+    # and a late row among the blocks.
+    late = seqs[len(seqs) // 3]
+    with engine.begin() as conn:
+        held = conn.execute(
+            sa.text("SELECT * FROM event_rows WHERE stream_id = :s AND seq = :q"), {"s": sid, "q": late}
+        )
+        row = held.one()
+        conn.execute(sa.text("DELETE FROM event_rows WHERE stream_id = :s AND seq = :q"), {"s": sid, "q": late})
+    compact_stream(engine, sid, upto=seqs[(len(seqs) * 2) // 3], block_events=500)
+    with engine.begin() as conn:
+        values = ", ".join(f":c{i}" for i in range(len(row)))
+        conn.execute(sa.text(f"INSERT INTO event_rows VALUES ({values})"), {f"c{i}": v for i, v in enumerate(row)})
+    after = _answers(database_url, engine, stream, points)
+    assert after == before
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM event_blocks WHERE stream_id = :s"), {"s": sid}).scalar() > 10

@@ -29,7 +29,17 @@ from sqlalchemy.engine import Connection, Engine
 
 from ledger.storage.schema import event_blocks, event_rows, projector_positions
 
-__all__ = ["BLOCK_EVENTS", "COMPACT_LOCK_CLASS", "Folded", "compact_stream"]
+__all__ = [
+    "BLOCK_EVENTS",
+    "COMPACT_LOCK_CLASS",
+    "COUNT_IN_RANGE",
+    "HIGHEST",
+    "LOWEST",
+    "SEQ_RANGE",
+    "Folded",
+    "compact_stream",
+    "nearest_sql",
+]
 
 #: Events per block. More compress better (the input's own compression keeps improving up to
 #: tens of kilobytes) and cost a reader of a short range more to unpack; at 4096 a CSV block
@@ -59,6 +69,49 @@ _FOLD = sa.text(
     RETURNING n_events
     """
 )
+
+
+#: The lowest and highest seq a range may name (bigint).
+LOWEST = -(2**63)
+HIGHEST = 2**63 - 1
+
+#: How many events a stream holds with :after < seq <= :upto: the rows, the blocks wholly
+#: inside (their n_events, without unpacking them) and the events of the at most two blocks
+#: that straddle a bound.
+COUNT_IN_RANGE = """
+SELECT (SELECT count(*) FROM event_rows WHERE stream_id = :s AND seq > :after AND seq <= :upto)
+     + (SELECT coalesce(sum(n_events), 0) FROM event_blocks
+         WHERE stream_id = :s AND first_seq > :after AND last_seq <= :upto)
+     + (SELECT count(*) FROM event_blocks b CROSS JOIN LATERAL unnest(b.events) AS e
+         WHERE b.stream_id = :s AND b.last_seq > :after AND b.first_seq <= :upto
+           AND NOT (b.first_seq > :after AND b.last_seq <= :upto) AND e.seq > :after AND e.seq <= :upto)
+"""
+
+#: The lowest and highest seq of a stream, from the ends of its rows and blocks.
+SEQ_RANGE = """
+SELECT least((SELECT min(seq) FROM event_rows WHERE stream_id = :s),
+             (SELECT min(first_seq) FROM event_blocks WHERE stream_id = :s)),
+       greatest((SELECT max(seq) FROM event_rows WHERE stream_id = :s),
+                (SELECT max(last_seq) FROM event_blocks WHERE stream_id = :s))
+"""
+
+
+def nearest_sql(columns: str, *, after: bool, stream: str = ":s", x: str = ":x") -> str:
+    """A statement for ``columns`` (names of the event's fields) of the stream's first event
+    at or after ``x`` (``after``) or its last at or before (``stream`` and ``x``: SQL, by
+    default the parameters ``:s`` and ``:x``): the nearest row and the nearest event of the
+    one block that can hold it, the nearer of the two."""
+    op, order = (">=", "") if after else ("<=", " DESC")
+    bound = f"last_seq >= {x}" if after else f"first_seq <= {x}"
+    of_block = ", ".join(f"e.{c.strip()}" for c in columns.split(","))
+    return (
+        f"SELECT {columns} FROM ("
+        f"(SELECT {columns} FROM event_rows WHERE stream_id = {stream} AND seq {op} {x} ORDER BY seq{order} LIMIT 1)"
+        f" UNION ALL (SELECT {of_block} FROM (SELECT events FROM event_blocks"
+        f" WHERE stream_id = {stream} AND {bound} ORDER BY first_seq{order} LIMIT 1) b"
+        f" CROSS JOIN LATERAL unnest(b.events) AS e WHERE e.seq {op} {x} ORDER BY e.seq{order} LIMIT 1)"
+        f") c ORDER BY seq{order} LIMIT 1"
+    )
 
 
 class Folded(NamedTuple):
@@ -116,7 +169,7 @@ def compact_stream(
                     .select_from(event_rows)
                     .where(
                         event_rows.c.stream_id == stream_id,
-                        event_rows.c.seq > (-(2**63) if highest is None else int(highest)),
+                        event_rows.c.seq > (LOWEST if highest is None else int(highest)),
                         event_rows.c.seq <= bound,
                     )
                 ).scalar_one()
@@ -128,7 +181,7 @@ def compact_stream(
         with engine.begin() as conn:
             conn.execute(sa.select(sa.func.pg_advisory_xact_lock(COMPACT_LOCK_CLASS, stream_id)))
             highest = _highest_block(conn, stream_id)
-            after = -(2**63) if highest is None else int(highest)
+            after = LOWEST if highest is None else int(highest)
             if after >= bound:
                 break
             # The seq that ends this batch: the last of its blocks' events, or the bound.

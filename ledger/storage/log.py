@@ -19,7 +19,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Connection
 
 from ledger.errors import StreamError
-from ledger.storage.blocks import BLOCK_EVENTS
+from ledger.storage.blocks import BLOCK_EVENTS, LOWEST, SEQ_RANGE, nearest_sql
 from ledger.storage.copy import EVENT_COPY_COLUMNS, VENUE_FIELDS, events_chunks
 from ledger.storage.database import driver_errors
 from ledger.storage.schema import events, gaps, ingest_checkpoints, rejects, source_snapshots, streams
@@ -69,6 +69,14 @@ _READ_BLOCK = (
     " AND seq <= (SELECT LEAST(%(hi)s, max(last_seq)) FROM b)"
 )
 _BY_SEQ = operator.itemgetter(0)
+# The ledger_raw of a range's events (and of some seqs of it): ledger_events(stream, after,
+# upto) reads only the blocks the range reaches, where a query on the view would unpack them all.
+_RAW_IN_RANGE = sa.text(
+    "SELECT e.seq, ledger_raw(e) AS raw FROM ledger_events(:s, :after, :upto) AS e"
+    " WHERE CAST(:seqs AS bigint[]) IS NULL OR e.seq = ANY(CAST(:seqs AS bigint[]))"
+)
+_FIRST_AT_OR_AFTER = sa.text(nearest_sql("seq, ts", after=True))
+_LAST_AT_OR_BEFORE = sa.text(nearest_sql("seq, ts", after=False))
 _COPY_EVENTS = f"COPY event_rows ({', '.join(EVENT_COPY_COLUMNS)}) FROM STDIN"
 _COPY_VENUE_EVENTS = f"COPY event_rows ({', '.join(EVENT_COPY_COLUMNS + VENUE_FIELDS)}) FROM STDIN"
 
@@ -146,28 +154,28 @@ class EventLog:
 
     def any_between(self, stream_id: int, *, first: int, last: int) -> bool:
         """Whether the log holds an event with a seq in [first, last]."""
-        query = sa.select(sa.literal(1)).where(events.c.stream_id == stream_id, events.c.seq.between(first, last))
-        return self._conn.execute(query.limit(1)).first() is not None
+        found = self._conn.execute(
+            sa.text("SELECT 1 FROM ledger_events(:s, :after, :upto) LIMIT 1"),
+            {"s": stream_id, "after": max(first, LOWEST + 1) - 1, "upto": last},
+        )
+        return found.first() is not None
 
     def nearest(
         self, stream_id: int, *, at_or_after: int | None = None, at_or_before: int | None = None
     ) -> tuple[int, datetime | None]:
         """(seq, time) of the first event at or after one seq, or of the last one at or
         before it (give one of the two); NoResultFound when there is none."""
-        query = sa.select(events.c.seq, events.c.ts).where(events.c.stream_id == stream_id)
         if at_or_after is not None and at_or_before is None:
-            query = query.where(events.c.seq >= at_or_after).order_by(events.c.seq)
+            statement, x = _FIRST_AT_OR_AFTER, at_or_after
         elif at_or_before is not None and at_or_after is None:
-            query = query.where(events.c.seq <= at_or_before).order_by(events.c.seq.desc())
+            statement, x = _LAST_AT_OR_BEFORE, at_or_before
         else:
             raise TypeError("give at_or_after or at_or_before")
-        row = self._conn.execute(query.limit(1)).one()
+        row = self._conn.execute(statement, {"s": stream_id, "x": x}).one()
         return int(row.seq), row.ts
 
     def seq_range(self, stream_id: int) -> tuple[int | None, int | None]:
-        row = self._conn.execute(
-            sa.select(sa.func.min(events.c.seq), sa.func.max(events.c.seq)).where(events.c.stream_id == stream_id)
-        ).one()
+        row = self._conn.execute(sa.text(SEQ_RANGE), {"s": stream_id}).one()
         return row[0], row[1]
 
     def venue_marks(self, stream_id: int) -> list[tuple[int, datetime | None, str, int]]:
@@ -211,17 +219,19 @@ class EventLog:
     def raw_between(self, stream_id: int, first: int, last: int) -> dict[int, str]:
         """seq -> raw of the stream's events with a seq in [first, last] (as received: a
         CSV line stored without its raw is rebuilt, see :data:`RAW`)."""
-        query = sa.select(events.c.seq, RAW.label("raw")).where(
-            events.c.stream_id == stream_id, events.c.seq.between(first, last)
+        rows = self._conn.execute(
+            _RAW_IN_RANGE, {"s": stream_id, "after": max(first, LOWEST + 1) - 1, "upto": last, "seqs": None}
         )
-        return {int(r.seq): r.raw for r in self._conn.execute(query)}
+        return {int(r.seq): r.raw for r in rows}
 
     def raw_of(self, stream_id: int, seqs: Sequence[int]) -> dict[int, str]:
         """seq -> raw of the stream's events at ``seqs`` (those stored), as received."""
+        wanted = sorted(set(seqs))
+        if not wanted:
+            return {}
         rows = self._conn.execute(
-            sa.select(events.c.seq, RAW.label("raw")).where(
-                events.c.stream_id == stream_id, events.c.seq.in_(list(seqs))
-            )
+            _RAW_IN_RANGE,
+            {"s": stream_id, "after": max(wanted[0], LOWEST + 1) - 1, "upto": wanted[-1], "seqs": wanted},
         )
         return {int(r.seq): r.raw for r in rows}
 

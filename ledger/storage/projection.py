@@ -28,14 +28,16 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Connection
 
 from ledger.errors import SnapshotError
+from ledger.storage.blocks import COUNT_IN_RANGE, HIGHEST, LOWEST
 from ledger.storage.copy import L1_COPY_COLUMNS, L1Row, l1_payload
 from ledger.storage.database import driver_errors
 from ledger.storage.locks import lock_position
-from ledger.storage.schema import book_snapshots, events, l1, projector_positions
+from ledger.storage.schema import book_snapshots, l1, projector_positions
 
 __all__ = ["L1_HEADER", "L1Row", "L1Rows", "Position", "Positions", "SnapshotInfo", "Snapshots"]
 
 L1_HEADER = "time,bid_price,ask_price,bid_size,ask_size,seq_num"
+_COUNT_IN_RANGE = sa.text(COUNT_IN_RANGE)
 _COPY_L1 = f"COPY l1 ({', '.join(L1_COPY_COLUMNS)}) FROM STDIN"
 
 # The export format of the L1 CSV (docs: time with six fractional digits and " UTC",
@@ -145,12 +147,12 @@ class Positions:
         """How many events of the stream the log holds with ``after < seq <= upto`` (None: no
         bound): what the committer compares with the events a chunk applied, and ``ledger
         status`` adds to a position's count."""
-        query = sa.select(sa.func.count()).select_from(events).where(events.c.stream_id == stream_id)
-        if after is not None:
-            query = query.where(events.c.seq > after)
-        if upto is not None:
-            query = query.where(events.c.seq <= upto)
-        return int(self._conn.execute(query).scalar_one())
+        bounds = {
+            "s": stream_id,
+            "after": LOWEST if after is None else after,
+            "upto": HIGHEST if upto is None else upto,
+        }
+        return int(self._conn.execute(_COUNT_IN_RANGE, bounds).scalar_one())
 
 
 class L1Rows:

@@ -11,8 +11,12 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from ledger.storage.blocks import nearest_sql
+
 __all__ = ["StatusRows"]
 
+# The stream's events are read by range (ledger_events) or from the ends of its rows and
+# blocks: a query on the events view would unpack every block of a compacted stream.
 _STATUS = sa.text(
     """
     SELECT s.id, s.name, s.source,
@@ -26,9 +30,8 @@ _STATUS = sa.text(
                     (SELECT max(ss.received_at) FROM source_snapshots ss WHERE ss.stream_id = s.id))
                AS last_ingest,
            extract(epoch FROM
-             (SELECT e.ts FROM events e WHERE e.stream_id = s.id AND e.seq = ev.last_seq)
-             - (SELECT e.ts FROM events e WHERE e.stream_id = s.id AND e.seq <= p.last_seq
-                 ORDER BY e.seq DESC LIMIT 1)) AS lag_seconds,
+             (SELECT e.ts FROM ledger_events(s.id, ev.last_seq - 1, ev.last_seq) e)
+             - (SELECT n.ts FROM (LAST_AT_POSITION) n)) AS lag_seconds,
            bs.seq AS snapshot_seq, bs.created_at AS snapshot_at,
            p.last_seq AS projected_seq, p.status AS projector_status, p.message AS projector_message,
            p.l1_rows, p.anomalies, p.gaps_skipped,
@@ -40,8 +43,12 @@ _STATUS = sa.text(
                AS skipped_then_filled,
            coalesce(p.maybe_bad, false) AS maybe_bad
       FROM streams s
-      LEFT JOIN LATERAL (SELECT min(e.seq) AS first_seq, max(e.seq) AS last_seq
-                           FROM events e WHERE e.stream_id = s.id) ev ON true
+      LEFT JOIN LATERAL (SELECT least((SELECT min(r.seq) FROM event_rows r WHERE r.stream_id = s.id),
+                                      (SELECT min(b.first_seq) FROM event_blocks b WHERE b.stream_id = s.id))
+                                  AS first_seq,
+                                greatest((SELECT max(r.seq) FROM event_rows r WHERE r.stream_id = s.id),
+                                         (SELECT max(b.last_seq) FROM event_blocks b WHERE b.stream_id = s.id))
+                                  AS last_seq) ev ON true
       LEFT JOIN LATERAL (SELECT count(*) FILTER (WHERE gg.status = 'open') AS open_gaps,
                                 coalesce(sum(gg.last_seq - gg.first_seq + 1)
                                          FILTER (WHERE gg.status = 'open'), 0) AS missing,
@@ -49,9 +56,8 @@ _STATUS = sa.text(
                                 -- (less any event stored inside such a window after all: a
                                 -- message the feed delivered late, as it was being resolved)
                                 coalesce(sum(gg.last_seq - gg.first_seq + 1
-                                             - (SELECT count(*) FROM events e
-                                                 WHERE e.stream_id = s.id
-                                                   AND e.seq BETWEEN gg.first_seq AND gg.last_seq)), 0)
+                                             - (SELECT count(*)
+                                                  FROM ledger_events(s.id, gg.first_seq - 1, gg.last_seq))), 0)
                                     AS unfilled
                            FROM gaps gg WHERE gg.stream_id = s.id AND gg.status IN ('open', 'snapshot')) g ON true
       LEFT JOIN LATERAL (SELECT b.seq, b.created_at FROM book_snapshots b WHERE b.stream_id = s.id
@@ -59,7 +65,7 @@ _STATUS = sa.text(
       LEFT JOIN projector_positions p ON p.stream_id = s.id
      WHERE (CAST(:name AS text) IS NULL OR s.name = :name)
      ORDER BY s.name
-    """
+    """.replace("LAST_AT_POSITION", nearest_sql("ts, seq", after=False, stream="s.id", x="p.last_seq"))
 )
 
 
