@@ -55,7 +55,7 @@ def test_sql_examples(db_env: dict[str, str], engine: Engine) -> None:
     _ledger(["ingest", "csv", str(V31)])
     _ledger(["ingest", "csv", str(V3)])
     _ledger(["project", "--skip-gaps"])
-    _, best_at, open_gaps, order_life = _blocks("sql")
+    _, best_at, open_gaps, order_life, a_range = _blocks("sql")
     with engine.connect() as conn:
         [row] = conn.execute(sa.text(best_at)).all()
         with V31_EXPECTED.open(encoding="utf-8-sig") as f:
@@ -73,6 +73,15 @@ def test_sql_examples(db_env: dict[str, str], engine: Engine) -> None:
         lines = [line for line in V31.read_text(encoding="utf-8-sig").splitlines()[1:] if "7457972527797789251" in line]
         assert sorted(r.raw for r in life) == sorted(lines) and len(life) >= 2
         assert life[0].kind == "add"
+
+    _ledger(["db", "compact"])  # the range's events from blocks: the file's lines of those seqs
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM event_blocks")).scalar_one() > 0
+        got = conn.execute(sa.text(a_range)).all()
+    by_seq = {int(line.split(",", 1)[0]): line for line in V31.read_text(encoding="utf-8-sig").splitlines()[1:]}
+    assert [(r.seq, r.raw) for r in got] == [
+        (seq, by_seq[seq]) for seq in range(1627942268920653172, 1627942268920653182)
+    ]
 
 
 def test_the_databento_commands_and_sql(
