@@ -256,6 +256,8 @@ def test_ledger_db_compact_says_what_it_folded(database_url: URL, db_env: dict[s
     result = runner.invoke(cli, ["db", "compact", STREAM, "--upto", "1627942268920660000"], env=db_env)
     assert result.exit_code == 0, result.output
     assert result.output.startswith(f"{STREAM}: ") and "events folded into 2 blocks" in result.output
+    status = runner.invoke(cli, ["status", STREAM], env=db_env)
+    assert "events 34247 (6830 in 2 compressed blocks), seqs" in status.output, status.output
     again = runner.invoke(cli, ["db", "compact"], env=db_env)
     assert again.exit_code == 0 and "blocks (up to seq 1627942268920687417)" in again.output
     unknown = runner.invoke(cli, ["db", "compact", "csv:nope"], env=db_env)

@@ -80,6 +80,10 @@ def status(stream: str | None, watch: bool, interval: float, fmt: str) -> None:
                 return
 
 
+def _folded(r: StreamStatus) -> str:
+    return f" ({r.folded_events} in {r.blocks} compressed blocks)" if r.blocks else ""
+
+
 def _status_text(rows: list[StreamStatus]) -> str:
     blocks = []
     for r in rows:
@@ -92,7 +96,7 @@ def _status_text(rows: list[StreamStatus]) -> str:
         snapshot = "none" if r.latest_snapshot_seq is None else f"seq {r.latest_snapshot_seq} ({r.latest_snapshot_at})"
         blocks.append(
             f"{name}  ({printable(r.source)})\n"
-            f"  events {r.events}, seqs {r.first_seq}..{r.last_seq}, last ingest {r.last_ingest or '-'}\n"
+            f"  events {r.events}{_folded(r)}, seqs {r.first_seq}..{r.last_seq}, last ingest {r.last_ingest or '-'}\n"
             f"  open gaps {r.open_gaps} ({r.missing_seqs} seqs missing), duplicates {r.duplicates}"
             f"{_duplicates_scope(r)}, rejects {r.rejects}\n"
             f"  projector: {projector}; latest book snapshot {snapshot}"

@@ -41,7 +41,8 @@ _STATUS = sa.text(
            (SELECT count(*) FROM gaps gg
              WHERE gg.stream_id = s.id AND gg.status <> 'open' AND gg.projector_skipped_at IS NOT NULL)
                AS skipped_then_filled,
-           coalesce(p.maybe_bad, false) AS maybe_bad
+           coalesce(p.maybe_bad, false) AS maybe_bad,
+           fb.folded_events, fb.blocks
       FROM streams s
       LEFT JOIN LATERAL (SELECT least((SELECT min(r.seq) FROM event_rows r WHERE r.stream_id = s.id),
                                       (SELECT min(b.first_seq) FROM event_blocks b WHERE b.stream_id = s.id))
@@ -63,6 +64,8 @@ _STATUS = sa.text(
       LEFT JOIN LATERAL (SELECT b.seq, b.created_at FROM book_snapshots b WHERE b.stream_id = s.id
                           ORDER BY b.seq DESC LIMIT 1) bs ON true
       LEFT JOIN projector_positions p ON p.stream_id = s.id
+      LEFT JOIN LATERAL (SELECT coalesce(sum(b.n_events), 0) AS folded_events, count(*) AS blocks
+                           FROM event_blocks b WHERE b.stream_id = s.id) fb ON true
      WHERE (CAST(:name AS text) IS NULL OR s.name = :name)
      ORDER BY s.name
     """.replace("LAST_AT_POSITION", nearest_sql("ts, seq", after=False, stream="s.id", x="p.last_seq"))

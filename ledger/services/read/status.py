@@ -81,6 +81,9 @@ class StreamStatus:
     #: The venue said the book may be wrong where the projector stands (Databento's
     #: F_MAYBE_BAD_BOOK, until the next clear or snapshot).
     book_maybe_bad: bool = False
+    #: Of ``events``, those folded into compressed blocks (``ledger db compact``), and the blocks.
+    folded_events: int = 0
+    blocks: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -124,6 +127,8 @@ def stream_status(conn: Connection, name: str | None = None) -> list[StreamStatu
                 anomalies=dict(r.anomalies or {}),
                 skipped_then_filled=int(r.skipped_then_filled),
                 book_maybe_bad=bool(r.maybe_bad),
+                folded_events=int(r.folded_events),
+                blocks=int(r.blocks),
             )
         )
     return out
