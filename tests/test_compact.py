@@ -9,7 +9,11 @@ import io
 import itertools
 import json
 import random
+import signal
+import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +29,7 @@ from ledger.storage.database import downgrade, upgrade
 from ledger.storage.log import EventLog, Streams
 from ledger.testing import MatchingEngine, RandomOrderFlow
 from ledger.venues.coinbase.codec import copy_row, decode, to_row
+from tests.children import track
 from tests.conftest import V31
 
 EXPECTED_L1 = V31.parent / "expected_l1_data_v3.1.csv"
@@ -338,3 +343,45 @@ def test_every_reader_answers_the_same_after_a_fold(source: str, database_url: U
     assert after == before
     with engine.connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM event_blocks WHERE stream_id = :s"), {"s": sid}).scalar() > 10
+
+
+_FOLD_SCRIPT = """
+import sys
+from sqlalchemy import create_engine
+from ledger.storage.blocks import compact_stream
+compact_stream(create_engine(sys.argv[1]), int(sys.argv[2]), block_events=50)
+"""
+
+
+def _blocks_stored(engine: Engine) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(sa.text("SELECT count(*) FROM event_blocks")).scalar_one())
+
+
+@pytest.mark.slow
+def test_a_fold_killed_at_random_points_goes_on_and_loses_nothing(database_url: URL, engine: Engine) -> None:
+    _ingest_sample(database_url)
+    before = _everything(engine)
+    with engine.connect() as conn:
+        sid = Streams(conn).get(STREAM)
+    rng = random.Random(3)
+    kills = 0
+    for _ in range(4):
+        proc = track(subprocess.Popen([sys.executable, "-c", _FOLD_SCRIPT, _url(database_url), str(sid)]))
+        stored = _blocks_stored(engine)
+        while proc.poll() is None and _blocks_stored(engine) == stored:  # killed after a commit: mid-fold
+            time.sleep(0.002)
+        time.sleep(rng.uniform(0, 0.05))
+        if proc.poll() is not None:
+            break
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        kills += 1
+        assert _everything(engine) == before
+    assert kills >= 2
+    folded = compact_stream(engine, sid, block_events=50)  # what was left
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM event_rows")).scalar_one() == 0
+        sizes = conn.execute(sa.text("SELECT n_events FROM event_blocks ORDER BY first_seq")).scalars().all()
+    assert sum(sizes) == 34_247 and all(n == 50 for n in sizes[:-1]) and folded.left == 0
+    assert _everything(engine) == before
