@@ -34,21 +34,62 @@ clear or snapshot (:attr:`Projector.maybe_bad`).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from decimal import localcontext
-from typing import Any
+from typing import Any, NoReturn, Protocol
 
 from ledger.domain.book import Book, Level, Top
 from ledger.domain.events import EXACT, LAST, MAYBE_BAD_BOOK, SNAPSHOT, Number, Record
 from ledger.domain.marks import step
 from ledger.domain.snapshot import ProjectorState
 
-__all__ = ["L1Row", "Projector"]
+__all__ = [
+    "ADD",
+    "CLEAR",
+    "MARK",
+    "MODIFY",
+    "PRICED",
+    "REDUCE",
+    "L1Row",
+    "Projector",
+    "StoredKinds",
+]
 
 #: One L1 row: seq, time (as the event carried it), bid price, bid size, ask price, ask size;
 #: and a seventh element, True, while the venue says the book may be wrong
 #: (:data:`~ledger.domain.events.MAYBE_BAD_BOOK`, until the next clear or snapshot).
 L1Row = tuple[int, Any, Number, Number, Number, Number] | tuple[int, Any, Number, Number, Number, Number, bool]
+
+#: What a stored record does to the book, for :meth:`Projector.apply_stored` (a venue's
+#: :class:`StoredKinds` maps each of its stored kinds to one; compared by identity): ``ADD``
+#: rests an order (price and size); ``REDUCE`` takes the size off a resting order, which
+#: keeps its place (at 0 it goes); ``MODIFY`` gives it a new absolute price and size by the
+#: common priority rule; ``CLEAR`` empties the book; ``PRICED`` (a record with a price, such
+#: as a trade) and ``MARK`` change nothing. Each is the book operation of the event of the
+#: same name (``PRICED`` and ``MARK``: ``trade`` and ``mark``).
+ADD = "add"
+REDUCE = "reduce"
+MODIFY = "modify"
+CLEAR = "clear"
+PRICED = "priced"
+MARK = "mark"
+
+
+class StoredKinds(Protocol):
+    """A venue's rules whose stored records each are one book operation, told by the
+    record's kind alone (see :meth:`Projector.apply_stored`)."""
+
+    #: The book operation of each stored kind (a kind not in it is refused).
+    ops: Mapping[str, str]
+    #: Stored price and size texts already made exact numbers.
+    known: dict[str, Number]
+
+    #: The exact number of a price or size not in ``known`` (kept there when it is text).
+    def number(self, known: dict[str, Number], value: Any, /) -> Any: ...
+
+    #: Raise the venue's own error for a row it refuses.
+    def refuse(self, row: Sequence[Any], /) -> NoReturn: ...
+
 
 _NO_LEVEL = Level()
 _RARE = SNAPSHOT | MAYBE_BAD_BOOK
@@ -204,6 +245,135 @@ class Projector:
                         out.append((event[1], event[2], bid_price, bid_size, ask_price, ask_size, True))
                     else:
                         out.append((event[1], event[2], bid_price, bid_size, ask_price, ask_size))
+        finally:
+            self.last = None if last is None else Top(*last)
+        return applied
+
+    def apply_stored(
+        self, rows: Iterable[Sequence[Any]], kinds: StoredKinds, out: list[L1Row] | None, *, l1: bool = True
+    ) -> int:
+        """:meth:`apply` of the events a venue's rules make of its stored rows ``(seq, kind,
+        order_id, side, price, size, ts, flags, ts_event, ...)``, where each record is one
+        book operation told by its kind (``kinds.ops``; the fields after ``flags`` are not
+        read): the rows are applied as they are, with no event made of them, under the
+        same rules (flags, L1, crossed book, error threshold; an order without a side is
+        looked up on either). A row the venue refuses (an unknown kind, an add without a
+        side or a price) raises its own error when its turn comes (``kinds.refuse``)."""
+        threshold = self.error_threshold if out is not None else None
+        with localcontext(EXACT):
+            return self._apply_stored(rows, kinds, out, l1, threshold)
+
+    def _apply_stored(
+        self,
+        rows: Iterable[Sequence[Any]],
+        kinds: StoredKinds,
+        out: list[L1Row] | None,
+        l1: bool,
+        threshold: int | None,
+    ) -> int:
+        # _apply with the venue's decoding written in: keep the two in step.
+        book = self.book
+        anomalies = book.anomalies
+        add, update, reduce = book.add, book.update, book.reduce
+        side_of = book.side_of
+        ops = dict(kinds.ops)  # (a plain dict: the subscript CPython specialises)
+        known = kinds.known
+        number = kinds.number
+        rare = _RARE
+        whole = LAST
+        in_snapshot = self.in_snapshot
+        last: tuple[Any, ...] | None = self.last
+        seen_bid: Level = _NO_LEVEL
+        seen_ask: Level = _NO_LEVEL
+        look = LAST if l1 else -1
+        seen_bid_size: Any = None
+        seen_ask_size: Any = None
+        bid_price: Any = None
+        ask_price: Any = None
+        applied = 0
+        seen_flags: Any = None
+        seen_rare: Any = False
+        seen_end: Any = False
+        seen_within: Any = False
+        try:
+            for row in rows:
+                try:  # a row as the log returns it: exactly the nine fields read
+                    seq, kind, order_id, side, price, size, ts, flags, _ = row
+                except ValueError:
+                    seq, kind, order_id, side, price, size, ts, flags, _ = row[:9]
+                try:
+                    op = ops[kind]
+                except KeyError:
+                    kinds.refuse(row)
+                try:
+                    size = known[size]
+                except KeyError:
+                    size = number(known, size)
+                if threshold is not None and anomalies.total() > threshold:
+                    return applied
+                if flags != seen_flags:
+                    seen_flags = flags
+                    seen_rare = flags != whole and flags & rare
+                    seen_end = flags == look or (l1 and flags & LAST)
+                    seen_within = flags & _MARKS == SNAPSHOT
+                if (in_snapshot and not seen_within) or (seen_rare and not in_snapshot):
+                    self._flags(flags)
+                    in_snapshot = self.in_snapshot
+                if op is ADD:
+                    try:
+                        price = known[price]
+                    except KeyError:
+                        price = number(known, price)
+                    if side is None or price is None:
+                        kinds.refuse(row)
+                    add(side, order_id, price, size)
+                elif op is REDUCE:
+                    if side is None and (side := side_of(order_id)) is None:
+                        anomalies["reduce_unknown_order"] += 1
+                    else:
+                        reduce(side, order_id, size)
+                elif op is MODIFY:
+                    try:
+                        price = known[price]
+                    except KeyError:
+                        price = number(known, price)
+                    if side is None and (side := side_of(order_id)) is None:
+                        anomalies["update_unknown_order"] += 1
+                    else:
+                        update(side, order_id, price, size, None, False, False)
+                elif op is CLEAR:
+                    book.clear()
+                    self.maybe_bad = False
+                applied += 1
+                if not seen_end:
+                    continue
+                bid_level = book.best_bid_level
+                ask_level = book.best_ask_level
+                if bid_level is seen_bid and ask_level is seen_ask:
+                    bid_size = seen_bid.total
+                    ask_size = seen_ask.total
+                    if bid_size == seen_bid_size and ask_size == seen_ask_size:
+                        continue
+                    seen_bid_size, seen_ask_size = bid_size, ask_size
+                elif bid_level is None or ask_level is None:
+                    seen_bid = _NO_LEVEL
+                    continue
+                else:
+                    seen_bid, seen_ask, bid_price, ask_price = bid_level, ask_level, book.best_bid, book.best_ask
+                    seen_bid_size = bid_size = bid_level.total
+                    seen_ask_size = ask_size = ask_level.total
+                    if (bid_price, bid_size, ask_price, ask_size) == last:
+                        continue
+                    crossed = bid_price > ask_price
+                    if crossed and not self.crossed:
+                        anomalies["crossed_book"] += 1
+                    self.crossed = crossed
+                last = (bid_price, bid_size, ask_price, ask_size)
+                if out is not None:
+                    if self.maybe_bad:
+                        out.append((seq, ts, bid_price, bid_size, ask_price, ask_size, True))
+                    else:
+                        out.append((seq, ts, bid_price, bid_size, ask_price, ask_size))
         finally:
             self.last = None if last is None else Top(*last)
         return applied

@@ -16,10 +16,12 @@ through as they are: ``F_LAST`` ends an exchange event (the book is looked at on
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from types import MappingProxyType
+from typing import Any, NoReturn
 
 from ledger.domain.events import Number, Record
+from ledger.domain.projector import ADD, CLEAR, MARK, MODIFY, PRICED, REDUCE
 from ledger.errors import StreamError
 from ledger.venues._numbers import exact, unknown_kind
 
@@ -35,8 +37,25 @@ class DatabentoRules:
     by :func:`~ledger.venues.databento.dbn.stored_rows`) or their text (a row read back from
     the event log); ``ts`` and ``ts_event`` are passed on as they come."""
 
+    #: Each stored kind's book operation, for :meth:`Projector.apply_stored
+    #: <ledger.domain.projector.Projector.apply_stored>` (the projection's path: the rows
+    #: applied as they are, no event made of them; :meth:`iter_events` makes the events).
+    ops: Mapping[str, str] = MappingProxyType(
+        {"add": ADD, "cancel": REDUCE, "modify": MODIFY, "fill": PRICED, "trade": PRICED, "none": MARK, "clear": CLEAR}
+    )
+
     def __init__(self) -> None:
-        self._known: dict[str, Number] = {}
+        #: Stored price and size texts already made exact numbers (:func:`_exact`).
+        self.known: dict[str, Number] = {}
+
+    @staticmethod
+    def number(known: dict[str, Number], value: Any, /) -> Any:
+        return _exact(known, value)
+
+    def refuse(self, row: Sequence[Any], /) -> NoReturn:
+        """Raise the error :meth:`iter_events` raises for ``row``."""
+        self.events([row])
+        raise StreamError(f"seq {row[0]}: a Databento record the rules refuse")  # (not reached)
 
     def events(self, rows: Iterable[Sequence[Any]]) -> list[Record]:
         return list(self.iter_events(rows))
@@ -45,7 +64,7 @@ class DatabentoRules:
         # A price or size is looked up in a plain dict (the lookup CPython specialises; a
         # miss is rare: a book sees the same few hundred texts over and over) and made on a
         # miss by _exact, which gives a number (a row made in memory) or None back as it is.
-        known = self._known
+        known = self.known
         for row in rows:
             try:  # a row as the log returns it: exactly the nine fields read
                 seq, kind, order_id, side, price, size, ts, flags, ts_event = row
