@@ -92,12 +92,15 @@ class L1Range(_Range):
 
 
 class EventRows(_Range):
-    """Parsed events: (seq, ts, kind, order_id, side, price, size), and raw when asked."""
+    """Parsed events: (seq, ts, kind, order_id, side, price, size), read as one CSV COPY of
+    the ``events`` view (:meth:`copy_csv`, raw as ``ledger_raw(events)`` among ``extra``).
+    Not in key-range chunks: each chunk's query on the view would unpack every block of a
+    compacted stream; :meth:`ledger.storage.log.EventLog.read_chunks` reads ranges."""
 
     _table = events
     _numbers = (events.c.price, events.c.size)
     _columns = (events.c.seq, events.c.ts, events.c.kind, events.c.order_id, events.c.side, *_numbers)
     _copy_columns = ("seq", _EPOCH_MICROS, "kind", "order_id", "side", "price", "size")
 
-    def chunks(self, chunk: int = 100_000, *, extra: tuple[Any, ...] = (), raw: bool = False) -> Iterator[list[Any]]:
-        return super().chunks(chunk, extra=(*extra, events.c.raw) if raw else extra)
+    def chunks(self, chunk: int = 100_000, *, extra: tuple[Any, ...] = ()) -> Iterator[list[Any]]:
+        raise NotImplementedError("read events with copy_csv, or by range with EventLog.read_chunks")
