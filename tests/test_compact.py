@@ -5,6 +5,7 @@ concurrent folds, and the migration back."""
 
 from __future__ import annotations
 
+import csv
 import io
 import itertools
 import json
@@ -267,6 +268,11 @@ def test_ledger_db_compact_says_what_it_folded(database_url: URL, db_env: dict[s
     assert "events 34247 (6830 in 2 compressed blocks), seqs" in status.output, status.output
     again = runner.invoke(cli, ["db", "compact"], env=db_env)
     assert again.exit_code == 0 and "blocks (up to seq 1627942268920687417)" in again.output
+    exported = runner.invoke(cli, ["export", "events", STREAM, "--raw", "-f", "csv", "-o", "-"], env=db_env)
+    assert exported.exit_code == 0, exported.output
+    raws = [row["raw"] for row in csv.DictReader(io.StringIO(exported.stdout))]
+    lines = V31.read_text(encoding="utf-8-sig").splitlines()[1:]
+    assert raws == sorted(lines, key=lambda line: int(line.split(",", 1)[0]))  # from blocks, as received
     unknown = runner.invoke(cli, ["db", "compact", "csv:nope"], env=db_env)
     assert unknown.exit_code != 0 and "csv:nope" in unknown.output
     assert "Example:" in runner.invoke(cli, ["db", "compact", "--help"]).output

@@ -224,17 +224,23 @@ def export_trades(stream: str, output: str | None, fmt: str | None, start: str |
     _export("trades", "trades", stream, output, fmt, start, end)
 
 
+@click.option("--raw", is_flag=True, help="Add each event's input as received: the CSV line, message or record.")
 @_export_command("events", "parquet", "event")
-def export_events(stream: str, output: str | None, fmt: str | None, start: str | None, end: str | None) -> None:
+def export_events(
+    stream: str, output: str | None, fmt: str | None, start: str | None, end: str | None, raw: bool
+) -> None:
     """Write a stream's parsed events (the log): seq, time, kind, order_id, side, price,
-    size (exact decimals); Parquet in zstd row groups of 100,000 events.
+    size (exact decimals), a venue's own fields (Databento's flags, ts_event, ts_recv,
+    sequence, channel) and with --raw the input as received; Parquet in zstd row groups of
+    100,000 events.
 
     \b
     Example:
       ledger export events csv:l3_data_v3.1 -o events.parquet
       ledger export events coinbase:BTC-USD --from 2026-11-30T12:00 --to 2026-11-30T13:00
+      ledger export events csv:l3_data_v3.1 --raw -f csv -o - | head
     """
-    _export("events", "events", stream, output, fmt, start, end)
+    _export("events", "events", stream, output, fmt, start, end, {"raw": raw})
 
 
 def parse_range(start: str | None, end: str | None) -> tuple[int | datetime | None, int | datetime | None]:
