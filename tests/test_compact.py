@@ -415,3 +415,12 @@ def test_fuzzed_files_folded_come_back_byte_for_byte(seed: int, database_url: UR
         lg.project(["csv:fuzz"], rebuild=True, settings=ProjectSettings(skip_gaps=True))
     assert _everything(engine) == before
     assert _l1_csv(database_url, "csv:fuzz") == l1_before
+
+
+@pytest.mark.parametrize("command", [["ingest", "coinbase"], ["run"]])
+def test_compact_every_takes_a_duration(command: list[str]) -> None:
+    runner = CliRunner()
+    for bad in ("0s", "soon", "-1m"):
+        result = runner.invoke(cli, [*command, "--product", "BTC-USD", "--compact-every", bad])
+        assert result.exit_code == 2 and "--compact-every" in result.output, (bad, result.output)
+    assert "--compact-every 10m" in runner.invoke(cli, [*command, "--help"]).output

@@ -25,6 +25,7 @@ from sqlalchemy.engine import Engine
 
 from ledger.cli.ingest import capture_report
 from ledger.domain.events import BUY, SELL
+from ledger.services.compact import PeriodicCompaction
 from ledger.services.project.batch import project
 from ledger.services.read.book import book_at
 from ledger.services.read.status import stream_status
@@ -457,3 +458,22 @@ def test_trades_of_a_captured_feed_carry_the_taker_of_each_match(engine: Engine)
     got = {row["seq"]: (row["maker_id"], row["taker_id"]) for batch in batches for row in batch.to_pylist()}
     assert len(want) > 20, "the flow should have traded"
     assert got == want
+
+
+def test_a_capture_folded_into_blocks_as_it_goes_projects_to_the_exchange_book(engine: Engine) -> None:
+    """--compact-every: folds every 50 ms beside the capture (no projection yet: up to the
+    highest seq); the streams then project from blocks and rows to the engine's book and
+    its BBO history, and no event is lost or doubled."""
+    folds = PeriodicCompaction(engine, [stream_name(p) for p in BOTH], every=0.05)
+    with folds:
+        summary, ex = asyncio.run(_capture(engine, BOTH, seed=5, orders=1500, rate=3000))
+    assert folds.failures == 0 and folds.folded > 0
+    folds.run_once()  # what came after the last round
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM event_rows")).scalar_one() == 0
+        blocks = conn.execute(sa.text("SELECT count(*) FROM event_blocks")).scalar_one()
+    assert blocks > 2  # several rounds, each folding what had come since
+    for part in summary.products:
+        assert part.gaps == 0 and part.rejects == 0, part
+        assert part.events_stored == ex.sequence(part.product) - min(_first_seqs(engine)[part.stream]) + 1
+    _check_projection(engine, ex, BOTH)

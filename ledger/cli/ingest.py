@@ -24,6 +24,7 @@ from ledger.cli._progress import CountingReader, line_ticker
 from ledger.cli._signals import stopping_on_signals
 
 if TYPE_CHECKING:
+    from ledger.api import Ledger
     from ledger.services.ingest.csv_file import IngestSummary
     from ledger.venues.coinbase.options import ApiCredentials, CaptureSummary, CoinbaseOptions
 
@@ -309,6 +310,40 @@ def _ingest_report(summary: IngestSummary, file: str) -> str:
     return "\n".join(lines)
 
 
+def _compact_every(_ctx: click.Context, _param: click.Parameter, value: str | None) -> float | None:
+    if value is None:
+        return None
+    from ledger.services.read.depth import parse_duration
+
+    try:
+        return parse_duration(value) / 1_000_000
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+
+
+def compact_every_option(func: F) -> F:
+    """``--compact-every DURATION`` (``ingest coinbase``, ``run``): fold the captured streams
+    into compressed blocks at that interval while the command runs; the command gets
+    ``compact_every`` in seconds, or None."""
+    return click.option(
+        "--compact-every",
+        metavar="DURATION",
+        callback=_compact_every,
+        help="Fold the captured streams' older events into compressed blocks at this interval (e.g. 10m), "
+        "up to the projector's position, or all when not projected: see `ledger db compact`.",
+    )(func)
+
+
+def compacting(ledger: Ledger, products: Sequence[str], every: float | None) -> contextlib.AbstractContextManager[Any]:
+    """While the block runs, fold the products' streams every ``every`` seconds (None: not)."""
+    if every is None:
+        return contextlib.nullcontext()
+    from ledger.services.compact import PeriodicCompaction
+    from ledger.venues.coinbase.options import stream_name
+
+    return PeriodicCompaction(ledger.engine, [stream_name(p) for p in products], every)
+
+
 def coinbase_options(func: F) -> F:
     """The options of a Coinbase capture (``ingest coinbase`` and ``run``)."""
     options = [
@@ -385,9 +420,10 @@ def capture_settings(
 
 @ingest.command("coinbase")
 @coinbase_options
+@compact_every_option
 @format_option
 @fail_on_ledger_error
-def ingest_coinbase_command(fmt: str, **capture_options: Any) -> None:
+def ingest_coinbase_command(fmt: str, compact_every: float | None, **capture_options: Any) -> None:
     """Capture the Coinbase Exchange order-by-order feed of one or more products.
 
     Every message is stored as received in stream coinbase:<PRODUCT>, keyed by its
@@ -403,10 +439,11 @@ def ingest_coinbase_command(fmt: str, **capture_options: Any) -> None:
     \b
     Example:
       ledger ingest coinbase --product BTC-USD --product ETH-USD --duration 3600
+      ledger ingest coinbase --product BTC-USD --compact-every 10m
       ledger project coinbase:BTC-USD
     """
     options, credentials = capture_settings(**capture_options)
-    with open_ledger() as ledger:
+    with open_ledger() as ledger, compacting(ledger, options.products, compact_every):
         summary = ledger.capture(options, credentials, on_summary=log_capture_progress)
     if fmt == "csv":
         rows = capture_rows(summary)

@@ -21,7 +21,15 @@ from ledger.cli._app import (
 )
 from ledger.cli._output import echo_csv, echo_json, echo_one, format_option
 from ledger.cli._signals import stopping_on_signals
-from ledger.cli.ingest import capture_report, capture_rows, capture_settings, coinbase_options, log_capture_progress
+from ledger.cli.ingest import (
+    capture_report,
+    capture_rows,
+    capture_settings,
+    coinbase_options,
+    compact_every_option,
+    compacting,
+    log_capture_progress,
+)
 from ledger.services.read.times import iso_time
 
 
@@ -89,6 +97,7 @@ def watch(stream: str, depth: int, fps: float, fmt: str) -> None:
 
 @cli.command()
 @coinbase_options
+@compact_every_option
 @click.option(
     "--snapshot-every",
     type=click.IntRange(min=0),
@@ -105,7 +114,9 @@ def watch(stream: str, depth: int, fps: float, fmt: str) -> None:
 )
 @format_option
 @fail_on_ledger_error
-def run(snapshot_every: int, snapshot_interval: float, fmt: str, **capture_options: Any) -> None:
+def run(
+    snapshot_every: int, snapshot_interval: float, fmt: str, compact_every: float | None, **capture_options: Any
+) -> None:
     """Capture Coinbase products and project them live, in one process.
 
     The capture of `ledger ingest coinbase` and the follower of `ledger project --follow`
@@ -117,13 +128,14 @@ def run(snapshot_every: int, snapshot_interval: float, fmt: str, **capture_optio
     \b
     Example:
       ledger run --product BTC-USD --product ETH-USD
+      ledger run --product BTC-USD --compact-every 10m     # older events folded as it goes
       ledger watch coinbase:BTC-USD -n 5
     """
     from ledger.api import ProjectSettings
 
     options, credentials = capture_settings(**capture_options)
     settings = ProjectSettings(snapshot_every=snapshot_every or None, snapshot_interval=snapshot_interval)
-    with open_ledger() as ledger:
+    with open_ledger() as ledger, compacting(ledger, options.products, compact_every):
         summary, projected = ledger.run_live(options, credentials, settings=settings, on_summary=log_capture_progress)
     if fmt == "csv":  # a line per product: its capture's figures, then its projection's
         by_stream = {s.stream: s for s in projected}
