@@ -262,13 +262,29 @@ class Book:
             elif level.idle:
                 self._wake(level, side, price)
             return
-        self._unlink(order)
+        # _unlink and _link inlined for the usual move: the order leaves a level that stays
+        # for one that has size already.
+        level = order.level
+        queue = level.orders
+        if len(queue) > 1 and not level.idle:
+            del queue[order_id]
+            level.total -= order.size
+            if not level.total:
+                self._idle(level, side, order.price)
+        else:
+            self._unlink(order)
         order.price = price
         order.size = size
         if size <= 0 and not keep_at_zero:
             del (self.bid_orders if side == BUY else self.ask_orders)[order_id]
-        else:
+            return
+        level = (self.bids if side == BUY else self.asks).get(price)
+        if level is None:
             self._link(order)
+        else:
+            level.total += size
+            level.orders[order_id] = order
+            order.level = level
 
     def delete(self, side: Side, order_id: str, if_resting: bool = False) -> None:
         """Remove an order. One that does not rest is counted, unless ``if_resting``: for
