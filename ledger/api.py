@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     import pyarrow as pa
     from sqlalchemy.engine import Engine
 
+    from ledger.services.compact import PeriodicCompaction
     from ledger.services.ingest.csv_file import IngestSummary
     from ledger.services.ingest.dbn_file import DbnIngestSummary
     from ledger.services.project.run import ProjectSummary
@@ -577,6 +578,15 @@ class Ledger:
                 progress=None if progress is None else functools.partial(progress, name),
             )
         return done
+
+    def compacting(self, streams: Sequence[str], every: float) -> PeriodicCompaction:
+        """A context manager: while it is entered, ``streams`` (those that exist) are folded
+        into blocks every ``every`` seconds in a background thread, as :meth:`compact` does
+        (``--compact-every`` of ``ledger ingest coinbase`` and ``ledger run``). A fold that
+        fails is logged and tried again at the next interval."""
+        from ledger.services.compact import PeriodicCompaction
+
+        return PeriodicCompaction(self.engine, streams, every)
 
     def snapshots(self, stream: str) -> builtins.list[SnapshotInfo]:
         """The projector's saved books of ``stream``, newest first."""

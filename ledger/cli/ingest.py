@@ -338,10 +338,9 @@ def compacting(ledger: Ledger, products: Sequence[str], every: float | None) -> 
     """While the block runs, fold the products' streams every ``every`` seconds (None: not)."""
     if every is None:
         return contextlib.nullcontext()
-    from ledger.services.compact import PeriodicCompaction
     from ledger.venues.coinbase.options import stream_name
 
-    return PeriodicCompaction(ledger.engine, [stream_name(p) for p in products], every)
+    return ledger.compacting([stream_name(p) for p in products], every)
 
 
 def coinbase_options(func: F) -> F:
