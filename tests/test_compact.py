@@ -424,3 +424,20 @@ def test_compact_every_takes_a_duration(command: list[str]) -> None:
         result = runner.invoke(cli, [*command, "--product", "BTC-USD", "--compact-every", bad])
         assert result.exit_code == 2 and "--compact-every" in result.output, (bad, result.output)
     assert "--compact-every 10m" in runner.invoke(cli, [*command, "--help"]).output
+
+
+def test_a_databento_file_again_after_a_fold_stores_nothing(database_url: URL, engine: Engine) -> None:
+    from tests.test_databento import ESH4_DAY
+
+    with ledger.open(_url(database_url)) as lg:
+        [first] = lg.ingest_dbn(ESH4_DAY)
+        lg.compact()
+    before = _everything(engine)
+    assert first.events_stored == len(before) == 68_792
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM event_rows")).scalar_one() == 0
+    # A new run of the same file: every record found in the blocks, byte for byte.
+    with ledger.open(_url(database_url)) as lg:
+        [again] = lg.ingest_dbn(ESH4_DAY)
+    assert (again.events_stored, again.duplicates, again.conflicting_duplicates) == (0, 68_792, 0)
+    assert _everything(engine) == before
