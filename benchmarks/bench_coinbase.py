@@ -132,8 +132,8 @@ class ReplayFeed:
 async def _hold_lock(dsn: str, after: float, seconds: float) -> None:
     await asyncio.sleep(after)
     async with await psycopg.AsyncConnection.connect(dsn) as conn:
-        await conn.execute("LOCK TABLE events IN ACCESS EXCLUSIVE MODE")
-        print(f"  database paused (events locked) for {seconds}s", file=sys.stderr)
+        await conn.execute("LOCK TABLE event_rows IN ACCESS EXCLUSIVE MODE")
+        print(f"  database paused (event_rows locked) for {seconds}s", file=sys.stderr)
         await asyncio.sleep(seconds)
     print("  database back", file=sys.stderr)
 
