@@ -12,6 +12,8 @@ PostgreSQL session-level advisory locks on two int4 keys (class, object), which
     position    0x1ED9    a transaction that reads the projector's       the stream id
                           position to check it against the log (a
                           transaction lock: the committer, an ingest)
+    compact     0x1EDA    a transaction folding a stream's rows into     the stream id
+                          blocks (:mod:`ledger.storage.blocks`)
     ==========  ========  ===========================================  =================
 
 A lock belongs to the session (the connection) that took it: closing or losing the
