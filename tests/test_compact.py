@@ -330,9 +330,17 @@ def test_every_reader_answers_the_same_after_a_fold(source: str, database_url: U
         sid = Streams(conn).get(stream)
         seqs = conn.execute(sa.text("SELECT seq FROM events WHERE stream_id = :s ORDER BY seq"), {"s": sid})
         seqs = seqs.scalars().all()
+        inside = conn.execute(  # records inside an exchange event (no F_LAST): event_end looks back
+            sa.text("SELECT seq FROM events WHERE stream_id = :s AND flags & 128 = 0 ORDER BY seq"), {"s": sid}
+        )
+        inside = inside.scalars().all()
     rng = random.Random(11)
-    points = sorted({*rng.sample(seqs, 12), seqs[0], seqs[-1], seqs[0] - 1, seqs[-1] + 1, seqs[len(seqs) // 2] + 1})
+    points = sorted(
+        {*rng.sample(seqs, 12), *inside[::9000], seqs[0], seqs[-1], seqs[0] - 1, seqs[-1] + 1, seqs[len(seqs) // 2] + 1}
+    )
     before = _answers(database_url, engine, stream, points)
+    if source == "databento":
+        assert sum(before[f"end {x}"] != x for x in points) >= 3  # the look back was tried
     # Fold in small blocks, up to a point inside the stream, then once more with a late row
     # below the blocks (taken out first, stored again after): the readers meet rows, blocks
     # and a late row among the blocks.

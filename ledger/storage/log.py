@@ -75,6 +75,19 @@ _RAW_IN_RANGE = sa.text(
     "SELECT e.seq, ledger_raw(e) AS raw FROM ledger_events(:s, :after, :upto) AS e"
     " WHERE CAST(:seqs AS bigint[]) IS NULL OR e.seq = ANY(CAST(:seqs AS bigint[]))"
 )
+_LAST_FLAGS_AT_OR_BEFORE = sa.text(nearest_sql("seq, flags", after=False))
+_LAST_END = sa.text(
+    "SELECT (SELECT seq FROM event_rows WHERE stream_id = :s AND seq <= :x AND flags & 128 <> 0"
+    "        ORDER BY seq DESC LIMIT 1),"
+    " (SELECT max(e.seq) FROM (SELECT events FROM event_blocks WHERE stream_id = :s AND first_seq <= :x"
+    "        ORDER BY first_seq DESC LIMIT 1) b CROSS JOIN LATERAL unnest(b.events) AS e"
+    "   WHERE e.seq <= :x AND e.flags & 128 <> 0),"
+    " EXISTS (SELECT 1 FROM event_blocks WHERE stream_id = :s AND first_seq <= :x)"
+)
+_LAST_END_ANY_BLOCK = sa.text(
+    "SELECT max(e.seq) FROM event_blocks b CROSS JOIN LATERAL unnest(b.events) AS e"
+    " WHERE b.stream_id = :s AND b.first_seq <= :x AND e.seq <= :x AND e.flags & 128 <> 0"
+)
 _FIRST_AT_OR_AFTER = sa.text(nearest_sql("seq, ts", after=True))
 _LAST_AT_OR_BEFORE = sa.text(nearest_sql("seq, ts", after=False))
 _COPY_EVENTS = f"COPY event_rows ({', '.join(EVENT_COPY_COLUMNS)}) FROM STDIN"
@@ -194,27 +207,18 @@ class EventLog:
         ``F_LAST`` (128): Databento's records of one event); then the seq of the last record
         before it that ends one, or None when none has ended by then. A venue without flags
         (each record a whole event) gives the seq back."""
-        last = (
-            sa.select(events.c.flags)
-            .where(events.c.stream_id == stream_id, events.c.seq <= at_or_before)
-            .order_by(events.c.seq.desc())
-            .limit(1)
-        )
-        flags = self._conn.execute(last).scalar()
+        params = {"s": stream_id, "x": at_or_before}
+        last = self._conn.execute(_LAST_FLAGS_AT_OR_BEFORE, params).first()
+        flags = None if last is None else last.flags
         if flags is None or flags & 128:
             return at_or_before
-        ended = (
-            sa.select(events.c.seq)
-            .where(
-                events.c.stream_id == stream_id,
-                events.c.seq <= at_or_before,
-                events.c.flags.op("&")(128) != 0,
-            )
-            .order_by(events.c.seq.desc())
-            .limit(1)
-        )
-        found = self._conn.execute(ended).scalar()
-        return None if found is None else int(found)
+        # The last event end among the rows, and in the nearest block at or before the seq;
+        # a block without one (an event longer than the block) sends the search through all.
+        rows_end, block_end, in_block = self._conn.execute(_LAST_END, params).one()
+        if in_block and block_end is None:
+            block_end = self._conn.execute(_LAST_END_ANY_BLOCK, params).scalar()
+        ends = [int(seq) for seq in (rows_end, block_end) if seq is not None]
+        return max(ends) if ends else None
 
     def raw_between(self, stream_id: int, first: int, last: int) -> dict[int, str]:
         """seq -> raw of the stream's events with a seq in [first, last] (as received: a
