@@ -129,6 +129,10 @@ def _never() -> bool:
     return False
 
 
+#: The most chunks one committer job holds (see StreamRun._submit): their L1 rows wait in memory.
+_HOLD_CHUNKS = 8
+
+
 class StreamRun:
     """A stream's book and position in this process (see the module's text)."""
 
@@ -168,6 +172,9 @@ class StreamRun:
         self._ready = False  # the book in memory stands at the position
         self._since_snapshot = 0
         self._skip_until: int | None = None
+        # A chunk's job kept back while the committer is behind (see _submit).
+        self._held: _Job | None = None
+        self._held_chunks = 0
         self._started = time.perf_counter()
         self._prepare()
 
@@ -263,6 +270,7 @@ class StreamRun:
         else:
             if status == "ok" and self._pos is not None:
                 self._tail()  # the log may end in a gap that a venue book resolved
+        self._release()
         return applied
 
     def _tail(self) -> bool:
@@ -366,7 +374,7 @@ class StreamRun:
             snapshot = (pos.last_seq, encode(proj.state()), len(proj.book))
             summary.snapshots += 1
         if not unchanged:  # a stream waiting at the same gap writes nothing more
-            self._submit(out, skipped, snapshot)
+            self._submit(out, skipped, snapshot, hold=status == "ok")
         summary.events_applied += applied_in_chunk
         summary.l1_rows += len(out)
         summary.gaps_skipped += skipped
@@ -377,15 +385,48 @@ class StreamRun:
         return applied_in_chunk, status
 
     def _submit(
-        self, out: list[L1Row], skipped: list[tuple[int, int]], snapshot: tuple[int, bytes, int] | None
+        self,
+        out: list[L1Row],
+        skipped: list[tuple[int, int]],
+        snapshot: tuple[int, bytes, int] | None,
+        *,
+        hold: bool = False,
     ) -> None:
-        """Hand the committer the writes that bring the stored position to the one in hand."""
+        """Hand the committer the writes that bring the stored position to the one in hand.
+
+        With ``hold``, while the committer is behind (its queue full: it waits on the
+        database, and on the GIL after each round trip), the job is kept back and the next
+        chunk's writes join it: one transaction for both, the same rows, gaps, snapshot and
+        final position, and the applying thread goes on rather than waiting for room in the
+        committer's queue. At most :data:`_HOLD_CHUNKS` chunks are held, one snapshot each
+        job; :meth:`_release` hands over what is held (the end of :meth:`catch_up`)."""
         assert self._pos is not None
         written = replace(self._pos, anomalies=dict(self._pos.anomalies))
         applied = written.events_applied - self._written_applied if self._count_chunks else None
-        job = _Job(self.stream_id, out, written, skipped, snapshot, self._owner, self._written, applied, self.name)
-        self._committer.submit(job)
+        held = self._held
+        if held is not None and (snapshot is None or held.snapshot is None):
+            held.out.extend(out)
+            held.skipped.extend(skipped)
+            held.pos = written
+            if held.applied is not None and applied is not None:
+                held.applied += applied
+            if snapshot is not None:
+                held.snapshot = snapshot
+            self._held_chunks += 1
+        else:
+            self._release()
+            held = _Job(self.stream_id, out, written, skipped, snapshot, self._owner, self._written, applied, self.name)
+            self._held_chunks = 1
         self._written, self._written_applied = written.last_seq, written.events_applied
+        self._held = held
+        if not (hold and self._held_chunks < _HOLD_CHUNKS and self._committer.busy()):
+            self._release()
+
+    def _release(self) -> None:
+        """Hand the committer the job held back, if any (see :meth:`_submit`)."""
+        held, self._held = self._held, None
+        if held is not None:
+            self._committer.submit(held)
 
     def _stale(self) -> bool:
         """Whether the committer found the stream's projection stale (events stored behind
@@ -439,10 +480,21 @@ class Committer(Worker[_Job]):
     :class:`StreamRun` stops."""
 
     def __init__(self, engine: Engine) -> None:
-        super().__init__(self._write_all, name="ledger-commit", maxsize=2)
+        self._maxsize = 2
+        super().__init__(self._write_all, name="ledger-commit", maxsize=self._maxsize)
         self._engine = engine
         self._stale: dict[int, str] = {}
         self._stale_lock = threading.Lock()
+        self._submitted = 0  # jobs handed over (the applying thread counts them)
+        self._done = 0  # jobs written or dropped (the committer's thread counts them)
+
+    def submit(self, item: _Job) -> None:
+        self._submitted += 1
+        super().submit(item)
+
+    def busy(self) -> bool:
+        """Whether a job handed over now would wait: its queue is full, one in hand."""
+        return self._submitted - self._done > self._maxsize
 
     def stale(self, stream_id: int) -> str | None:
         """Why the stream's projection was found stale, or None."""
@@ -452,17 +504,23 @@ class Committer(Worker[_Job]):
     def _write_all(self, jobs: Iterator[_Job]) -> None:
         with self._engine.connect() as conn:
             for job in jobs:
-                if self.stale(job.stream_id) is not None:
-                    continue  # its run is stopping: nothing more is written for it
-                reason = None
                 try:
-                    with conn.begin():
-                        reason = _write(conn, job)
-                except StaleProjection as e:  # marked before this job: nothing of it is written
-                    reason = str(e)
-                if reason is not None:
-                    with self._stale_lock:
-                        self._stale[job.stream_id] = reason
+                    self._write_one(conn, job)
+                finally:
+                    self._done += 1
+
+    def _write_one(self, conn: Connection, job: _Job) -> None:
+        if self.stale(job.stream_id) is not None:
+            return  # its run is stopping: nothing more is written for it
+        reason = None
+        try:
+            with conn.begin():
+                reason = _write(conn, job)
+        except StaleProjection as e:  # marked before this job: nothing of it is written
+            reason = str(e)
+        if reason is not None:
+            with self._stale_lock:
+                self._stale[job.stream_id] = reason
 
 
 def _write(conn: Connection, job: _Job) -> str | None:
