@@ -83,3 +83,20 @@ def test_help_imports_no_command_and_lists_them_as_click_would() -> None:
     modules, heavy, _out = run("sql", "--help")
     assert "ledger.cli.sql" in modules and "ledger.cli.project" not in modules, modules
     assert heavy == "[]", heavy
+
+
+def test_a_group_is_whole_when_one_of_its_modules_was_imported_first() -> None:
+    """`ingest` lives in two modules: importing the first one (as a library user or a test
+    may) must not leave `ingest dbn` out of a later lookup."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import ledger.cli.ingest\n"
+        "from click.testing import CliRunner\n"
+        "from ledger.cli import cli\n"
+        "result = CliRunner().invoke(cli, ['ingest', 'dbn', '--help'])\n"
+        "print(result.exit_code, 'Databento' in result.output)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60)
+    assert done.stdout.split() == ["0", "True"], done.stdout + done.stderr

@@ -222,9 +222,11 @@ class _Cli(click.Group):
         self._loaded[name] = cmd
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        if cmd_name not in self._loaded and cmd_name in COMMANDS:
-            for module in COMMANDS[cmd_name][0]:
-                importlib.import_module(module)
+        # Every module of the command, even when the command is loaded: a group whose
+        # subcommands live in several modules (ingest: csv and coinbase, then dbn) is there
+        # as soon as its first module is imported, by anyone, without the others.
+        for module in COMMANDS.get(cmd_name, ((), ""))[0]:
+            importlib.import_module(module)
         return self._loaded.get(cmd_name)
 
     def list_commands(self, ctx: click.Context) -> list[str]:
