@@ -100,3 +100,31 @@ def test_a_group_is_whole_when_one_of_its_modules_was_imported_first() -> None:
     )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60)
     assert done.stdout.split() == ["0", "True"], done.stdout + done.stderr
+
+
+def test_the_ledger_process_freezes_what_it_opened_and_a_host_program_is_left_alone(db_env: dict[str, str]) -> None:
+    """main() (the `ledger` process) moves what a command imported and opened out of the
+    cyclic GC's sight once the database is open; commands run inside another program
+    (CliRunner here) leave that program's GC as it is."""
+    import gc
+    import subprocess
+    import sys
+
+    from click.testing import CliRunner
+
+    from ledger.cli import cli
+
+    frozen = gc.get_freeze_count()
+    assert CliRunner().invoke(cli, ["status"], env=db_env).exit_code == 0
+    assert gc.get_freeze_count() == frozen
+    probe = (
+        "import gc, sys\n"
+        "from ledger.cli import _app\n"
+        "sys.argv = ['ledger', 'status']\n"
+        "try:\n    _app.main()\nexcept SystemExit as e:\n    code = e.code\n"
+        "print('frozen', code, gc.get_freeze_count() > 10_000)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=120, env=db_env
+    )
+    assert done.stdout.split()[-3:] == ["frozen", "0", "True"], done.stdout + done.stderr
