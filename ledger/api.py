@@ -535,17 +535,13 @@ class Ledger:
     ) -> dict[str, int]:
         """Delete old book snapshots of ``streams`` (default: all): keep the newest ``keep``
         and, of the older ones, every ``keep_every``-th. How many went, per stream."""
-        from ledger.storage.log import Streams
         from ledger.storage.projection import Snapshots
 
-        deleted: dict[str, int] = {}
         with self.engine.begin() as conn:
-            known = {name: sid for sid, name, _ in Streams(conn).all()}
-            for name in streams or ():
-                Streams(conn).get(name)  # an unknown name is an error that lists the known ones
-            for name in streams or sorted(known):
-                deleted[name] = Snapshots(conn).prune(known[name], keep=keep, keep_every=keep_every)
-        return deleted
+            return {
+                name: Snapshots(conn).prune(sid, keep=keep, keep_every=keep_every)
+                for name, sid in _stream_ids(conn, streams).items()
+            }
 
     def compact(
         self,
@@ -562,17 +558,14 @@ class Ledger:
         before and after. What it did, per stream; ``start`` gets (stream, events to fold)
         before a stream's first batch, ``progress`` (stream, events) per committed batch."""
         from ledger.storage.blocks import compact_stream
-        from ledger.storage.log import Streams
 
         with self.engine.connect() as conn:
-            known = {name: sid for sid, name, _ in Streams(conn).all()}
-            for name in streams or ():
-                Streams(conn).get(name)  # an unknown name is an error that lists the known ones
+            ids = _stream_ids(conn, streams)
         done: dict[str, Folded] = {}
-        for name in streams or sorted(known):
+        for name, sid in ids.items():
             done[name] = compact_stream(
                 self.engine,
-                known[name],
+                sid,
                 upto=upto,
                 start=None if start is None else functools.partial(start, name),
                 progress=None if progress is None else functools.partial(progress, name),
@@ -636,6 +629,17 @@ class Ledger:
         url = self._database.url
         plain = url.set(drivername="postgresql", password=None).render_as_string(hide_password=False)
         return plain, ({"PGPASSWORD": str(url.password)} if url.password else {})
+
+
+def _stream_ids(conn: Any, streams: Sequence[str] | None) -> dict[str, int]:
+    """Name -> id of ``streams`` in the order given, or of every stream by name (None or
+    empty); an unknown name is an error that lists the known ones."""
+    from ledger.storage.log import Streams
+
+    known = Streams(conn)
+    if streams:
+        return {name: known.get(name) for name in streams}
+    return {name: sid for sid, name, _ in sorted(known.all(), key=lambda row: row[1])}
 
 
 def _size(path: Path) -> int | None:

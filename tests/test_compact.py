@@ -8,7 +8,6 @@ from __future__ import annotations
 import csv
 import io
 import itertools
-import json
 import random
 import signal
 import subprocess
@@ -24,13 +23,12 @@ from click.testing import CliRunner
 from sqlalchemy.engine import URL, Engine
 
 import ledger
+from benchmarks.bench_bytes import coinbase_input
 from ledger.api import ProjectSettings
 from ledger.cli import cli
 from ledger.storage.blocks import compact_stream
 from ledger.storage.database import downgrade, upgrade
 from ledger.storage.log import EventLog, Streams
-from ledger.testing import MatchingEngine, RandomOrderFlow
-from ledger.venues.coinbase.codec import copy_row, decode, to_row
 from tests.children import track
 from tests.conftest import V31
 from tests.test_fuzz_csv import fuzzed_sample
@@ -203,33 +201,13 @@ def test_the_sample_folded_is_at_most_110_bytes_an_event(database_url: URL, engi
     assert per_event <= 110, per_event
 
 
-def _coinbase_lines(n: int) -> list[str]:
-    """Messages of a simulated Coinbase full channel, one product, as the exchange sends them."""
-    engine = MatchingEngine("BTC-USD", seed=7, history=1000)
-    flow = RandomOrderFlow(engine, random.Random(7))
-    lines: list[str] = []
-    while len(lines) < n:
-        lines.extend(json.dumps(m, separators=(",", ":")) for m in flow.step())
-    return lines[:n]
-
-
-def _store_coinbase(engine: Engine, lines: list[str]) -> None:
-    """Store messages as the capture does (codec.to_row, codec.copy_row), a stream per product."""
-    with engine.begin() as conn:
-        streams = Streams(conn)
-        payload = bytearray()
-        for line in lines:
-            row = to_row(decode(line), line)
-            if row is not None:
-                payload += copy_row(row, streams.ensure(f"coinbase:{row.product_id}", "coinbase"))
-        EventLog(conn).copy_text(bytes(payload))
-
-
 def test_coinbase_messages_folded_are_at_most_110_bytes_and_come_back_as_sent(
     database_url: URL, engine: Engine
 ) -> None:
     real = REAL_COINBASE.read_text().splitlines()
-    _store_coinbase(engine, real + _coinbase_lines(20_000))
+    store, _ = coinbase_input(20_000, 7)  # the real ones, then a simulated full channel, as the capture stores them
+    with ledger.open(_url(database_url)) as lg:
+        store(lg)
     before = _everything(engine)
     with ledger.open(_url(database_url)) as lg:
         done = lg.compact()

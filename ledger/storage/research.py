@@ -67,6 +67,15 @@ class _Range:
         row = self._conn.execute(sa.select(*parts).select_from(self._table).where(*self._where)).one()
         return max((int(v) for v in row if v is not None), default=0)
 
+
+class L1Range(_Range):
+    """L1 rows: (seq, ts, bid_price, bid_size, ask_price, ask_size)."""
+
+    _table = l1
+    _numbers = (l1.c.bid_price, l1.c.bid_size, l1.c.ask_price, l1.c.ask_size)
+    _columns = (l1.c.seq, l1.c.ts, *_numbers)
+    _copy_columns = ("seq", _EPOCH_MICROS, "bid_price", "bid_size", "ask_price", "ask_size")
+
     def chunks(self, chunk: int = 100_000, *, extra: tuple[Any, ...] = ()) -> Iterator[list[Any]]:
         """Lists of up to ``chunk`` rows of :attr:`_columns` (and ``extra``) in seq order."""
         seq = self._table.c.seq
@@ -82,15 +91,6 @@ class _Range:
             after = int(rows[-1][0])
 
 
-class L1Range(_Range):
-    """L1 rows: (seq, ts, bid_price, bid_size, ask_price, ask_size)."""
-
-    _table = l1
-    _numbers = (l1.c.bid_price, l1.c.bid_size, l1.c.ask_price, l1.c.ask_size)
-    _columns = (l1.c.seq, l1.c.ts, *_numbers)
-    _copy_columns = ("seq", _EPOCH_MICROS, "bid_price", "bid_size", "ask_price", "ask_size")
-
-
 class EventRows(_Range):
     """Parsed events: (seq, ts, kind, order_id, side, price, size), read as one CSV COPY of
     the ``events`` view (:meth:`copy_csv`, raw as ``ledger_raw(events)`` among ``extra``).
@@ -101,6 +101,3 @@ class EventRows(_Range):
     _numbers = (events.c.price, events.c.size)
     _columns = (events.c.seq, events.c.ts, events.c.kind, events.c.order_id, events.c.side, *_numbers)
     _copy_columns = ("seq", _EPOCH_MICROS, "kind", "order_id", "side", "price", "size")
-
-    def chunks(self, chunk: int = 100_000, *, extra: tuple[Any, ...] = ()) -> Iterator[list[Any]]:
-        raise NotImplementedError("read events with copy_csv, or by range with EventLog.read_chunks")
