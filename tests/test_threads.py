@@ -1,15 +1,31 @@
 """The bounded-queue worker and read-ahead of ledger._threads: order, back-pressure, flush,
-errors handed to the other thread, abandon, and clean stops."""
+errors handed to the other thread, abandon, and clean stops; prompt_handoffs and the
+ingests that run inside it."""
 
 from __future__ import annotations
 
+import io
+import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+from sqlalchemy.engine import Engine
 
-from ledger._threads import Worker, ahead
+from ledger._threads import HANDOFF_INTERVAL, Worker, ahead, prompt_handoffs
+from ledger.services.ingest.csv_file import ingest_csv
+from ledger.services.ingest.dbn_file import ingest_dbn
+
+DATA = Path(__file__).parent / "data"
+V31 = DATA / "l3-l1" / "v3.1" / "l3_data_v3.1.csv"
+XNAS = DATA / "databento" / "databento-python__XNAS.ITCH__test_data.mbo.dbn.zst"
+
+
+def _about(seconds: float) -> object:
+    """A switch interval as read back (the interpreter keeps whole microseconds)."""
+    return pytest.approx(seconds, rel=0.02)
 
 
 def _until(condition: object, timeout: float = 5.0) -> None:
@@ -214,3 +230,74 @@ def test_leaving_ahead_early_stops_the_maker_and_lets_it_clean_up() -> None:
         if i == 3:
             break
     assert cleaned.wait(5) and not makers[0].is_alive()
+
+
+def test_prompt_handoffs_lowers_the_switch_interval_while_any_block_runs_and_puts_it_back() -> None:
+    before = sys.getswitchinterval()
+    try:
+        sys.setswitchinterval(0.005)
+        with prompt_handoffs():
+            assert sys.getswitchinterval() == _about(HANDOFF_INTERVAL)
+            with prompt_handoffs():  # nested (or on another thread): one lowering
+                assert sys.getswitchinterval() == _about(HANDOFF_INTERVAL)
+            assert sys.getswitchinterval() == _about(HANDOFF_INTERVAL)
+        assert sys.getswitchinterval() == _about(0.005)
+        sys.setswitchinterval(0.0001)  # already lower: never raised
+        with prompt_handoffs():
+            assert sys.getswitchinterval() == _about(0.0001)
+        assert sys.getswitchinterval() == _about(0.0001)
+        sys.setswitchinterval(0.005)
+        with pytest.raises(RuntimeError), prompt_handoffs():  # put back when the block fails too
+            raise RuntimeError
+        assert sys.getswitchinterval() == _about(0.005)
+    finally:
+        sys.setswitchinterval(before)
+
+
+def test_blocks_on_two_threads_share_one_lowering_undone_by_the_last() -> None:
+    before = sys.getswitchinterval()
+    entered, leave = threading.Event(), threading.Event()
+    seen: list[float] = []
+
+    def other() -> None:
+        with prompt_handoffs():
+            entered.set()
+            leave.wait(5)
+        seen.append(sys.getswitchinterval())
+
+    try:
+        sys.setswitchinterval(0.005)
+        thread = threading.Thread(target=other)
+        with prompt_handoffs():
+            thread.start()
+            assert entered.wait(5)
+        assert sys.getswitchinterval() == _about(HANDOFF_INTERVAL)  # the other block still runs
+        leave.set()
+        thread.join(5)
+        assert seen == [_about(0.005)] and sys.getswitchinterval() == _about(0.005)
+    finally:
+        sys.setswitchinterval(before)
+
+
+def test_the_csv_and_dbn_ingests_run_with_prompt_handoffs_and_put_the_interval_back(engine: Engine) -> None:
+    """The two ingest pipelines (a parsing thread beside a writer waiting on PostgreSQL)
+    run inside prompt_handoffs: the interval seen while they read is the lowered one."""
+    before = sys.getswitchinterval()
+    try:
+        sys.setswitchinterval(0.005)
+        seen: list[float] = []
+        csv_summary = ingest_csv(
+            engine,
+            io.BytesIO(V31.read_bytes()),
+            stream="handoffs-csv",
+            source="v3.1",
+            progress=lambda _: seen.append(sys.getswitchinterval()),
+        )
+        assert csv_summary.events_stored > 0 and seen
+        assert all(s == _about(HANDOFF_INTERVAL) for s in seen) and sys.getswitchinterval() == _about(0.005)
+        seen.clear()
+        dbn_summary = ingest_dbn(engine, XNAS, progress=lambda _: seen.append(sys.getswitchinterval()))
+        assert dbn_summary.records > 0 and seen
+        assert all(s == _about(HANDOFF_INTERVAL) for s in seen) and sys.getswitchinterval() == _about(0.005)
+    finally:
+        sys.setswitchinterval(before)

@@ -57,7 +57,7 @@ def _default_stream(path: str) -> str:
 @click.option(
     "--batch-size",
     type=click.IntRange(min=1),
-    default=10_000,
+    default=25_000,
     show_default=True,
     help="Lines per transaction.",
 )

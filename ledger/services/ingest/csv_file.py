@@ -36,7 +36,7 @@ from typing import BinaryIO, TypeVar
 
 from sqlalchemy.engine import Connection, Engine
 
-from ledger._threads import Worker
+from ledger._threads import Worker, prompt_handoffs
 from ledger.domain.sequencing import Arrival, GapTracker
 from ledger.errors import ConstraintViolation, DatabaseError, InputError, LockLost, RowError, StreamError, first_line
 from ledger.storage.locks import Locks, writer_lock
@@ -198,7 +198,7 @@ def ingest_csv(
     *,
     stream: str,
     source: str,
-    batch_size: int = 10_000,
+    batch_size: int = 25_000,
     flush_interval: float | None = None,
     resumable: bool = True,
     progress: Callable[[int], None] | None = None,
@@ -224,7 +224,7 @@ def ingest_csv_files(
     engine: Engine,
     inputs: Iterable[CsvInput],
     *,
-    batch_size: int = 10_000,
+    batch_size: int = 25_000,
     flush_interval: float | None = None,
     progress: Callable[[int], None] | None = None,
     stop: StopReading | None = None,
@@ -265,7 +265,7 @@ def _ingest(
         raise InputError("--batch-size must be at least 1")
     stop = stop or StopReading()
     summaries: list[IngestSummary] = []
-    with engine.connect() as setup, engine.connect() as conn:
+    with prompt_handoffs(), engine.connect() as setup, engine.connect() as conn:
         streams = _Streams(setup)
         writer = _Writer(conn)
         writer.start()

@@ -51,7 +51,7 @@ from typing import Any, BinaryIO
 
 from sqlalchemy.engine import Connection, Engine
 
-from ledger._threads import Worker
+from ledger._threads import Worker, prompt_handoffs
 from ledger.errors import DatabaseError, InputError, StreamError, first_line
 from ledger.services.ingest.csv_file import StopReading
 from ledger.services.ingest.inputs import expand
@@ -239,7 +239,7 @@ def ingest_dbn_inputs(
     summaries: list[DbnIngestSummary] = []
     failures: list[InputError] = []
     names = _Names(stream)
-    with engine.connect() as conn, engine.connect() as lookups:
+    with prompt_handoffs(), engine.connect() as conn, engine.connect() as lookups:
         run = _Run(conn)
         writer = _Writer(run)
         writer.start()
