@@ -76,7 +76,7 @@ CHUNK = 20_000
 STREAM = "csv:bench"
 # The columns the projector reads (ledger/storage/log.py), in key order, as one COPY.
 READ_LIMIT = (
-    "COPY (SELECT seq, kind, order_id, side, price::text, size::text, ts::text FROM events"
+    "COPY (SELECT seq, kind, order_id, side, price::text, size::text, ts::text FROM event_rows"
     " WHERE stream_id = {sid} ORDER BY seq) TO STDOUT (FORMAT binary)"
 )
 

@@ -1,9 +1,9 @@
-"""The projection's path for Databento (Projector.apply_stored: the stored rows applied as
-they are, no event made of them) against the events path (DatabentoRules.iter_events into
-Projector.apply): the same L1 rows, book, anomalies and marks, chunk by chunk, on the ESH4
-day as the log returns it and on generated rows (unknown orders, sides left out, snapshot
-runs, warnings, clears, an error threshold, replays without L1 rows); the same error for a
-row the rules refuse, after the same rows."""
+"""The projection's path for Databento and the L3 CSV format (Projector.apply_stored: the
+stored rows applied as they are, no event made of them) against the events path (the rules'
+iter_events into Projector.apply): the same L1 rows, book, anomalies and marks, chunk by
+chunk, on the ESH4 day and the v3.1 CSV sample as the log returns them and on generated rows
+(unknown orders, sides left out, snapshot runs, warnings, clears, an error threshold,
+replays without L1 rows); the same error for a row the rules refuse, after the same rows."""
 
 from __future__ import annotations
 
@@ -18,8 +18,12 @@ from ledger.domain.projector import Projector
 from ledger.errors import StreamError
 from ledger.services.project.rows import StreamProjector
 from ledger.venues import venue
+from ledger.venues.csv.format import parse_line
+from ledger.venues.csv.rules import CsvRules
 from ledger.venues.databento.dbn import MboReader, StoredRow, stored_rows
 from ledger.venues.databento.rules import DatabentoRules
+
+V31 = Path(__file__).parent / "data" / "l3-l1" / "v3.1" / "l3_data_v3.1.csv"
 
 ESH4_DAY = Path(__file__).parent / "data" / "databento" / "nautilus__esh4-glbx-mdp3-20231225.mbo.dbn.zst"
 
@@ -40,13 +44,18 @@ def state(proj: Projector) -> tuple[Any, ...]:
 
 
 def both(
-    chunks: list[list[Any]], *, threshold: int | None = None, l1: bool = True, write: bool = True
+    chunks: list[list[Any]],
+    *,
+    threshold: int | None = None,
+    l1: bool = True,
+    write: bool = True,
+    rules_of: Any = DatabentoRules,
 ) -> tuple[Any, Any]:
     """(applied counts, L1 rows, state) by each path."""
     results = []
     for stored in (False, True):
         proj = Projector(threshold)
-        rules = DatabentoRules()
+        rules = rules_of()
         counts, rows = [], []
         for chunk in chunks:
             out: list[Any] | None = [] if write else None
@@ -81,8 +90,6 @@ def test_a_projection_of_databento_takes_the_stored_path(esh4_rows: list[tuple[A
     reference.apply(DatabentoRules().iter_events(esh4_rows[:3_000]), expected)
     assert out == expected and state(proj) == state(reference)
     assert proj._kinds is not None  # the stored path, not the events one
-    csv = StreamProjector(None, venue("csv").rules())
-    assert csv._kinds is None
 
 
 KINDS = ["add", "add", "add", "cancel", "cancel", "modify", "modify", "fill", "trade", "none", "clear"]
@@ -143,3 +150,97 @@ def test_rows_of_more_fields_and_numbers_made_in_memory() -> None:
     events, stored = both([rows])
     assert stored == events
     assert both([as_log(rows)])[1] == stored
+
+
+# -- the L3 CSV format ------------------------------------------------------------------------
+
+
+def csv_log_rows(lines: list[str]) -> list[tuple[Any, ...]]:
+    """Rows as the log returns the CSV lines to a projection: seq, kind, order id, side,
+    price and size as text (None where the kind has none), the time as text."""
+    rows = []
+    for line in lines:
+        r = parse_line(line)
+        rows.append((r.seq, r.kind, r.order_id, r.side, r.price, r.size, r.time))
+    return rows
+
+
+@pytest.fixture(scope="module")
+def v31_rows() -> list[tuple[Any, ...]]:
+    return csv_log_rows(V31.read_text(encoding="utf-8-sig").splitlines()[1:])
+
+
+def test_the_csv_sample_as_the_log_returns_it(v31_rows: list[tuple[Any, ...]]) -> None:
+    chunks = [v31_rows[i : i + 997] for i in range(0, len(v31_rows), 997)]
+    events, stored = both(chunks, rules_of=CsvRules)
+    assert stored == events
+    assert sum(len(out) for out in stored[1]) > 1_000
+    assert (
+        both(chunks, l1=False, write=False, rules_of=CsvRules)[1]
+        == both(chunks, l1=False, write=False, rules_of=CsvRules)[0]
+    )
+
+
+def test_a_projection_of_csv_takes_the_stored_path(v31_rows: list[tuple[Any, ...]]) -> None:
+    proj = StreamProjector(None, venue("csv").rules())
+    out: list[Any] = []
+    assert proj.apply_rows(v31_rows[:3_000], out) == 3_000
+    reference = Projector()
+    expected: list[Any] = []
+    reference.apply(CsvRules().iter_events(v31_rows[:3_000]), expected)
+    assert out == expected and state(proj) == state(reference)
+    assert proj._kinds is not None
+
+
+@st.composite
+def csv_rows(draw: st.DrawFn) -> list[tuple[Any, ...]]:
+    n = draw(st.integers(1, 120))
+    rows = []
+    for seq in range(1, n + 1):
+        kind = draw(st.sampled_from(["add", "add", "add", "update", "update", "delete", "delete", "trade"]))
+        side = draw(st.sampled_from(["B", "S"]))
+        order_id = draw(st.sampled_from(["1", "2", "3", "4", "5", "6"]))
+        if kind == "delete":
+            price = size = None
+        else:
+            price = draw(st.sampled_from(["99.5", "100", "100.25", "101", "100.0"]))
+            size = draw(st.sampled_from(["0", "1", "2", "5", "3.0"] if kind != "add" else ["1", "2", "5", "3.0"]))
+        rows.append((seq, kind, order_id, side, price, size, f"t{seq}"))
+    return rows
+
+
+@settings(max_examples=300, deadline=None)
+@given(rows=csv_rows(), cut=st.integers(1, 50), threshold=st.sampled_from([None, 0, 2, 6]))
+def test_generated_csv_rows(rows: list[tuple[Any, ...]], cut: int, threshold: int | None) -> None:
+    chunks = [rows[i : i + cut] for i in range(0, len(rows), cut)]
+    events, stored = both(chunks, threshold=threshold, rules_of=CsvRules)
+    assert stored == events
+    events, stored = both(chunks, l1=False, write=False, rules_of=CsvRules)
+    assert stored == events
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        (9, "replace", "1", "B", "100", "1", "t"),
+        (9, "add", "1", "B", None, "1", "t"),
+        (9, "add", "1", "B", "100", None, "t"),
+        (9, "update", "1", "B", "100", None, "t"),
+        (9, "trade", "1", "B", None, "1", "t"),
+    ],
+)
+def test_a_refused_csv_row_raises_the_rules_error_after_the_rows_before_it(bad: tuple[Any, ...]) -> None:
+    rows = [(1, "add", "1", "B", "99", "2", "t"), (2, "add", "2", "S", "101", "1", "t"), bad]
+    with pytest.raises(StreamError) as expected:
+        CsvRules().events(rows)
+    for stored in (False, True):
+        proj = Projector()
+        rules = CsvRules()
+        out: list[Any] = []
+        with pytest.raises(StreamError) as raised:
+            if stored:
+                proj.apply_stored(rows, rules, out)
+            else:
+                proj.apply(rules.iter_events(rows), out)
+        assert str(raised.value) == str(expected.value)
+        assert out == [(2, "t", 99, 2, 101, 1)]

@@ -46,6 +46,8 @@ from ledger.domain.snapshot import ProjectorState
 __all__ = [
     "ADD",
     "CLEAR",
+    "DELETE",
+    "FILL",
     "MARK",
     "MODIFY",
     "PRICED",
@@ -64,12 +66,16 @@ L1Row = tuple[int, Any, Number, Number, Number, Number] | tuple[int, Any, Number
 #: :class:`StoredKinds` maps each of its stored kinds to one; compared by identity): ``ADD``
 #: rests an order (price and size); ``REDUCE`` takes the size off a resting order, which
 #: keeps its place (at 0 it goes); ``MODIFY`` gives it a new absolute price and size by the
-#: common priority rule; ``CLEAR`` empties the book; ``PRICED`` (a record with a price, such
-#: as a trade) and ``MARK`` change nothing. Each is the book operation of the event of the
-#: same name (``PRICED`` and ``MARK``: ``trade`` and ``mark``).
+#: common priority rule; ``DELETE`` removes a resting order; ``FILL`` takes a traded size off
+#: a resting order (at 0 it goes; the trade's price is made a number, never used);
+#: ``CLEAR`` empties the book; ``PRICED`` (a record with a price, such as a trade) and
+#: ``MARK`` change nothing. Each is the book operation of the event of the same name
+#: (``PRICED`` and ``MARK``: ``trade`` and ``mark``).
 ADD = "add"
 REDUCE = "reduce"
 MODIFY = "modify"
+DELETE = "delete"
+FILL = "fill"
 CLEAR = "clear"
 PRICED = "priced"
 MARK = "mark"
@@ -81,6 +87,10 @@ class StoredKinds(Protocol):
 
     #: The book operation of each stored kind (a kind not in it is refused).
     ops: Mapping[str, str]
+    #: Whether the rows carry the record's flags (``(seq, kind, order_id, side, price, size,
+    #: ts, flags, ts_event, ...)``); without, a row is ``(seq, kind, order_id, side, price,
+    #: size, ts)`` and each record is a whole event (:data:`~ledger.domain.events.LAST`).
+    flagged: bool
     #: Stored price and size texts already made exact numbers.
     known: dict[str, Number]
 
@@ -253,12 +263,14 @@ class Projector:
         self, rows: Iterable[Sequence[Any]], kinds: StoredKinds, out: list[L1Row] | None, *, l1: bool = True
     ) -> int:
         """:meth:`apply` of the events a venue's rules make of its stored rows ``(seq, kind,
-        order_id, side, price, size, ts, flags, ts_event, ...)``, where each record is one
-        book operation told by its kind (``kinds.ops``; the fields after ``flags`` are not
-        read): the rows are applied as they are, with no event made of them, under the
-        same rules (flags, L1, crossed book, error threshold; an order without a side is
-        looked up on either). A row the venue refuses (an unknown kind, an add without a
-        side or a price) raises its own error when its turn comes (``kinds.refuse``)."""
+        order_id, side, price, size, ts, flags, ts_event, ...)`` (or the first seven, when
+        not ``kinds.flagged``: whole events), where each record is one book operation told
+        by its kind (``kinds.ops``; the fields after ``flags`` are not read): the rows are
+        applied as they are, with no event made of them, under the same rules (flags, L1,
+        crossed book, error threshold; an order without a side is looked up on either). A
+        row the venue refuses (an unknown kind; an add without a side, a price or a size; a
+        modify or fill without a price or a size) raises its own error when its turn comes
+        (``kinds.refuse``)."""
         threshold = self.error_threshold if out is not None else None
         with localcontext(EXACT):
             return self._apply_stored(rows, kinds, out, l1, threshold)
@@ -274,9 +286,10 @@ class Projector:
         # _apply with the venue's decoding written in: keep the two in step.
         book = self.book
         anomalies = book.anomalies
-        add, update, reduce = book.add, book.update, book.reduce
+        add, update, reduce, delete, trade = book.add, book.update, book.reduce, book.delete, book.trade
         side_of = book.side_of
         ops = dict(kinds.ops)  # (a plain dict: the subscript CPython specialises)
+        flagged = kinds.flagged
         known = kinds.known
         number = kinds.number
         rare = _RARE
@@ -297,18 +310,18 @@ class Projector:
         seen_within: Any = False
         try:
             for row in rows:
-                try:  # a row as the log returns it: exactly the nine fields read
-                    seq, kind, order_id, side, price, size, ts, flags, _ = row
-                except ValueError:
-                    seq, kind, order_id, side, price, size, ts, flags, _ = row[:9]
+                if flagged:
+                    try:  # a row as the log returns it: exactly the nine fields read
+                        seq, kind, order_id, side, price, size, ts, flags, _ = row
+                    except ValueError:
+                        seq, kind, order_id, side, price, size, ts, flags, _ = row[:9]
+                else:
+                    seq, kind, order_id, side, price, size, ts = row
+                    flags = whole
                 try:
                     op = ops[kind]
                 except KeyError:
                     kinds.refuse(row)
-                try:
-                    size = known[size]
-                except KeyError:
-                    size = number(known, size)
                 if threshold is not None and anomalies.total() > threshold:
                     return applied
                 if flags != seen_flags:
@@ -324,23 +337,57 @@ class Projector:
                         price = known[price]
                     except KeyError:
                         price = number(known, price)
-                    if side is None or price is None:
+                    try:
+                        size = known[size]
+                    except KeyError:
+                        size = number(known, size)
+                    if side is None or price is None or size is None:
                         kinds.refuse(row)
                     add(side, order_id, price, size)
-                elif op is REDUCE:
+                elif op is DELETE:
                     if side is None and (side := side_of(order_id)) is None:
-                        anomalies["reduce_unknown_order"] += 1
+                        anomalies["delete_unknown_order"] += 1
                     else:
-                        reduce(side, order_id, size)
+                        delete(side, order_id, False)
                 elif op is MODIFY:
                     try:
                         price = known[price]
                     except KeyError:
                         price = number(known, price)
+                    try:
+                        size = known[size]
+                    except KeyError:
+                        size = number(known, size)
+                    if price is None or size is None:
+                        kinds.refuse(row)
                     if side is None and (side := side_of(order_id)) is None:
                         anomalies["update_unknown_order"] += 1
                     else:
                         update(side, order_id, price, size, None, False, False)
+                elif op is REDUCE:
+                    try:
+                        size = known[size]
+                    except KeyError:
+                        size = number(known, size)
+                    if side is None and (side := side_of(order_id)) is None:
+                        anomalies["reduce_unknown_order"] += 1
+                    else:
+                        reduce(side, order_id, size)
+                elif op is FILL:
+                    try:
+                        price = known[price]
+                    except KeyError:
+                        price = number(known, price)
+                    try:
+                        size = known[size]
+                    except KeyError:
+                        size = number(known, size)
+                    if price is None or size is None:
+                        kinds.refuse(row)
+                    if side is None and (side := side_of(order_id)) is None:
+                        anomalies["trade_unknown_order"] += 1
+                    else:
+                        trade(side, order_id, size, False)
                 elif op is CLEAR:
                     book.clear()
                     self.maybe_bad = False

@@ -12,11 +12,14 @@ on both sides. Every record is a whole exchange event.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from types import MappingProxyType
+from typing import Any, NoReturn
 
-from ledger.domain.events import LAST, Record
-from ledger.venues._numbers import Numbers, unknown_kind
+from ledger.domain.events import LAST, Number, Record
+from ledger.domain.projector import ADD, DELETE, FILL, MODIFY
+from ledger.errors import StreamError
+from ledger.venues._numbers import Numbers, exact, unknown_kind
 
 __all__ = ["CsvRules"]
 
@@ -25,8 +28,33 @@ class CsvRules:
     """Stored CSV records ``(seq, kind, order_id, side, price, size, ts)`` to typed events
     (plain tuples in the layout of :mod:`ledger.domain.events`: this runs once per event)."""
 
+    #: Each stored kind's book operation, for :meth:`Projector.apply_stored
+    #: <ledger.domain.projector.Projector.apply_stored>` (the projection's path: the rows
+    #: applied as they are, no event made of them; :meth:`iter_events` makes the events).
+    ops: Mapping[str, str] = MappingProxyType({"add": ADD, "update": MODIFY, "delete": DELETE, "trade": FILL})
+    #: The rows carry no flags: every record is a whole event.
+    flagged = False
+
     def __init__(self) -> None:
         self._number = Numbers()
+        #: Stored price and size texts already made exact numbers (for apply_stored).
+        self.known: dict[str, Number] = {}
+
+    @staticmethod
+    def number(known: dict[str, Number], value: Any, /) -> Any:
+        """The exact number of a stored text, kept in ``known`` (cleared past 100,000
+        texts); None as it is (the row is then refused)."""
+        if value is None:
+            return None
+        if len(known) > 100_000:
+            known.clear()
+        made = known[value] = exact(value)
+        return made
+
+    def refuse(self, row: Sequence[Any], /) -> NoReturn:
+        """Raise the error :meth:`iter_events` raises for ``row``."""
+        self.events([row])
+        raise StreamError(f"seq {row[0]}: a CSV record the rules refuse")  # (not reached)
 
     def events(self, rows: Iterable[Sequence[Any]]) -> list[Record]:
         return list(self.iter_events(rows))

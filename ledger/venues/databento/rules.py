@@ -43,6 +43,8 @@ class DatabentoRules:
     ops: Mapping[str, str] = MappingProxyType(
         {"add": ADD, "cancel": REDUCE, "modify": MODIFY, "fill": PRICED, "trade": PRICED, "none": MARK, "clear": CLEAR}
     )
+    #: The rows carry each record's flags (a record may be part of an event).
+    flagged = True
 
     def __init__(self) -> None:
         #: Stored price and size texts already made exact numbers (:func:`_exact`).
