@@ -3,7 +3,7 @@ ESH4 day, copied K times (each copy shifted by whole days, so it is a later day 
 instrument that opens with its own snapshot), against two baselines run in the same script:
 
 - ingest against ``psql \\copy`` of the same rows (ledger's own COPY text, made beforehand)
-  into a table like ``events`` with its keys and indexes: the pace of PostgreSQL's COPY;
+  into a table like ``event_rows`` with its keys and indexes: the pace of PostgreSQL's COPY;
 - projection against a plain in-memory book fed straight from the decoder (a dict of orders
   and a sorted map of level sizes per side, the best bid and offer at each event end: no
   database, no queue order, no exact numbers).
@@ -194,7 +194,8 @@ def bench(copies: int, files: int, server: str, workdir: Path) -> dict[str, obje
         if not rows.exists():
             copy_text(path, 1, rows)
         with psycopg.connect(libpq, autocommit=True) as conn:
-            conn.execute("CREATE TABLE bench_events (LIKE events INCLUDING ALL)")
+            # event_rows, the table ingest writes, with its keys and indexes (events is a view)
+            conn.execute("CREATE TABLE bench_events (LIKE event_rows INCLUDING ALL)")
         columns = ", ".join(EVENT_COPY_COLUMNS + VENUE_FIELDS)
         wall_c, _, _, _ = _run(["psql", "-q", libpq, "-c", f"\\copy bench_events ({columns}) FROM '{rows}'"], env)
     finally:

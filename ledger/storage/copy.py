@@ -133,17 +133,24 @@ class TimestampText:
         self._seconds: dict[int, str] = {}
 
     def __call__(self, us: int) -> str:
-        second, fraction = divmod(us, 1_000_000)
-        day = self._seconds.get(second)
-        if day is None:
+        second = us // 1_000_000
+        return "%s%06d+00" % (self.second(second), us - second * 1_000_000)  # noqa: UP031 (cheaper than a format spec)
+
+    def second(self, second: int) -> str:
+        """The text of a whole second since the epoch up to its fraction,
+        ``YYYY-MM-DD HH:MM:SS.``: with the six digits of the microseconds and ``+00`` after
+        it, the time's COPY text (a hot loop that sees the same second many times in a row
+        keeps it and formats only the microseconds)."""
+        text = self._seconds.get(second)
+        if text is None:
             if len(self._seconds) >= self._kept:
                 self._seconds.clear()
-            day = self._seconds[second] = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(second))
-        return f"{day}.{fraction:06d}+00"
+            text = self._seconds[second] = time.strftime("%Y-%m-%d %H:%M:%S.", time.gmtime(second))
+        return text
 
 
 def venue_event_line(
-    seq: int,
+    seq: int | str,
     kind: str,
     order_id: object,
     side: str,
@@ -153,7 +160,7 @@ def venue_event_line(
     raw_hex: str,
     flags: int,
     ts_event: object,
-    ts_recv: int,
+    ts_recv: int | str,
     sequence: int,
     channel: int,
 ) -> bytes:

@@ -509,8 +509,8 @@ class _Run:
                 current.stream(name, self._stream(name).stream_id)
             with conn.begin():
                 log = EventLog(conn)
-                parts: list[tuple[int, list[bytes]]] = []
-                found: dict[str, tuple[list[int], int, list[Reject]]] = {}
+                parts: list[tuple[int, Sequence[bytes]]] = []
+                found: dict[str, tuple[Sequence[int], int, list[Reject]]] = {}
                 for name, keyed in batch.rows.items():
                     state = self.streams[name]
                     seqs, rows, duplicates, conflicting = _new_rows(log, state, keyed)
@@ -548,7 +548,7 @@ class _Run:
             summary.seconds = time.perf_counter() - current.started
         self._give_back_old_locks()
 
-    def _outrun(self, found: dict[str, tuple[list[int], int, list[Reject]]]) -> list[str]:
+    def _outrun(self, found: dict[str, tuple[Sequence[int], int, list[Reject]]]) -> list[str]:
         """In the batch's transaction: the streams whose projection this batch's records
         fall behind, their positions marked ``needs_rebuild`` (see the module). Only records
         at or below a stream's highest stored seq can: the projector never passes it."""
@@ -596,13 +596,14 @@ class _Run:
 
 def _new_rows(
     log: EventLog, state: _Stream, keyed: list[tuple[int, int, bytes]]
-) -> tuple[list[int], list[bytes], int, list[Reject]]:
+) -> tuple[Sequence[int], Sequence[bytes], int, list[Reject]]:
     """One stream's rows of a batch, (seq, record number, COPY row) each, in seq order:
     (the seqs and rows to store, how many are duplicates, the conflicting duplicates as
     rejects). Rows above the highest stored seq are new without a look-up."""
     high = state.high
     if high is None or keyed[0][0] > high:
-        return [seq for seq, _, _ in keyed], [row for _, _, row in keyed], 0, []
+        all_seqs, _, all_rows = zip(*keyed, strict=True)
+        return all_seqs, all_rows, 0, []
     stored = log.raw_between(state.stream_id, keyed[0][0], min(high, keyed[-1][0]))
     seqs: list[int] = []
     rows: list[bytes] = []

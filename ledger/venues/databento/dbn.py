@@ -80,8 +80,9 @@ _RTYPE_SYMBOL_MAPPING = 0x16
 _RTYPE_SYSTEM = 0x17
 # The MBO record (56 bytes, little-endian, no padding): length, rtype, publisher_id,
 # instrument_id, ts_event | order_id, price, size, flags, channel_id, action, side, ts_recv,
-# ts_in_delta, sequence. A file written with ts_out has 8 more bytes after it.
-_MBO = struct.Struct("<BBHIQQqIBBBBQiI")
+# ts_in_delta, sequence. A file written with ts_out has 8 more bytes after it. Read: all but
+# length and rtype (looked at in the bytes first) and ts_in_delta (not kept apart from raw).
+_MBO = struct.Struct("<2xHIQQqIBBBBQ4xI")
 _MBO_SIZE = _MBO.size
 
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
@@ -548,8 +549,8 @@ class MboReader:
                         append(item)
                     known.clear()  # a symbol mapping record may have named an instrument anew
                     continue
-                (_, _, publisher_id, instrument_id, ts_event, order_id, price_units, size, flags, channel_id,
-                 action_byte, side_byte, ts_recv, _, sequence) = unpack(raw)  # fmt: skip
+                (publisher_id, instrument_id, ts_event, order_id, price_units, size, flags, channel_id,
+                 action_byte, side_byte, ts_recv, sequence) = unpack(raw)  # fmt: skip
                 symbol = known.get(instrument_id)
                 if symbol is None:
                     symbol = known[instrument_id] = fixed(instrument_id)
@@ -594,7 +595,9 @@ class MboReader:
         kinds = _KIND_OF_BYTE
         sides = _SIDE_TEXT
         prices = self._price_text
-        timestamp = self._timestamp
+        second_text = self._timestamp.second
+        not_orders, undefined_time = F_TOB | F_MBP, UNDEF_TIMESTAMP
+        last_second, day = -1, ""
         copy_line = venue_event_line
         lasts = sequencer._last
         # instrument id -> (publisher id, stream key, its rows, its last seq in a cell): one
@@ -613,8 +616,8 @@ class MboReader:
                         rejects.append(item)
                     streams.clear()  # a symbol mapping record may have named an instrument anew
                     continue
-                (_, _, publisher_id, instrument_id, ts_event, order_id, price_units, size, flags, channel_id,
-                 action_byte, side_byte, ts_recv, _, sequence) = unpack(raw)  # fmt: skip
+                (publisher_id, instrument_id, ts_event, order_id, price_units, size, flags, channel_id,
+                 action_byte, side_byte, ts_recv, sequence) = unpack(raw)  # fmt: skip
                 stream = streams.get(instrument_id)
                 if stream is None or stream[0] != publisher_id:
                     symbol = symbols.fixed(instrument_id) or symbols.get(instrument_id, ts_recv)
@@ -625,7 +628,7 @@ class MboReader:
                         cell = cells[key] = [-1 if last is None else last]
                     stream = streams[instrument_id] = (publisher_id, key, groups.setdefault(key, []), cell)
                 side = sides.get(side_byte)
-                if action_byte not in actions or side is None or flags & (F_TOB | F_MBP) or ts_recv >= 2**63:
+                if action_byte not in actions or side is None or flags & not_orders or ts_recv >= 2**63:
                     symbol = stream[1][0]
                     rejects.append(
                         self._reject(number, instrument_id, symbol, raw, action_byte, side_byte, flags, ts_recv)
@@ -647,17 +650,23 @@ class MboReader:
                     rejects.append(self._refuse(number, instrument_id, stream[1][0], raw, "an add without a side"))
                     continue
                 us = ts_recv // 1000
-                if us != last_us:
-                    last_us, ts = us, timestamp(us)
+                if us != last_us:  # TimestampText's text, the second's part kept while it lasts
+                    last_us = us
+                    second = us // 1_000_000
+                    if second != last_second:
+                        last_second, day = second, second_text(second)
+                    ts = "%s%06d+00" % (day, us - second * 1_000_000)  # noqa: UP031 (cheaper than a format spec)
                 cell = stream[3]
                 seq = ts_recv
                 if seq <= cell[0]:
                     seq = cell[0] + 1
                 cell[0] = seq
                 order = NULL if order_id == 0 and action_byte not in _ORDER_ACTIONS else order_id
-                event_ts = NULL if ts_event == UNDEF_TIMESTAMP else ts_event
-                line = copy_line(seq, kinds[action_byte], order, side, price, size, ts, raw.hex(), flags,
-                                 event_ts, ts_recv, sequence, channel_id)  # fmt: skip
+                event_ts = NULL if ts_event == undefined_time else ts_event
+                # seq is ts_recv but when two records share it: its text made once for both
+                seq_text = str(seq)
+                line = copy_line(seq_text, kinds[action_byte], order, side, price, size, ts, raw.hex(), flags,
+                                 event_ts, seq_text if seq == ts_recv else ts_recv, sequence, channel_id)  # fmt: skip
                 stream[2].append((seq, number, line))
         finally:
             self.records = number
