@@ -572,11 +572,12 @@ class Ledger:
             )
         return done
 
-    def compacting(self, streams: Sequence[str], every: float) -> PeriodicCompaction:
-        """A context manager: while it is entered, ``streams`` (those that exist) are folded
-        into blocks every ``every`` seconds in a background thread, as :meth:`compact` does
-        (``--compact-every`` of ``ledger ingest coinbase`` and ``ledger run``). A fold that
-        fails is logged and tried again at the next interval."""
+    def compacting(self, streams: Sequence[str] | None, every: float) -> PeriodicCompaction:
+        """A context manager: while it is entered, ``streams`` (those that exist; None or
+        empty: every stream, as there are at each round) are folded into blocks every
+        ``every`` seconds in a background thread, as :meth:`compact` does (``--compact-every``
+        of ``ledger ingest coinbase``, ``ledger run`` and ``ledger project --follow``). A fold
+        that fails is logged and tried again at the next interval."""
         from ledger.services.compact import PeriodicCompaction
 
         return PeriodicCompaction(self.engine, streams, every)

@@ -82,30 +82,31 @@ def _follower(env: dict[str, str], *extra: str) -> subprocess.Popen[bytes]:
     )
 
 
+def _stdin_ingest(env: dict[str, str], stream: str) -> subprocess.Popen[bytes]:
+    """ledger ingest csv - into ``stream``, committing at least every 0.1 s."""
+    args = [sys.executable, "-m", "ledger.cli", "ingest", "csv", "-", "--stream", stream, "--flush-interval", "0.1"]
+    return track(subprocess.Popen(args, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+
+
+def _batch_export(env: dict[str, str], engine: Engine, text: str) -> bytes:
+    """The L1 export of ``text`` ingested and projected in batch (stream csv:batch)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "ledger.cli", "ingest", "csv", "-", "--stream", "csv:batch"],
+        input=text.encode(),
+        env=env,
+        capture_output=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    project(engine, streams=["csv:batch"])
+    return _export(engine, "csv:batch")
+
+
 def test_follow_while_ingesting_from_stdin_equals_a_batch_run(db_env: dict[str, str], engine: Engine) -> None:
     text = _csv(30_000, seed=11)
     header, *lines = text.splitlines(keepends=True)
     proc = _follower(db_env)
-    ingest = track(
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "ledger.cli",
-                "ingest",
-                "csv",
-                "-",
-                "--stream",
-                "csv:live",
-                "--flush-interval",
-                "0.1",
-            ],
-            env=db_env,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
-    )
+    ingest = _stdin_ingest(db_env, "csv:live")
     assert ingest.stdin is not None
     ingest.stdin.write(header.encode())
     for start in range(0, len(lines), 1500):  # a trickle: the follower catches up many times
@@ -121,17 +122,59 @@ def test_follow_while_ingesting_from_stdin_equals_a_batch_run(db_env: dict[str, 
     with engine.connect() as conn:  # snapshots go on being taken while following (every 5,000 events)
         assert conn.execute(sa.text("SELECT count(*) FROM book_snapshots")).scalar_one() >= 5
     live = _export(engine, "csv:live")
-    # the same file, ingested and projected in batch
+    assert live == _batch_export(db_env, engine, text) and live.count(b"\n") > 1000  # the same file in batch
+
+
+def test_a_follower_with_compact_every_folds_what_it_projected_and_equals_a_batch_run(
+    db_env: dict[str, str], engine: Engine
+) -> None:
+    """project --follow --compact-every: while it follows a trickle of events, the events up
+    to its position go into blocks (the ones after it stay rows until the next round), and
+    its L1 rows are a batch run's."""
+    text = _csv(20_000, seed=5)
+    header, *lines = text.splitlines(keepends=True)
+    proc = _follower(db_env, "--compact-every", "200ms")
+    ingest = _stdin_ingest(db_env, "csv:live")
+    assert ingest.stdin is not None
+    ingest.stdin.write(header.encode())
+    folded_while_ingesting = 0
+    for start in range(0, len(lines), 2000):
+        ingest.stdin.write("".join(lines[start : start + 2000]).encode())
+        ingest.stdin.flush()
+        time.sleep(0.15)
+        with engine.connect() as conn:
+            folded_while_ingesting = max(
+                folded_while_ingesting,
+                conn.execute(sa.text("SELECT coalesce(sum(n_events), 0) FROM event_blocks")).scalar_one(),
+            )
+    ingest.stdin.close()
+    assert ingest.wait(60) == 0, ingest.stderr.read().decode() if ingest.stderr else ""
+    _wait_caught_up(engine, 60, [proc])
+    deadline = time.monotonic() + 30
+    while True:  # the next rounds fold the rest, up to the position (the log's end)
+        with engine.connect() as conn:
+            rows = conn.execute(sa.text("SELECT count(*) FROM event_rows")).scalar_one()
+            in_blocks = conn.execute(sa.text("SELECT coalesce(sum(n_events), 0) FROM event_blocks")).scalar_one()
+        if rows == 0:
+            break
+        assert proc.poll() is None and time.monotonic() < deadline, (rows, in_blocks)
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err.decode()
+    assert in_blocks == len(lines) and 0 < folded_while_ingesting < len(lines)
+    live = _export(engine, "csv:live")
+    assert live == _batch_export(db_env, engine, text) and live.count(b"\n") > 1000
+
+
+def test_compact_every_needs_follow(db_env: dict[str, str]) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "ledger.cli", "ingest", "csv", "-", "--stream", "csv:batch"],
-        input=text.encode(),
+        [sys.executable, "-m", "ledger.cli", "project", "--compact-every", "10m"],
         env=db_env,
         capture_output=True,
-        timeout=120,
+        timeout=60,
     )
-    assert done.returncode == 0, done.stderr.decode()
-    project(engine, streams=["csv:batch"])
-    assert live == _export(engine, "csv:batch") and live.count(b"\n") > 1000
+    assert done.returncode == 2 and b"--compact-every goes with --follow" in done.stderr, done.stderr.decode()
 
 
 def test_two_followers_split_six_streams_and_take_over_from_a_dead_one(db_env: dict[str, str], engine: Engine) -> None:

@@ -311,6 +311,30 @@ def _driver_error(error: BaseException) -> bool:
     )
 
 
+def _compact_every(_ctx: click.Context, _param: click.Parameter, value: str | None) -> float | None:
+    if value is None:
+        return None
+    from ledger.services.read.depth import parse_duration
+
+    try:
+        return parse_duration(value) / 1_000_000
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+
+
+def compact_every_option(func: F) -> F:
+    """``--compact-every DURATION`` (``ingest coinbase``, ``run``, ``project --follow``): fold
+    the command's streams into compressed blocks at that interval while it runs; the command
+    gets ``compact_every`` in seconds, or None."""
+    return click.option(
+        "--compact-every",
+        metavar="DURATION",
+        callback=_compact_every,
+        help="Fold the streams' older events into compressed blocks at this interval (e.g. 10m), "
+        "up to the projector's position, or all when not projected: see `ledger db compact`.",
+    )(func)
+
+
 def fail_on_ledger_error(func: F) -> F:
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:

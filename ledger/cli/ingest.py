@@ -13,6 +13,7 @@ import click
 from ledger.cli._app import (
     STREAM,
     cli,
+    compact_every_option,
     fail_on_ledger_error,
     open_ledger,
     printable,
@@ -308,30 +309,6 @@ def _ingest_report(summary: IngestSummary, file: str) -> str:
     if summary.rejects > 10:
         lines.append(f"  (see all with: ledger rejects {name})")
     return "\n".join(lines)
-
-
-def _compact_every(_ctx: click.Context, _param: click.Parameter, value: str | None) -> float | None:
-    if value is None:
-        return None
-    from ledger.services.read.depth import parse_duration
-
-    try:
-        return parse_duration(value) / 1_000_000
-    except ValueError as e:
-        raise click.BadParameter(str(e)) from None
-
-
-def compact_every_option(func: F) -> F:
-    """``--compact-every DURATION`` (``ingest coinbase``, ``run``): fold the captured streams
-    into compressed blocks at that interval while the command runs; the command gets
-    ``compact_every`` in seconds, or None."""
-    return click.option(
-        "--compact-every",
-        metavar="DURATION",
-        callback=_compact_every,
-        help="Fold the captured streams' older events into compressed blocks at this interval (e.g. 10m), "
-        "up to the projector's position, or all when not projected: see `ledger db compact`.",
-    )(func)
 
 
 def compacting(ledger: Ledger, products: Sequence[str], every: float | None) -> contextlib.AbstractContextManager[Any]:

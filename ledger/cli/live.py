@@ -13,6 +13,7 @@ from ledger.cli._app import (
     STREAM,
     STREAM_NAME_HELP,
     cli,
+    compact_every_option,
     fail_on_ledger_error,
     level_dict,
     level_table,
@@ -26,7 +27,6 @@ from ledger.cli.ingest import (
     capture_rows,
     capture_settings,
     coinbase_options,
-    compact_every_option,
     compacting,
     log_capture_progress,
 )

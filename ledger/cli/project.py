@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import threading
@@ -13,6 +14,7 @@ from ledger.cli._app import (
     STREAM,
     STREAM_NAME_HELP,
     cli,
+    compact_every_option,
     fail_on_ledger_error,
     level_dict,
     level_table,
@@ -75,6 +77,7 @@ log = logging.getLogger("ledger")
     show_default=True,
     help="With --follow: seconds between looks at the log when no notification comes.",
 )
+@compact_every_option
 @format_option
 @fail_on_ledger_error
 def project(
@@ -87,6 +90,7 @@ def project(
     rebuild: bool,
     follow: bool,
     poll: float,
+    compact_every: float | None,
     fmt: str,
 ) -> None:
     """Replay the event log into books and record every best bid/offer change (L1).
@@ -102,7 +106,8 @@ def project(
     Ctrl-C (or SIGTERM, SIGHUP) stops it cleanly after the chunk of events in hand, whose
     L1 rows and position are committed: a batch run prints its summary and exits 130 (143,
     129), and the same command run again goes on from there; --follow exits 0. A second
-    Ctrl-C stops at once.
+    Ctrl-C stops at once. With --follow, --compact-every folds the streams' events up to
+    their projector positions into compressed blocks as it goes (see `ledger db compact`).
 
     \b
     Example:
@@ -110,8 +115,12 @@ def project(
       ledger project csv:l3_data_v3 --skip-gaps
       ledger project --rebuild csv:l3_data_v3.1
       ledger project --follow
+      ledger project --follow --compact-every 10m
     """
     from ledger.api import ProjectSettings
+
+    if compact_every is not None and not follow:
+        raise click.UsageError("--compact-every goes with --follow; after a batch run, fold with `ledger db compact`")
 
     settings = ProjectSettings(
         skip_gaps=skip_gaps,
@@ -127,7 +136,9 @@ def project(
             log.info("dropped the projection of %s", ", ".join(dropped) or "no stream")
         if follow:
             log.info("following the log; Ctrl-C to stop")
-            summaries = ledger.follow(streams, stop=stop, poll=poll, settings=settings)
+            folding = contextlib.nullcontext() if compact_every is None else ledger.compacting(streams, compact_every)
+            with folding:
+                summaries = ledger.follow(streams, stop=stop, poll=poll, settings=settings)
         else:
             summaries = _batch(ledger, streams, settings, stop)
     _report(summaries, fmt)

@@ -1,6 +1,7 @@
 """Folding streams into blocks while a long-running command runs (``--compact-every`` of
-``ledger ingest coinbase`` and ``ledger run``): every interval, each named stream that
-exists is folded up to its projector's position, or to its highest seq when it has none
+``ledger ingest coinbase``, ``ledger run`` and ``ledger project --follow``): every interval,
+each named stream that exists (or every stream, when none is named) is folded up to its
+projector's position, or to its highest seq when it has none
 (:func:`ledger.storage.blocks.compact_stream`). The folds run in a background thread
 (APScheduler) on connections of their own, beside the capture and the projector; a fold
 changes no event a reader sees (see ``docs/storage.md``). A fold that fails is logged and
@@ -25,14 +26,15 @@ log = logging.getLogger(__name__)
 
 
 class PeriodicCompaction:
-    """Folds ``streams`` every ``every`` seconds between ``__enter__`` and ``__exit__``.
-    ``folded`` and ``failures`` count what the folds did."""
+    """Folds ``streams`` (None or empty: every stream there is at each round) every
+    ``every`` seconds between ``__enter__`` and ``__exit__``. ``folded`` and ``failures``
+    count what the folds did."""
 
-    def __init__(self, engine: Engine, streams: Sequence[str], every: float) -> None:
+    def __init__(self, engine: Engine, streams: Sequence[str] | None, every: float) -> None:
         if every <= 0:
             raise ValueError(f"every must be more than 0 seconds, not {every}")
         self._engine = engine
-        self._streams = list(streams)
+        self._streams = list(streams or ())
         self._every = every
         self._scheduler: Any = None
         self._lock = threading.Lock()  # one round at a time, the last one included
@@ -45,7 +47,7 @@ class PeriodicCompaction:
         with self._lock:
             with self._engine.connect() as conn:
                 known = {name: sid for sid, name, _ in Streams(conn).all()}
-            for name in self._streams:
+            for name in self._streams or sorted(known):
                 if name not in known:
                     continue  # not created yet: the capture makes it with its first book
                 try:
