@@ -39,6 +39,7 @@ __all__ = [
     "Folded",
     "compact_stream",
     "nearest_sql",
+    "seq_range_sql",
 ]
 
 #: Events per block. More compress better (the input's own compression keeps improving up to
@@ -87,13 +88,21 @@ SELECT (SELECT count(*) FROM event_rows WHERE stream_id = :s AND seq > :after AN
            AND NOT (b.first_seq > :after AND b.last_seq <= :upto) AND e.seq > :after AND e.seq <= :upto)
 """
 
-#: The lowest and highest seq of a stream, from the ends of its rows and blocks.
-SEQ_RANGE = """
-SELECT least((SELECT min(seq) FROM event_rows WHERE stream_id = :s),
-             (SELECT min(first_seq) FROM event_blocks WHERE stream_id = :s)),
-       greatest((SELECT max(seq) FROM event_rows WHERE stream_id = :s),
-                (SELECT max(last_seq) FROM event_blocks WHERE stream_id = :s))
+
+def seq_range_sql(stream: str = ":s") -> str:
+    """A statement for the lowest and highest seq (``first_seq``, ``last_seq``) of the
+    stream ``stream`` (SQL: by default the parameter ``:s``; a column, such as ``s.id``, in a
+    lateral join), from the ends of its rows and blocks."""
+    return f"""
+SELECT least((SELECT min(r.seq) FROM event_rows r WHERE r.stream_id = {stream}),
+             (SELECT min(b.first_seq) FROM event_blocks b WHERE b.stream_id = {stream})) AS first_seq,
+       greatest((SELECT max(r.seq) FROM event_rows r WHERE r.stream_id = {stream}),
+                (SELECT max(b.last_seq) FROM event_blocks b WHERE b.stream_id = {stream})) AS last_seq
 """
+
+
+#: The lowest and highest seq of a stream (parameter ``:s``): :func:`seq_range_sql`.
+SEQ_RANGE = seq_range_sql()
 
 
 def nearest_sql(columns: str, *, after: bool, stream: str = ":s", x: str = ":x") -> str:

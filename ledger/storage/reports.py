@@ -11,7 +11,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from ledger.storage.blocks import nearest_sql
+from ledger.storage.blocks import nearest_sql, seq_range_sql
 
 __all__ = ["StatusRows"]
 
@@ -44,12 +44,7 @@ _STATUS = sa.text(
            coalesce(p.maybe_bad, false) AS maybe_bad,
            fb.folded_events, fb.blocks
       FROM streams s
-      LEFT JOIN LATERAL (SELECT least((SELECT min(r.seq) FROM event_rows r WHERE r.stream_id = s.id),
-                                      (SELECT min(b.first_seq) FROM event_blocks b WHERE b.stream_id = s.id))
-                                  AS first_seq,
-                                greatest((SELECT max(r.seq) FROM event_rows r WHERE r.stream_id = s.id),
-                                         (SELECT max(b.last_seq) FROM event_blocks b WHERE b.stream_id = s.id))
-                                  AS last_seq) ev ON true
+      LEFT JOIN LATERAL (SEQ_RANGE_OF_S) ev ON true
       LEFT JOIN LATERAL (SELECT count(*) FILTER (WHERE gg.status = 'open') AS open_gaps,
                                 coalesce(sum(gg.last_seq - gg.first_seq + 1)
                                          FILTER (WHERE gg.status = 'open'), 0) AS missing,
@@ -68,7 +63,9 @@ _STATUS = sa.text(
                            FROM event_blocks b WHERE b.stream_id = s.id) fb ON true
      WHERE (CAST(:name AS text) IS NULL OR s.name = :name)
      ORDER BY s.name
-    """.replace("LAST_AT_POSITION", nearest_sql("ts, seq", after=False, stream="s.id", x="p.last_seq"))
+    """.replace("LAST_AT_POSITION", nearest_sql("ts, seq", after=False, stream="s.id", x="p.last_seq")).replace(
+        "SEQ_RANGE_OF_S", seq_range_sql(stream="s.id")
+    )
 )
 
 
