@@ -1,9 +1,10 @@
 """The bounded-queue worker and read-ahead of ledger._threads: order, back-pressure, flush,
-errors handed to the other thread, abandon, and clean stops; prompt_handoffs and the
-ingests that run inside it."""
+errors handed to the other thread, abandon, and clean stops; prompt_handoffs, and the
+ingests and the Coinbase capture that run inside it."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import sys
 import threading
@@ -298,6 +299,31 @@ def test_the_csv_and_dbn_ingests_run_with_prompt_handoffs_and_put_the_interval_b
         seen.clear()
         dbn_summary = ingest_dbn(engine, XNAS, progress=lambda _: seen.append(sys.getswitchinterval()))
         assert dbn_summary.records > 0 and seen
+        assert all(s == _about(HANDOFF_INTERVAL) for s in seen) and sys.getswitchinterval() == _about(0.005)
+    finally:
+        sys.setswitchinterval(before)
+
+
+def test_a_coinbase_capture_runs_with_prompt_handoffs_and_puts_the_interval_back(engine: Engine) -> None:
+    """The capture decodes on its event loop while a thread commits: it runs inside
+    prompt_handoffs too (seen by its summary callback while it runs)."""
+    from tests.test_ingest_coinbase import _capture
+
+    before = sys.getswitchinterval()
+    try:
+        sys.setswitchinterval(0.005)
+        seen: list[float] = []
+        summary, _ = asyncio.run(
+            _capture(
+                engine,
+                ("BTC-USD",),
+                seed=3,
+                orders=100,
+                options={"summary_every": 0.05},
+                on_summary=lambda _: seen.append(sys.getswitchinterval()),
+            )
+        )
+        assert summary.frames > 0 and seen
         assert all(s == _about(HANDOFF_INTERVAL) for s in seen) and sys.getswitchinterval() == _about(0.005)
     finally:
         sys.setswitchinterval(before)

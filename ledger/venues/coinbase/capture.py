@@ -50,6 +50,7 @@ import aiohttp
 from sqlalchemy.engine import Engine
 
 from ledger._backoff import Backoff
+from ledger._threads import prompt_handoffs
 from ledger.domain.sequencing import GapTracker
 from ledger.errors import FeedUnreachable, InputError, RecordError, RestCallFailed, SubscriptionRefused
 from ledger.storage.copy import event_row
@@ -180,7 +181,10 @@ class Capture:
             if handle_signals:
                 for sig in (signal.SIGINT, signal.SIGTERM):
                     loop.add_signal_handler(sig, self.stop, sig.name)
-            await self._run_tasks()
+            # The loop decodes messages while a thread commits them: the committing thread
+            # gets the GIL back promptly after each reply from PostgreSQL.
+            with prompt_handoffs():
+                await self._run_tasks()
         finally:
             if handle_signals:
                 for sig in (signal.SIGINT, signal.SIGTERM):
