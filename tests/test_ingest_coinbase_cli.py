@@ -202,6 +202,23 @@ def test_sigint_commits_what_was_received(db_env: dict[str, str], engine: Engine
     assert product["events_stored"] == _count(engine, "SELECT count(*) FROM events") > 0
 
 
+def test_compact_every_folds_the_captured_streams(db_env: dict[str, str], engine: Engine) -> None:
+    """ledger ingest coinbase --compact-every: the products' streams (coinbase:<product>)
+    go into blocks while it captures; every event is still there once it stops."""
+    with exchange_thread(("BTC-USD", "ETH-USD"), seed=8) as th:
+        proc = _start(_env(db_env, th.exchange), th.exchange, "--compact-every", "100ms")
+        _wait(lambda: th.exchange.rest_calls >= 2, 30, "the first books", proc)
+        th.run(th.exchange.run_random_flow(300, rate=4000))
+        _wait(lambda: _stored_up_to(engine, th), 30, "the capture to catch up", proc)
+        folded = "SELECT count(DISTINCT stream_id) FROM event_blocks"
+        _wait(lambda: _count(engine, folded) == 2, 30, "both streams folded", proc)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    stored = sum(product["events_stored"] for product in json.loads(out)["products"])
+    assert stored == _count(engine, "SELECT count(*) FROM events") > 0
+
+
 def test_level3_channel(engine: Engine) -> None:
     summary, ex = asyncio.run(_capture(engine, BOTH, seed=7, options={"channel": "level3"}, orders=500))
     assert all(p.events_stored > 0 and p.rejects == 0 for p in summary.products)

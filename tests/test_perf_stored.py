@@ -68,6 +68,37 @@ def both(
     return results[0], results[1]
 
 
+def assert_the_projection_takes_the_stored_path(name: str, rules_of: Any, rows: list[Any]) -> None:
+    """A projection of venue ``name`` applies ``rows`` by the stored path, as the events
+    path of ``rules_of()`` would."""
+    proj = StreamProjector(None, venue(name).rules())
+    out: list[Any] = []
+    assert proj.apply_rows(rows, out) == len(rows)
+    reference = Projector()
+    expected: list[Any] = []
+    reference.apply(rules_of().iter_events(rows), expected)
+    assert out == expected and state(proj) == state(reference)
+    assert proj._kinds is not None  # the stored path, not the events one
+
+
+def assert_refused_alike(rules_of: Any, rows: list[Any]) -> None:
+    """``rows``, whose last the rules refuse: both paths raise the rules' own error, after
+    the L1 row of the two rows before it."""
+    with pytest.raises(StreamError) as expected:
+        rules_of().events(rows)
+    for stored in (False, True):
+        proj = Projector()
+        rules = rules_of()
+        out: list[Any] = []
+        with pytest.raises(StreamError) as raised:
+            if stored:
+                proj.apply_stored(rows, rules, out)
+            else:
+                proj.apply(rules.iter_events(rows), out)
+        assert str(raised.value) == str(expected.value)
+        assert out == [(2, "t", 99, 2, 101, 1)]
+
+
 @pytest.fixture(scope="module")
 def esh4_rows() -> list[tuple[Any, ...]]:
     return as_log([r for r in stored_rows(MboReader(ESH4_DAY)) if isinstance(r, StoredRow)])
@@ -78,18 +109,12 @@ def test_the_esh4_day_as_the_log_returns_it(esh4_rows: list[tuple[Any, ...]]) ->
     events, stored = both(chunks)
     assert stored == events
     assert sum(len(out) for out in stored[1]) > 20_000
-    assert both(chunks, l1=False, write=False)[1] == both(chunks, l1=False, write=False)[0]
+    events, stored = both(chunks, l1=False, write=False)
+    assert stored == events
 
 
 def test_a_projection_of_databento_takes_the_stored_path(esh4_rows: list[tuple[Any, ...]]) -> None:
-    proj = StreamProjector(None, venue("databento").rules())
-    out: list[Any] = []
-    assert proj.apply_rows(esh4_rows[:3_000], out) == 3_000
-    reference = Projector()
-    expected: list[Any] = []
-    reference.apply(DatabentoRules().iter_events(esh4_rows[:3_000]), expected)
-    assert out == expected and state(proj) == state(reference)
-    assert proj._kinds is not None  # the stored path, not the events one
+    assert_the_projection_takes_the_stored_path("databento", DatabentoRules, esh4_rows[:3_000])
 
 
 KINDS = ["add", "add", "add", "cancel", "cancel", "modify", "modify", "fill", "trade", "none", "clear"]
@@ -130,19 +155,7 @@ def test_generated_rows(rows: list[tuple[Any, ...]], cut: int, threshold: int | 
 )
 def test_a_refused_row_raises_the_rules_error_after_the_rows_before_it(bad: tuple[Any, ...]) -> None:
     rows = [(1, "add", "1", "B", "99", "2", "t", 128, None), (2, "add", "2", "S", "101", "1", "t", 128, None), bad]
-    with pytest.raises(StreamError) as expected:
-        DatabentoRules().events(rows)
-    for stored in (False, True):
-        proj = Projector()
-        rules = DatabentoRules()
-        out: list[Any] = []
-        with pytest.raises(StreamError) as raised:
-            if stored:
-                proj.apply_stored(rows, rules, out)
-            else:
-                proj.apply(rules.iter_events(rows), out)
-        assert str(raised.value) == str(expected.value)
-        assert out == [(2, "t", 99, 2, 101, 1)]
+    assert_refused_alike(DatabentoRules, rows)
 
 
 def test_rows_of_more_fields_and_numbers_made_in_memory() -> None:
@@ -175,21 +188,12 @@ def test_the_csv_sample_as_the_log_returns_it(v31_rows: list[tuple[Any, ...]]) -
     events, stored = both(chunks, rules_of=CsvRules)
     assert stored == events
     assert sum(len(out) for out in stored[1]) > 1_000
-    assert (
-        both(chunks, l1=False, write=False, rules_of=CsvRules)[1]
-        == both(chunks, l1=False, write=False, rules_of=CsvRules)[0]
-    )
+    events, stored = both(chunks, l1=False, write=False, rules_of=CsvRules)
+    assert stored == events
 
 
 def test_a_projection_of_csv_takes_the_stored_path(v31_rows: list[tuple[Any, ...]]) -> None:
-    proj = StreamProjector(None, venue("csv").rules())
-    out: list[Any] = []
-    assert proj.apply_rows(v31_rows[:3_000], out) == 3_000
-    reference = Projector()
-    expected: list[Any] = []
-    reference.apply(CsvRules().iter_events(v31_rows[:3_000]), expected)
-    assert out == expected and state(proj) == state(reference)
-    assert proj._kinds is not None
+    assert_the_projection_takes_the_stored_path("csv", CsvRules, v31_rows[:3_000])
 
 
 @st.composite
@@ -231,16 +235,4 @@ def test_generated_csv_rows(rows: list[tuple[Any, ...]], cut: int, threshold: in
 )
 def test_a_refused_csv_row_raises_the_rules_error_after_the_rows_before_it(bad: tuple[Any, ...]) -> None:
     rows = [(1, "add", "1", "B", "99", "2", "t"), (2, "add", "2", "S", "101", "1", "t"), bad]
-    with pytest.raises(StreamError) as expected:
-        CsvRules().events(rows)
-    for stored in (False, True):
-        proj = Projector()
-        rules = CsvRules()
-        out: list[Any] = []
-        with pytest.raises(StreamError) as raised:
-            if stored:
-                proj.apply_stored(rows, rules, out)
-            else:
-                proj.apply(rules.iter_events(rows), out)
-        assert str(raised.value) == str(expected.value)
-        assert out == [(2, "t", 99, 2, 101, 1)]
+    assert_refused_alike(CsvRules, rows)

@@ -15,7 +15,7 @@ import re
 import signal
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
@@ -333,6 +333,14 @@ def compact_every_option(func: F) -> F:
         help="Fold the streams' older events into compressed blocks at this interval (e.g. 10m), "
         "up to the projector's position, or all when not projected: see `ledger db compact`.",
     )(func)
+
+
+def compacting(ledger: Ledger, streams: Sequence[str] | None, every: float | None) -> AbstractContextManager[Any]:
+    """While the block runs, fold ``streams`` (None or empty: every stream) every ``every``
+    seconds (None: not at all): ``--compact-every``'s effect."""
+    if every is None:
+        return nullcontext()
+    return ledger.compacting(streams, every)
 
 
 def fail_on_ledger_error(func: F) -> F:

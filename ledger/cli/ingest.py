@@ -14,6 +14,7 @@ from ledger.cli._app import (
     STREAM,
     cli,
     compact_every_option,
+    compacting,
     fail_on_ledger_error,
     open_ledger,
     printable,
@@ -311,13 +312,13 @@ def _ingest_report(summary: IngestSummary, file: str) -> str:
     return "\n".join(lines)
 
 
-def compacting(ledger: Ledger, products: Sequence[str], every: float | None) -> contextlib.AbstractContextManager[Any]:
-    """While the block runs, fold the products' streams every ``every`` seconds (None: not)."""
-    if every is None:
-        return contextlib.nullcontext()
+def compacting_products(
+    ledger: Ledger, products: Sequence[str], every: float | None
+) -> contextlib.AbstractContextManager[Any]:
+    """:func:`~ledger.cli._app.compacting` of the products' streams."""
     from ledger.venues.coinbase.options import stream_name
 
-    return ledger.compacting([stream_name(p) for p in products], every)
+    return compacting(ledger, [stream_name(p) for p in products], every)
 
 
 def coinbase_options(func: F) -> F:
@@ -419,7 +420,7 @@ def ingest_coinbase_command(fmt: str, compact_every: float | None, **capture_opt
       ledger project coinbase:BTC-USD
     """
     options, credentials = capture_settings(**capture_options)
-    with open_ledger() as ledger, compacting(ledger, options.products, compact_every):
+    with open_ledger() as ledger, compacting_products(ledger, options.products, compact_every):
         summary = ledger.capture(options, credentials, on_summary=log_capture_progress)
     if fmt == "csv":
         rows = capture_rows(summary)

@@ -27,7 +27,7 @@ from ledger.cli.ingest import (
     capture_rows,
     capture_settings,
     coinbase_options,
-    compacting,
+    compacting_products,
     log_capture_progress,
 )
 from ledger.services.read.times import iso_time
@@ -135,7 +135,7 @@ def run(
 
     options, credentials = capture_settings(**capture_options)
     settings = ProjectSettings(snapshot_every=snapshot_every or None, snapshot_interval=snapshot_interval)
-    with open_ledger() as ledger, compacting(ledger, options.products, compact_every):
+    with open_ledger() as ledger, compacting_products(ledger, options.products, compact_every):
         summary, projected = ledger.run_live(options, credentials, settings=settings, on_summary=log_capture_progress)
     if fmt == "csv":  # a line per product: its capture's figures, then its projection's
         by_stream = {s.stream: s for s in projected}

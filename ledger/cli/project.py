@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import sys
 import threading
@@ -15,6 +14,7 @@ from ledger.cli._app import (
     STREAM_NAME_HELP,
     cli,
     compact_every_option,
+    compacting,
     fail_on_ledger_error,
     level_dict,
     level_table,
@@ -136,8 +136,7 @@ def project(
             log.info("dropped the projection of %s", ", ".join(dropped) or "no stream")
         if follow:
             log.info("following the log; Ctrl-C to stop")
-            folding = contextlib.nullcontext() if compact_every is None else ledger.compacting(streams, compact_every)
-            with folding:
+            with compacting(ledger, streams, compact_every):
                 summaries = ledger.follow(streams, stop=stop, poll=poll, settings=settings)
         else:
             summaries = _batch(ledger, streams, settings, stop)

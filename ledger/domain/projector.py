@@ -332,24 +332,7 @@ class Projector:
                 if (in_snapshot and not seen_within) or (seen_rare and not in_snapshot):
                     self._flags(flags)
                     in_snapshot = self.in_snapshot
-                if op is ADD:
-                    try:
-                        price = known[price]
-                    except KeyError:
-                        price = number(known, price)
-                    try:
-                        size = known[size]
-                    except KeyError:
-                        size = number(known, size)
-                    if side is None or price is None or size is None:
-                        kinds.refuse(row)
-                    add(side, order_id, price, size)
-                elif op is DELETE:
-                    if side is None and (side := side_of(order_id)) is None:
-                        anomalies["delete_unknown_order"] += 1
-                    else:
-                        delete(side, order_id, False)
-                elif op is MODIFY:
+                if op is ADD or op is MODIFY or op is FILL:  # the operations with a price and a size
                     try:
                         price = known[price]
                     except KeyError:
@@ -360,10 +343,21 @@ class Projector:
                         size = number(known, size)
                     if price is None or size is None:
                         kinds.refuse(row)
-                    if side is None and (side := side_of(order_id)) is None:
-                        anomalies["update_unknown_order"] += 1
-                    else:
+                    if op is ADD:
+                        if side is None:
+                            kinds.refuse(row)
+                        add(side, order_id, price, size)
+                    elif side is None and (side := side_of(order_id)) is None:
+                        anomalies["update_unknown_order" if op is MODIFY else "trade_unknown_order"] += 1
+                    elif op is MODIFY:
                         update(side, order_id, price, size, None, False, False)
+                    else:
+                        trade(side, order_id, size, False)
+                elif op is DELETE:
+                    if side is None and (side := side_of(order_id)) is None:
+                        anomalies["delete_unknown_order"] += 1
+                    else:
+                        delete(side, order_id, False)
                 elif op is REDUCE:
                     try:
                         size = known[size]
@@ -373,21 +367,6 @@ class Projector:
                         anomalies["reduce_unknown_order"] += 1
                     else:
                         reduce(side, order_id, size)
-                elif op is FILL:
-                    try:
-                        price = known[price]
-                    except KeyError:
-                        price = number(known, price)
-                    try:
-                        size = known[size]
-                    except KeyError:
-                        size = number(known, size)
-                    if price is None or size is None:
-                        kinds.refuse(row)
-                    if side is None and (side := side_of(order_id)) is None:
-                        anomalies["trade_unknown_order"] += 1
-                    else:
-                        trade(side, order_id, size, False)
                 elif op is CLEAR:
                     book.clear()
                     self.maybe_bad = False

@@ -4,17 +4,29 @@ and sizes over and over, and a dictionary lookup costs far less than making a De
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from ledger.domain.events import Number
 from ledger.errors import StreamError
 
-__all__ = ["Numbers", "exact", "unknown_kind"]
+__all__ = ["Numbers", "exact", "kept_exact", "unknown_kind"]
 
 
 def exact(text: str) -> Number:
     """The exact number of validated decimal text: an int when it has no point, else a Decimal."""
     return Decimal(text) if "." in text else int(text)
+
+
+def kept_exact(known: dict[str, Number], value: Any) -> Any:
+    """The exact number of a stored text (:func:`exact`), kept in ``known`` (cleared past
+    100,000 texts), for a hot loop that looks in ``known`` first; a number (a row made in
+    memory) or None as it is, never kept: ``Decimal("2.0") == 2``, and its text differs."""
+    if value.__class__ is not str:
+        return value
+    if len(known) > 100_000:
+        known.clear()
+    number = known[value] = exact(value)
+    return number
 
 
 def unknown_kind(seq: int, kind: str, venue: str) -> NoReturn:

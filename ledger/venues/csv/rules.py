@@ -19,7 +19,7 @@ from typing import Any, NoReturn
 from ledger.domain.events import LAST, Number, Record
 from ledger.domain.projector import ADD, DELETE, FILL, MODIFY
 from ledger.errors import StreamError
-from ledger.venues._numbers import Numbers, exact, unknown_kind
+from ledger.venues._numbers import Numbers, kept_exact, unknown_kind
 
 __all__ = ["CsvRules"]
 
@@ -42,14 +42,9 @@ class CsvRules:
 
     @staticmethod
     def number(known: dict[str, Number], value: Any, /) -> Any:
-        """The exact number of a stored text, kept in ``known`` (cleared past 100,000
-        texts); None as it is (the row is then refused)."""
-        if value is None:
-            return None
-        if len(known) > 100_000:
-            known.clear()
-        made = known[value] = exact(value)
-        return made
+        """:func:`~ledger.venues._numbers.kept_exact` (None comes back as it is: the row is
+        then refused)."""
+        return kept_exact(known, value)
 
     def refuse(self, row: Sequence[Any], /) -> NoReturn:
         """Raise the error :meth:`iter_events` raises for ``row``."""

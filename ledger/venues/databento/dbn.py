@@ -33,7 +33,7 @@ import databento_dbn
 
 from ledger.domain.events import Number
 from ledger.errors import InputError
-from ledger.storage.copy import NULL, TimestampText, venue_event_line
+from ledger.storage.copy import NULL, TIME_TEXT, TimestampText, venue_event_line
 
 __all__ = [
     "KINDS",
@@ -595,7 +595,7 @@ class MboReader:
         kinds = _KIND_OF_BYTE
         sides = _SIDE_TEXT
         prices = self._price_text
-        second_text = self._timestamp.second
+        second_text, time_text = self._timestamp.second, TIME_TEXT
         not_orders, undefined_time = F_TOB | F_MBP, UNDEF_TIMESTAMP
         last_second, day = -1, ""
         copy_line = venue_event_line
@@ -655,7 +655,7 @@ class MboReader:
                     second = us // 1_000_000
                     if second != last_second:
                         last_second, day = second, second_text(second)
-                    ts = "%s%06d+00" % (day, us - second * 1_000_000)  # noqa: UP031 (cheaper than a format spec)
+                    ts = time_text % (day, us - second * 1_000_000)
                 cell = stream[3]
                 seq = ts_recv
                 if seq <= cell[0]:

@@ -23,7 +23,7 @@ from typing import Any, NoReturn
 from ledger.domain.events import Number, Record
 from ledger.domain.projector import ADD, CLEAR, MARK, MODIFY, PRICED, REDUCE
 from ledger.errors import StreamError
-from ledger.venues._numbers import exact, unknown_kind
+from ledger.venues._numbers import kept_exact, unknown_kind
 
 __all__ = ["DatabentoRules"]
 
@@ -47,12 +47,12 @@ class DatabentoRules:
     flagged = True
 
     def __init__(self) -> None:
-        #: Stored price and size texts already made exact numbers (:func:`_exact`).
+        #: Stored price and size texts already made exact numbers (:func:`~ledger.venues._numbers.kept_exact`).
         self.known: dict[str, Number] = {}
 
     @staticmethod
     def number(known: dict[str, Number], value: Any, /) -> Any:
-        return _exact(known, value)
+        return kept_exact(known, value)
 
     def refuse(self, row: Sequence[Any], /) -> NoReturn:
         """Raise the error :meth:`iter_events` raises for ``row``."""
@@ -65,7 +65,7 @@ class DatabentoRules:
     def iter_events(self, rows: Iterable[Sequence[Any]]) -> Iterator[Record]:
         # A price or size is looked up in a plain dict (the lookup CPython specialises; a
         # miss is rare: a book sees the same few hundred texts over and over) and made on a
-        # miss by _exact, which gives a number (a row made in memory) or None back as it is.
+        # miss by kept_exact, which gives a number (a row made in memory) or None back as it is.
         known = self.known
         for row in rows:
             try:  # a row as the log returns it: exactly the nine fields read
@@ -75,12 +75,12 @@ class DatabentoRules:
             try:
                 size = known[size]
             except KeyError:
-                size = _exact(known, size)
+                size = kept_exact(known, size)
             if kind == "add":
                 try:
                     price = known[price]
                 except KeyError:
-                    price = _exact(known, price)
+                    price = kept_exact(known, price)
                 if side is None or price is None:
                     raise StreamError(f"seq {seq}: a Databento add without a side or a price")
                 yield ("add", seq, ts, flags, ts_event, order_id, side, price, size)
@@ -90,19 +90,19 @@ class DatabentoRules:
                 try:
                     price = known[price]
                 except KeyError:
-                    price = _exact(known, price)
+                    price = kept_exact(known, price)
                 yield ("modify", seq, ts, flags, ts_event, order_id, side, price, size, None, False, False)
             elif kind == "fill":  # the resting order's side; the book changes by the event's C or M
                 try:
                     price = known[price]
                 except KeyError:
-                    price = _exact(known, price)
+                    price = kept_exact(known, price)
                 yield ("trade", seq, ts, flags, ts_event, price, size, _OTHER_SIDE[side], order_id, None)
             elif kind == "trade":  # the aggressor's side and, where known, its order
                 try:
                     price = known[price]
                 except KeyError:
-                    price = _exact(known, price)
+                    price = kept_exact(known, price)
                 yield ("trade", seq, ts, flags, ts_event, price, size, side, None, order_id)
             elif kind == "none":
                 yield ("mark", seq, ts, flags, ts_event)
@@ -110,15 +110,3 @@ class DatabentoRules:
                 yield ("clear", seq, ts, flags, ts_event)
             else:
                 unknown_kind(seq, kind, "Databento MBO")
-
-
-def _exact(known: dict[str, Number], value: Any) -> Any:
-    """The exact number of a stored text (:func:`~ledger.venues._numbers.exact`), kept in
-    ``known`` (cleared past 100,000 texts); a number (a row made in memory) or None as it
-    is, never kept: ``Decimal("2.0") == 2``, and its text differs."""
-    if value.__class__ is not str:
-        return value
-    if len(known) > 100_000:
-        known.clear()
-    number = known[value] = exact(value)
-    return number
