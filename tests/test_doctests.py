@@ -1,4 +1,5 @@
-"""The examples in the docstrings of the core and the venues' rules run as written."""
+"""The examples in the docstrings of the core, the venues' rules and formats and the
+event log's COPY text run as written."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ MODULES = [
     "ledger.venues",
     "ledger.venues.csv.rules",
     "ledger.venues.coinbase.rules",
+    "ledger.storage.copy",
+    "ledger.venues.csv.format",
 ]
 
 

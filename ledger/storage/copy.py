@@ -162,8 +162,8 @@ def venue_event_line(
     seq: int | str,
     kind: str,
     order_id: object,
-    side: str,
-    price: str,
+    side: str | None,
+    price: str | None,
     size: int,
     ts: str,
     raw_hex: str,
@@ -174,15 +174,20 @@ def venue_event_line(
     channel: int,
 ) -> bytes:
     """One event's row after its stream id, columns :data:`EVENT_COPY_COLUMNS` from ``seq``
-    then :data:`VENUE_FIELDS`, from values that need no escaping (None-valued ones given as
-    :data:`NULL`). The caller vouches for them: numbers, fixed words, hex.
+    then :data:`VENUE_FIELDS`, from values that need no escaping (``order_id``, ``side``,
+    ``price`` and ``ts_event`` may be None: NULL). The caller vouches for them: numbers,
+    fixed words, hex.
 
-        >>> venue_event_line(7, "add", 42, "B", "4799.25", 2, NULL, "a0ff", 130, NULL, 1, 2, 3)
-        b'7\\tadd\\t42\\tB\\t4799.25\\t2\\t\\\\N\\ta0ff\\t130\\t\\\\N\\t1\\t2\\t3'
+        >>> ts = "2023-12-25 00:00:00.000001+00"
+        >>> venue_event_line(7, "add", 42, "B", "4799.25", 2, ts, "a0ff", 130, None, 1, 2, 3)
+        b'7\\tadd\\t42\\tB\\t4799.25\\t2\\t2023-12-25 00:00:00.000001+00\\ta0ff\\t130\\t\\\\N\\t1\\t2\\t3'
+        >>> venue_event_line(7, "trade", None, None, None, 2, ts, "a0ff", 0, 5, 1, 2, 3)
+        b'7\\ttrade\\t\\\\N\\t\\\\N\\t\\\\N\\t2\\t2023-12-25 00:00:00.000001+00\\ta0ff\\t0\\t5\\t1\\t2\\t3'
     """
     return (
-        f"{seq}\t{kind}\t{order_id}\t{side}\t{price}\t{size}\t{ts}\t{raw_hex}\t{flags}"
-        f"\t{ts_event}\t{ts_recv}\t{sequence}\t{channel}"
+        f"{seq}\t{kind}\t{NULL if order_id is None else order_id}\t{NULL if side is None else side}"
+        f"\t{NULL if price is None else price}\t{size}\t{ts}\t{raw_hex}\t{flags}"
+        f"\t{NULL if ts_event is None else ts_event}\t{ts_recv}\t{sequence}\t{channel}"
     ).encode()
 
 

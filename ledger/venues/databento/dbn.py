@@ -33,7 +33,7 @@ import databento_dbn
 
 from ledger.domain.events import Number
 from ledger.errors import InputError
-from ledger.storage.copy import NULL, TIME_TEXT, TimestampText, venue_event_line
+from ledger.storage.copy import TIME_TEXT, TimestampText, venue_event_line
 
 __all__ = [
     "KINDS",
@@ -68,9 +68,11 @@ _ACTIONS = {ord(letter): letter for letter in KINDS}
 #: Databento's side letter -> ledger's side (``A`` ask is a sell; ``N`` none).
 _SIDES = {ord("B"): "B", ord("A"): "S", ord("N"): None}
 _SIDE_LETTERS = {ord("B"): "B", ord("A"): "A", ord("N"): "N"}
-# The COPY text of an action's kind and a side, by their bytes (NULL for side N).
+# An action's kind and a side as the event log stores them, by their bytes (None for side N:
+# no side).
 _KIND_OF_BYTE = {ord(letter): kind for letter, kind in KINDS.items()}
-_SIDE_TEXT = {ord("B"): "B", ord("A"): "S", ord("N"): NULL}
+_SIDE_TEXT: dict[int, str | None] = {ord("B"): "B", ord("A"): "S", ord("N"): None}
+_NOT_A_SIDE = "not a side"  # what _SIDE_TEXT.get gives for any other byte (compared by identity)
 # The actions whose order id is an order's even when it is 0 (add, cancel, modify).
 _ORDER_ACTIONS = frozenset(b"ACM")
 
@@ -627,8 +629,8 @@ class MboReader:
                         last = lasts.get(key)
                         cell = cells[key] = [-1 if last is None else last]
                     stream = streams[instrument_id] = (publisher_id, key, groups.setdefault(key, []), cell)
-                side = sides.get(side_byte)
-                if action_byte not in actions or side is None or flags & not_orders or ts_recv >= 2**63:
+                side = sides.get(side_byte, _NOT_A_SIDE)
+                if action_byte not in actions or side is _NOT_A_SIDE or flags & not_orders or ts_recv >= 2**63:
                     symbol = stream[1][0]
                     rejects.append(
                         self._reject(number, instrument_id, symbol, raw, action_byte, side_byte, flags, ts_recv)
@@ -641,7 +643,7 @@ class MboReader:
                             reason = f"{KINDS[actions[action_byte]]} without a price"
                             rejects.append(self._refuse(number, instrument_id, stream[1][0], raw, reason))
                             continue
-                        price = NULL
+                        price = None  # (not kept: None is the cache's miss)
                     else:
                         if len(prices) >= _PRICES_KEPT:  # bounded, like the seconds
                             prices.clear()
@@ -661,8 +663,8 @@ class MboReader:
                 if seq <= cell[0]:
                     seq = cell[0] + 1
                 cell[0] = seq
-                order = NULL if order_id == 0 and action_byte not in _ORDER_ACTIONS else order_id
-                event_ts = NULL if ts_event == undefined_time else ts_event
+                order = None if order_id == 0 and action_byte not in _ORDER_ACTIONS else order_id
+                event_ts = None if ts_event == undefined_time else ts_event
                 # seq is ts_recv but when two records share it: its text made once for both
                 seq_text = str(seq)
                 line = copy_line(seq_text, kinds[action_byte], order, side, price, size, ts, raw.hex(), flags,
